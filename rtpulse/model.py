@@ -1,0 +1,271 @@
+"""The PULSE CNN family: one class, offline (whole spectrogram) and streaming (one frame per step).
+
+Layout everywhere: magnitudes ``[B, F, T]`` (F = 513 bins, T = frames) → logits ``[B, C_out, F, T]``.
+Channel 0 is the noise logit f: f ≥ 0 means the bin is noise (PU's positive class), f < 0 speech.
+
+Time padding is explicit per layer so that streaming and offline agree: a 3-wide time kernel is padded
+(2, 0) when causal and (1, 1) when it carries one frame of lookahead. The first ``lookahead`` 3×3 layers
+carry lookahead, so the model's output for frame t depends on input frames ≤ t + lookahead.
+Frequency is always 'same'-padded (1, 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtpulse.errors import RtpulseError
+
+N_BINS = 513
+
+# (in, out, kernel) per conv layer; ReLU + dropout follow every layer but the last.
+PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
+    # The paper's 11 layers: 98,425 parameters, receptive field 17×17.
+    "paper": (
+        (1, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 3), (16, 32, 3), (32, 32, 3), (32, 64, 3), (64, 64, 3),
+        (64, 128, 1), (128, 128, 1), (128, 1, 1),
+    ),
+    # Reference code `--blocks 2` (its PU default): 7 layers, 18,073 parameters, receptive field 13×13.
+    "blocks2": ((1, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 3), (16, 32, 3), (32, 32, 3), (32, 1, 1)),
+    # Reference code `--blocks 3` (its PN setting): 9 layers, receptive field 17×17.
+    "blocks3": (
+        (1, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 3), (16, 32, 3), (32, 32, 3), (32, 64, 3), (64, 64, 3),
+        (64, 1, 1),
+    ),
+}
+
+COMPRESSIONS = ("power", "linear", "log1p")
+METHODS = ("pu", "pn", "mixit")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored inside every model file.
+
+    compress: input feature — "power" |X|^(1/15) (the paper), "linear" |X|/15 (what the reference
+        code computes: ``abs(stft) ** 1/15`` parses as a division), "log1p" log(1 + |X|).
+    lookahead: frames of future context, 0 (causal) … the preset's number of 3×3 layers.
+    out_channels: 1 for PU/PN; MixIT's extra masks are extra output channels (channel 0 stays speech's
+        complement, i.e. the noise logit).
+    """
+
+    preset: str = "blocks2"
+    compress: str = "linear"
+    lookahead: int = 0
+    method: str = "pu"
+    out_channels: int = 1
+    dropout: float = 0.2
+    extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise RtpulseError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.compress not in COMPRESSIONS:
+            raise RtpulseError(f"unknown compress {self.compress!r}; choose one of {', '.join(COMPRESSIONS)}")
+        if self.method not in METHODS:
+            raise RtpulseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
+        if not 0 <= self.lookahead <= n3:
+            raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
+        if self.out_channels < 1:
+            raise RtpulseError(f"out_channels must be ≥ 1, got {self.out_channels}")
+
+    @property
+    def layers(self) -> tuple[tuple[int, int, int], ...]:
+        spec = PRESETS[self.preset]
+        last_in, _, last_k = spec[-1]
+        return spec[:-1] + ((last_in, self.out_channels, last_k),)
+
+    @property
+    def max_lookahead(self) -> int:
+        return sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise RtpulseError(f"model config has unknown keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class StreamState:
+    """Per-layer caches for :meth:`PulseCNN.step`.
+
+    caches[i]: the last (k−1) input columns of layer i, ``[B, C_in, F, k−1]`` (empty for 1×1 layers).
+    warmup[i]: outputs layer i still has to swallow — a lookahead layer's first output belongs to
+        frame −1, which offline never computes, so it must not reach the next layer's cache.
+    """
+
+    caches: list[torch.Tensor]
+    warmup: list[int]
+
+
+class PulseCNN(nn.Module):
+    """The PULSE CNN (and the reference code's `--blocks N` variants) as one fully convolutional net."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.convs = nn.ModuleList(nn.Conv2d(cin, cout, k) for cin, cout, k in config.layers)
+        self.dropout = nn.Dropout(config.dropout)
+        # Time padding (past, future) per layer; the first `lookahead` 3×3 layers get one future frame.
+        pads, budget = [], config.lookahead
+        for _, _, k in config.layers:
+            if k == 1:
+                pads.append((0, 0))
+            elif budget > 0:
+                pads.append((1, 1))
+                budget -= 1
+            else:
+                pads.append((2, 0))
+        self.time_pads: tuple[tuple[int, int], ...] = tuple(pads)
+
+    @property
+    def lookahead(self) -> int:
+        return self.config.lookahead
+
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        """(frequency bins, time frames) that one output bin sees."""
+        rf = 1 + sum(k - 1 for _, _, k in self.config.layers)
+        return rf, rf
+
+    def features(self, mag: torch.Tensor) -> torch.Tensor:
+        """Compressed magnitudes: ``[B, F, T]`` → ``[B, 1, F, T]``."""
+        c = self.config.compress
+        if c == "power":
+            x = mag.clamp_min(0).pow(1.0 / 15.0)
+        elif c == "linear":
+            x = mag / 15.0
+        else:
+            x = torch.log1p(mag)
+        return x.unsqueeze(1)
+
+    def forward(self, mag: torch.Tensor) -> torch.Tensor:
+        """Whole spectrogram: magnitudes ``[B, F, T]`` → logits ``[B, C_out, F, T]``."""
+        x = self.features(mag)
+        last = len(self.convs) - 1
+        for i, (conv, (past, future)) in enumerate(zip(self.convs, self.time_pads)):
+            fpad = conv.kernel_size[0] // 2
+            x = F.pad(x, (past, future, fpad, fpad))  # [B, C, F + 2fpad, T + past + future]
+            x = conv(x)  # [B, C_out, F, T]
+            if i < last:
+                x = self.dropout(torch.relu(x))
+        return x
+
+    def init_state(self, batch: int = 1) -> StreamState:
+        """Zero caches: the same as the zero time-padding the offline pass sees before frame 0."""
+        p = next(self.parameters())
+        caches = [
+            torch.zeros(batch, conv.in_channels, N_BINS, conv.kernel_size[1] - 1, dtype=p.dtype, device=p.device)
+            for conv in self.convs
+        ]
+        warmup = [future for _, future in self.time_pads]
+        return StreamState(caches, warmup)
+
+    @torch.no_grad()
+    def step(self, mag_col: torch.Tensor, state: StreamState) -> torch.Tensor | None:
+        """One new frame: magnitudes ``[B, F]`` → logits ``[B, C_out, F]`` for frame (t − lookahead).
+
+        Each layer computes exactly one output column from its cached (k−1) columns plus the new one;
+        nothing is recomputed. Returns None for the first ``lookahead`` frames (output not yet defined).
+        Dropout is not applied (call on a model in eval mode for parity with :meth:`forward`).
+        """
+        x = self.features(mag_col.unsqueeze(-1))  # [B, 1, F, 1]
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            kt = conv.kernel_size[1]
+            if kt > 1:
+                window = torch.cat((state.caches[i], x), dim=3)  # [B, C_in, F, kt]
+                state.caches[i] = window[..., 1:]
+                x = F.conv2d(window, conv.weight, conv.bias, padding=(conv.kernel_size[0] // 2, 0))
+            else:
+                x = conv(x)  # [B, C_out, F, 1]
+            if state.warmup[i] > 0:
+                state.warmup[i] -= 1
+                return None
+            if i < last:
+                x = torch.relu(x)
+        return x[..., 0]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- model files -------------------------------------------------------------------------------------
+# A model file is safetensors: tensors plus a string metadata field holding the config as JSON.
+# Loading never unpickles anything, so a file cannot execute code.
+
+_META_KEY = "rtpulse_config"
+
+
+def save_model(model: PulseCNN, path: str | os.PathLike) -> None:
+    """Write atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    try:
+        save_file(tensors, str(tmp), metadata={_META_KEY: model.config.to_json(), "format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> PulseCNN:
+    """Load a model file written by :func:`save_model`; any problem is one :class:`RtpulseError` line."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RtpulseError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {str(e).splitlines()[0]}") from None
+    if _META_KEY not in meta:
+        raise RtpulseError(f"{path} has no rtpulse config; it is not an rtpulse model file")
+    try:
+        config = ModelConfig.from_json(meta[_META_KEY])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise RtpulseError(f"{path} has a broken config: {e}") from None
+    model = PulseCNN(config)
+    expected = model.state_dict()
+    if set(tensors) != set(expected):
+        raise RtpulseError(f"{path}: weights do not match its config (preset {config.preset!r})")
+    for k, v in tensors.items():
+        if v.shape != expected[k].shape:
+            raise RtpulseError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {tuple(expected[k].shape)}"
+            )
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
+
+
+def default_model_path() -> Path:
+    return Path(__file__).parent / "weights" / "default.safetensors"
+
+
+def load_default_model() -> PulseCNN:
+    path = default_model_path()
+    if not path.is_file():
+        raise RtpulseError("no default model is shipped in this build yet; pass --model PATH to a trained model")
+    return load_model(path)

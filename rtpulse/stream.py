@@ -1,0 +1,149 @@
+"""Masking, offline enhancement and the streaming engine; both give the same samples.
+
+Delay: the streaming output is the offline output delayed by exactly ``1024 + 256·L`` samples
+(L = the model's lookahead in frames). 1024 = one frame: the smallest delay at which a
+sample-in/sample-out stream never waits — after the hop that ends at input sample n, the samples
+through n − 768 are complete, and the stream may have been asked for any of the next 255.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rtpulse.model import PulseCNN
+from rtpulse.stft import HOP, LEAD, N_FFT, StreamingSTFT, istft, stft
+
+MASKS = ("binary", "soft")
+
+
+def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
+    """Noise logits f (f ≥ 0: noise) → speech gain in [0, 1], same shape.
+
+    binary: the paper's 1[f < 0]; soft: σ(−f). ``floor_db`` (e.g. −30) keeps a minimum gain so that
+    removed bins are attenuated rather than zeroed.
+    """
+    if mask == "binary":
+        gain = (logits < 0).to(torch.float32)
+    elif mask == "soft":
+        gain = torch.sigmoid(-logits.float())
+    else:
+        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+    if floor_db is not None:
+        gain = gain.clamp_min(10.0 ** (floor_db / 20.0))
+    return gain
+
+
+def delay_samples(lookahead: int) -> int:
+    return N_FFT + HOP * lookahead
+
+
+def _tail_for_lookahead(length: int, lookahead: int) -> int:
+    """Zero samples to append so the frames that cover the signal have their ``lookahead`` future frames."""
+    last_frame = (length - 1 + LEAD) // HOP
+    frames = last_frame + lookahead + 1
+    return max(0, N_FFT + HOP * (frames - 1) - LEAD - length)
+
+
+@torch.no_grad()
+def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
+    """Offline: signal ``[T]`` or ``[B, T]`` (16 kHz) → enhanced signal of the same shape, no delay."""
+    length = x.shape[-1]
+    if length == 0:
+        return x.clone()
+    batched = x.reshape(-1, length).float()
+    spec = stft(batched, tail=_tail_for_lookahead(length, model.lookahead))  # [B, 513, M]
+    logits = model(spec.abs())[:, 0]  # [B, 513, M]
+    out = istft(spec * mask_gain(logits, mask, floor_db), length)  # [B, T]
+    return out.reshape(x.shape)
+
+
+class StreamingDenoiser:
+    """Feed any number of samples, get as many enhanced samples back, delayed by :attr:`delay`.
+
+    ``process(chunk)`` returns ``len(chunk)`` samples; ``flush()`` returns the remaining ``delay``
+    samples (the enhanced tail) and resets. Output sample k + delay equals offline sample k.
+    Per hop: ring → window → rFFT → |X| → ``model.step`` → mask → applied to the frame L hops back →
+    iRFFT → window → overlap-add.
+    """
+
+    def __init__(self, model: PulseCNN, mask: str = "binary", floor_db: float | None = None) -> None:
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+        self.model = model.eval()
+        self.mask = mask
+        self.floor_db = floor_db
+        self.lookahead = model.lookahead
+        self.stft = StreamingSTFT()
+        self.reset()
+
+    @property
+    def delay(self) -> int:
+        """Samples between an input sample and its enhanced output: 1024 + 256·lookahead."""
+        return delay_samples(self.lookahead)
+
+    def reset(self) -> None:
+        self.stft.reset()
+        self.state = self.model.init_state(1)
+        self._frames: list[torch.Tensor] = []  # complex frames waiting for their mask, oldest first
+        self._pending = np.zeros(0, dtype=np.float32)  # input that does not yet fill a hop
+        self._ready = np.zeros(HOP, dtype=np.float32)  # output computed but not yet returned
+        self._recon_start = -LEAD  # first sample (in input time) of the next synthesised block
+        self._consumed = 0
+        self._emitted = 0
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Mono float samples in, the same number of enhanced samples out (float32)."""
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        self._consumed += chunk.size
+        self._pending = np.concatenate((self._pending, chunk))
+        self._run_hops()
+        return self._take(chunk.size)
+
+    def flush(self) -> np.ndarray:
+        """Push zeros until every consumed sample has come out; return those samples and reset."""
+        total = self._consumed + self.delay
+        while self._emitted + self._ready.size < total:
+            self._pending = np.concatenate((self._pending, np.zeros(HOP - self._pending.size % HOP, np.float32)))
+            self._run_hops()
+        out = self._take(total - self._emitted)
+        self.reset()
+        return out
+
+    def _take(self, n: int) -> np.ndarray:
+        out, self._ready = self._ready[:n], self._ready[n:]
+        self._emitted += n
+        return out
+
+    def _run_hops(self) -> None:
+        n_hops = self._pending.size // HOP
+        if n_hops == 0:
+            return
+        blocks = [self._hop(self._pending[i * HOP : (i + 1) * HOP]) for i in range(n_hops)]
+        self._pending = self._pending[n_hops * HOP :]
+        self._ready = np.concatenate([self._ready, *blocks])
+
+    def _hop(self, samples: np.ndarray) -> np.ndarray:
+        frame = self.stft.analyze(torch.from_numpy(samples.copy()))  # [513] complex
+        self._frames.append(frame)
+        logits = self.model.step(frame.abs().unsqueeze(0), self.state)  # [1, C, 513] for frame t − L
+        if logits is None:
+            return np.zeros(HOP, dtype=np.float32)
+        target = self._frames.pop(0)  # the frame L hops back, which these logits belong to
+        block = self.stft.synthesize(target * mask_gain(logits[0, 0], self.mask, self.floor_db))
+        start, self._recon_start = self._recon_start, self._recon_start + HOP
+        if start < 0:  # leading zero padding: the signal has not started yet
+            return np.zeros(HOP, dtype=np.float32)
+        return block.numpy()
+
+
+def stream_offline_equivalent(model: PulseCNN, x: np.ndarray, chunk: int = HOP, **mask_opts) -> np.ndarray:
+    """Run a whole signal through :class:`StreamingDenoiser` and drop the delay: same shape as ``x``."""
+    engine = StreamingDenoiser(model, **mask_opts)
+    parts = [engine.process(x[i : i + chunk]) for i in range(0, x.size, chunk)]
+    parts.append(engine.flush())
+    y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return y[engine.delay : engine.delay + x.size]
+
+
+__all__ = ["MASKS", "StreamingDenoiser", "delay_samples", "enhance", "mask_gain", "stream_offline_equivalent"]
