@@ -1,0 +1,77 @@
+"""Audio files in and out: read any format soundfile knows, downmix, resample, write atomically."""
+
+from __future__ import annotations
+
+import os
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from rtpulse.errors import RtpulseError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """File → (float32 samples ``[T, C]``, sample rate). Any problem is one :class:`RtpulseError` line."""
+    path = Path(path)
+    if not path.exists():
+        raise RtpulseError(f"input not found: {path}")
+    if path.is_dir():
+        raise RtpulseError(f"input is a directory, not an audio file: {path}")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise RtpulseError(f"cannot read {path} as audio: {str(e).splitlines()[0]}") from None
+    return data, int(rate)
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """``[T, C]`` or ``[T]`` → ``[T]`` by averaging channels."""
+    return data if data.ndim == 1 else data.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Polyphase resampling along axis 0 (whole signal, offline)."""
+    if rate_in == rate_out or x.shape[0] == 0:
+        return x.astype(np.float32, copy=False)
+    g = gcd(rate_in, rate_out)
+    return resample_poly(x, rate_out // g, rate_in // g, axis=0).astype(np.float32)
+
+
+def load_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
+    """File → mono float32 at ``rate``."""
+    data, file_rate = read_audio(path)
+    return resample(to_mono(data), file_rate, rate)
+
+
+def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str | None = None) -> None:
+    """Write via a temp file in the same folder and rename, so a crash never leaves a partial file."""
+    path = Path(path)
+    fmt = sf.available_formats()
+    ext = path.suffix[1:].upper()
+    if ext == "OPUS":
+        ext = "OGG"
+    if ext not in fmt:
+        raise RtpulseError(f"cannot write {path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        sf.write(str(tmp), data, rate, subtype=subtype, format=ext)
+        os.replace(tmp, path)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise RtpulseError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """All audio files under ``root`` (recursive, sorted), or ``[root]`` if it is a file."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise RtpulseError(f"not found: {root}")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())

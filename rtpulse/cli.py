@@ -1,0 +1,120 @@
+"""The `rtpulse` command line. Commands are thin: they parse options and call typed functions.
+
+Heavy or optional imports (sounddevice, the trainer, benchmark peers) happen inside the commands
+that need them, so `rtpulse denoise` works without PortAudio and never loads training code.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from rtpulse.errors import RtpulseError
+
+app = typer.Typer(
+    help="rtpulse: real-time speech denoising with a CNN mask trained by PU learning (PULSE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+class Mask(str, Enum):
+    binary = "binary"
+    soft = "soft"
+
+
+class Engine(str, Enum):
+    offline = "offline"
+    stream = "stream"
+
+
+def fail(err: Exception) -> None:
+    """Print a user error on one line and exit 1."""
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def load_model_or_default(path: Optional[Path]):
+    from rtpulse.model import load_default_model, load_model
+
+    return load_model(path) if path is not None else load_default_model()
+
+
+ModelOpt = Annotated[
+    Optional[Path], typer.Option("--model", "-m", help="Model file (.safetensors). Default: the shipped model.")
+]
+MaskOpt = Annotated[Mask, typer.Option(help="binary: keep bins the model calls speech (the paper); soft: σ(−f).")]
+FloorOpt = Annotated[
+    Optional[float],
+    typer.Option("--floor-db", help="Minimum gain in dB (e.g. -30) so removed bins are attenuated, not zeroed."),
+]
+
+
+@app.command()
+def denoise(
+    inputs: Annotated[list[Path], typer.Argument(help="Audio files to denoise (wav, flac, ogg; any rate/channels).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or a directory for several inputs.")],
+    model: ModelOpt = None,
+    mask: MaskOpt = Mask.binary,
+    floor_db: FloorOpt = None,
+    engine: Annotated[
+        Engine, typer.Option(help="offline: whole file at once; stream: the real-time engine (same samples).")
+    ] = Engine.offline,
+    force: Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")] = False,
+) -> None:
+    """Denoise audio files. Output: mono, at each input's sample rate and length."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rtpulse.denoise import DenoiseOptions, denoise_file, plan_outputs
+
+    try:
+        net = load_model_or_default(model)
+        pairs = plan_outputs(inputs, output, force)
+    except RtpulseError as e:
+        fail(e)
+    opts = DenoiseOptions(mask=mask.value, floor_db=floor_db, engine=engine.value)
+    errors: list[str] = []
+    seconds = 0.0
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("denoising", total=len(pairs))
+        for src, dst in pairs:
+            progress.update(task, description=f"denoising {src.name}")
+            try:
+                seconds += denoise_file(net, src, dst, opts)
+            except RtpulseError as e:
+                errors.append(str(e))
+            progress.advance(task)
+    done = len(pairs) - len(errors)
+    if len(pairs) == 1 and errors:
+        fail(RtpulseError(errors[0]))
+    for msg in errors:
+        console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"denoised {done}/{len(pairs)} file(s), {seconds:.1f} s of audio → {output}", highlight=False)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _register() -> None:
+    """Commands that live in their own modules (each keeps its heavy imports inside the command)."""
+    from rtpulse import cli_bench, cli_live, cli_train
+
+    app.command("devices")(cli_live.devices)
+    app.command("live")(cli_live.live)
+    app.command("train")(cli_train.train)
+    app.command("eval")(cli_train.evaluate)
+    app.add_typer(cli_bench.bench_app, name="bench")
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
