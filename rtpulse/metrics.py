@@ -1,0 +1,30 @@
+"""The one SI-SNR of the project (the paper's definition: no mean removal)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EPS = 1e-8
+
+
+def si_snr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Scale-invariant SNR in dB over the last axis: ``[..., T]`` × ``[..., T]`` → ``[...]``.
+
+    target = (<ŝ, s> / ‖s‖²)·s, SI-SNR = 10·log10(‖target‖² / ‖ŝ − target‖²). No mean removal, as in PULSE.
+    """
+    estimate, reference = estimate.double(), reference.double()
+    alpha = (estimate * reference).sum(-1, keepdim=True) / ((reference**2).sum(-1, keepdim=True) + EPS)
+    target = alpha * reference
+    noise = estimate - target
+    return 10 * torch.log10(((target**2).sum(-1) + EPS) / ((noise**2).sum(-1) + EPS))
+
+
+def si_snr_np(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """:func:`si_snr` for two 1-D numpy signals (convenience for evaluation code)."""
+    return float(si_snr(torch.from_numpy(np.asarray(estimate)), torch.from_numpy(np.asarray(reference))))
+
+
+def si_snri(estimate: np.ndarray, noisy: np.ndarray, reference: np.ndarray) -> float:
+    """SI-SNR improvement: SI-SNR(estimate) − SI-SNR(noisy input), both against the clean reference."""
+    return si_snr_np(estimate, reference) - si_snr_np(noisy, reference)
