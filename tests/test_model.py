@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rtpulse.errors import RtpulseError
+from rtpulse.model import ModelConfig, PulseCNN, count_parameters, load_model, save_model
+
+from conftest import random_model
+
+
+@pytest.mark.parametrize(
+    "preset, params, rf, max_la",
+    [("paper", 98_425, 17, 8), ("blocks2", 18_073, 13, 6), ("blocks3", 73_529, 17, 8)],
+)
+def test_preset_size_and_receptive_field(preset, params, rf, max_la):
+    model = PulseCNN(ModelConfig(preset=preset))
+    assert count_parameters(model) == params
+    assert model.receptive_field == (rf, rf)
+    assert model.config.max_lookahead == max_la
+    # Measure the receptive field: perturb one input bin, see which outputs move (offline, L = max → symmetric).
+    m = random_model(preset, lookahead=max_la)
+    mag = torch.rand(1, 513, 40) + 1.0
+    base = m(mag)
+    bumped = mag.clone()
+    bumped[0, 200, 20] += 5.0
+    moved = (m(bumped) - base).abs()[0, 0] > 0
+    f_idx, t_idx = moved.nonzero(as_tuple=True)
+    assert (f_idx.max() - f_idx.min() + 1, t_idx.max() - t_idx.min() + 1) == (rf, rf)
+    assert (t_idx.min().item(), t_idx.max().item()) == (20 - (rf - 1) // 2, 20 + (rf - 1) // 2)
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 6])
+def test_lookahead_is_causality(lookahead):
+    """Output frame t must not depend on input frames beyond t + lookahead."""
+    m = random_model("blocks2", lookahead=lookahead)
+    mag = torch.rand(1, 513, 30) + 1.0
+    base = m(mag)
+    bumped = mag.clone()
+    bumped[..., 20] += 5.0
+    moved_t = ((m(bumped) - base).abs()[0, 0] > 0).any(0).nonzero().flatten()
+    assert moved_t.min().item() == 20 - lookahead
+
+
+def test_invalid_config_is_a_clear_error():
+    with pytest.raises(RtpulseError, match="lookahead"):
+        ModelConfig(preset="blocks2", lookahead=7)
+    with pytest.raises(RtpulseError, match="preset"):
+        ModelConfig(preset="huge")
+
+
+@pytest.mark.parametrize("compress", ["power", "linear", "log1p"])
+def test_features(compress):
+    m = PulseCNN(ModelConfig(compress=compress))
+    mag = torch.tensor([[0.0, 1.0, 15.0, 32768.0]])
+    expected = {"power": mag ** (1 / 15), "linear": mag / 15, "log1p": torch.log1p(mag)}[compress]
+    assert torch.allclose(m.features(mag)[:, 0], expected)
+
+
+def test_save_load_round_trip(tmp_path):
+    m = random_model("paper", lookahead=2, compress="power", method="pu")
+    path = tmp_path / "m.safetensors"
+    save_model(m, path)
+    loaded = load_model(path)
+    assert loaded.config == m.config
+    mag = torch.rand(1, 513, 12)
+    assert torch.equal(loaded(mag), m(mag))
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write left no temp file
+
+
+def test_load_rejects_non_model_file(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(RtpulseError) as e:
+        load_model(bad)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("preset, lookahead", [("paper", 0), ("paper", 8), ("blocks2", 0)])
+def test_step_costs_one_column_per_layer(preset, lookahead):
+    """A streaming step's FLOPs equal exactly one output column per layer — no receptive-field recompute."""
+    m = random_model(preset, lookahead)
+    state = m.init_state()
+    for _ in range(lookahead + 1):  # past the warm-up so every layer runs
+        m.step(torch.rand(1, 513), state)
+    with FlopCounterMode(display=False) as counter:
+        m.step(torch.rand(1, 513), state)
+    per_column = sum(2 * 513 * cin * cout * k * k for cin, cout, k in m.config.layers)
+    assert counter.get_total_flops() == per_column

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from rtpulse.stream import StreamingDenoiser, enhance, mask_gain, stream_offline_equivalent
+
+from conftest import noisy_signal, random_model
+
+CHUNKINGS = [1, 100, 256, 1000, "random"]
+
+
+def run_stream(engine: StreamingDenoiser, x: np.ndarray, chunking, seed: int = 0) -> np.ndarray:
+    """Feed x in the given chunking, then flush: returns len(x) + delay samples."""
+    rng = np.random.default_rng(seed)
+    out, i = [], 0
+    while i < x.size:
+        n = int(rng.integers(1, 3000)) if chunking == "random" else chunking
+        piece = engine.process(x[i : i + n])
+        assert piece.size == x[i : i + n].size  # sample in, sample out
+        out.append(piece)
+        i += n
+    out.append(engine.flush())
+    return np.concatenate(out)
+
+
+def pass_through_model(preset="blocks2", lookahead=0):
+    """Every logit strongly negative → binary mask of ones."""
+    m = random_model(preset, lookahead)
+    with torch.no_grad():
+        m.convs[-1].weight.zero_()
+        m.convs[-1].bias.fill_(-10.0)
+    return m
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_identity_mask_reconstructs_input(lookahead):
+    x = noisy_signal(1.0)
+    m = pass_through_model("blocks2", lookahead)
+    off = enhance(m, torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(off, x, atol=1e-5)
+    engine = StreamingDenoiser(m)
+    y = run_stream(engine, x, 256)
+    assert y.size == x.size + engine.delay
+    assert np.max(np.abs(y[engine.delay :] - x)) <= 1e-5
+    assert np.all(y[: engine.delay] == 0)  # nothing comes out before the signal starts
+
+
+@pytest.mark.parametrize("preset, lookahead", [("paper", 0), ("paper", 2), ("paper", 8), ("blocks2", 0),
+                                               ("blocks2", 2), ("blocks2", 6)])
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_streaming_equals_offline(preset, lookahead, chunking):
+    x = noisy_signal(0.7, seed=lookahead)
+    m = random_model(preset, lookahead)
+    for mask, floor in [("soft", None), ("binary", -20.0)]:
+        off = enhance(m, torch.from_numpy(x), mask=mask, floor_db=floor).numpy()
+        engine = StreamingDenoiser(m, mask=mask, floor_db=floor)
+        y = run_stream(engine, x, chunking)
+        assert np.max(np.abs(y[engine.delay :] - off)) <= 1e-5
+    # the random model really masks: the output is not the input
+    assert np.max(np.abs(off - x)) > 1e-2
+
+
+@pytest.mark.parametrize("preset, lookahead", [("blocks2", 0), ("blocks2", 1), ("paper", 8)])
+def test_impulse_comes_out_exactly_one_delay_later(preset, lookahead):
+    m = pass_through_model(preset, lookahead)
+    engine = StreamingDenoiser(m)
+    assert engine.delay == 1024 + 256 * lookahead
+    x = np.zeros(8000, np.float32)
+    x[3001] = 1.0
+    y = run_stream(engine, x, 97)
+    assert int(np.argmax(np.abs(y))) == 3001 + 1024 + 256 * lookahead
+    assert abs(y.max() - 1.0) < 1e-5
+
+
+def test_reset_restarts_the_stream():
+    m = random_model("blocks2", 1)
+    x = noisy_signal(0.5)
+    engine = StreamingDenoiser(m, mask="soft")
+    first = run_stream(engine, x, 300)  # flush() resets
+    engine.process(np.ones(777, np.float32))
+    engine.reset()
+    again = run_stream(engine, x, 300)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_mask_gain_values():
+    f = torch.tensor([-2.0, -0.0, 0.0, 3.0])
+    assert mask_gain(f, "binary").tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert torch.allclose(mask_gain(f, "soft"), torch.sigmoid(-f))
+    floored = mask_gain(f, "binary", floor_db=-20.0)
+    assert torch.allclose(floored, torch.tensor([1.0, 0.1, 0.1, 0.1]))
+
+
+def test_stream_offline_equivalent_helper_matches_enhance():
+    x = noisy_signal(0.5)
+    m = random_model("blocks2", 2)
+    np.testing.assert_allclose(
+        stream_offline_equivalent(m, x, chunk=513, mask="soft"), enhance(m, torch.from_numpy(x), "soft").numpy(),
+        atol=1e-5,
+    )
