@@ -2,14 +2,161 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.console import Console
+
+from rtpulse.errors import RtpulseError
+
+console = Console(stderr=True)
 
 
-def train() -> None:
-    """Train a PULSE (PU), PN or MixIT model."""
+class Method(str, Enum):
+    pu = "pu"
+    pn = "pn"
+    mixit = "mixit"
+
+
+class Preset(str, Enum):
+    paper = "paper"
+    blocks2 = "blocks2"
+    blocks3 = "blocks3"
+
+
+class Compress(str, Enum):
+    power = "power"
+    linear = "linear"
+    log1p = "log1p"
+
+
+class Risk(str, Enum):
+    nnpu = "nnpu"
+    upu = "upu"
+
+
+class MaskKind(str, Enum):
+    binary = "binary"
+    soft = "soft"
+
+
+class EngineKind(str, Enum):
+    offline = "offline"
+    stream = "stream"
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
-def evaluate() -> None:
-    """Score a model on noisy/clean pairs (SI-SNRi, PESQ, STOI)."""
-    raise typer.Exit(1)
+def train(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
+    method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
+    preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3.")] = Preset.blocks2,
+    lookahead: Annotated[int, typer.Option(help="Future frames the model sees (0 = causal; 16 ms each).")] = 0,
+    compress: Annotated[Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")] = Compress.linear,
+    dropout: Annotated[float, typer.Option(help="Dropout after every conv but the last.")] = 0.2,
+    clean: Annotated[Optional[Path], typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
+    noise: Annotated[Optional[Path], typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
+    noisy: Annotated[Optional[Path], typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
+    val_clean: Annotated[Optional[Path], typer.Option(help="Clean speech for validation mixtures (dev SI-SNRi).")] = None,
+    val_noise: Annotated[Optional[Path], typer.Option(help="Noise for validation mixtures (with --val-clean).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Decoded-audio cache (default ~/.cache/rtpulse).")] = None,
+    dev_fraction: Annotated[float, typer.Option(help="Files held out for validation when no --val-* given.")] = 0.1,
+    dev_count: Annotated[int, typer.Option(help="Fixed validation clips.")] = 32,
+    dev_seconds: Annotated[float, typer.Option(help="Length of each validation clip.")] = 3.125,
+    crop_seconds: Annotated[float, typer.Option(help="Training clip length (shorter = faster on CPU).")] = 3.125,
+    snr_min: Annotated[float, typer.Option(help="Lowest mixing SNR (dB).")] = -5.0,
+    snr_max: Annotated[float, typer.Option(help="Highest mixing SNR (dB).")] = 10.0,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 10; with --resume: the new total).")] = None,
+    steps_per_epoch: Annotated[int, typer.Option(help="Steps per epoch, each on freshly mixed clips.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Clips per step per process (PU: this many U and as many P).")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    output_bias: Annotated[Optional[float], typer.Option(help="Initial bias of the last conv (<0: start at speech).")] = None,
+    prior: Annotated[float, typer.Option(help="PU class prior π (fraction of noise bins in U).")] = 0.7,
+    risk: Annotated[Risk, typer.Option(help="nnpu (non-negative, Kiryo et al.) or upu (unbiased ablation).")] = Risk.nnpu,
+    beta: Annotated[float, typer.Option(help="nnPU β: correction fires when the U-side risk < −β.")] = 0.0,
+    gamma: Annotated[float, typer.Option(help="nnPU γ: step size factor of the correction.")] = 1.0,
+    weight_exponent: Annotated[float, typer.Option(help="Loss weight |X|^p (1 = PULSE, 0 = unweighted).")] = 1.0,
+    select_mask: Annotated[MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")] = MaskKind.binary,
+    seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory where it stopped.")] = None,
+) -> None:
+    """Train a PULSE (PU), PN or MixIT model. Under torchrun each process trains on its own clips."""
+    from trainer.config import TrainConfig
+    from trainer.train import resume_config, run_training
+
+    command = "rtpulse train " + shlex.join(sys.argv[2:]) if len(sys.argv) > 1 else "rtpulse train"
+    try:
+        if resume is not None:
+            cfg = resume_config(resume, epochs)
+        else:
+            if out is None:
+                raise RtpulseError("--out RUN_DIR is required (or --resume RUN_DIR)")
+            cfg = TrainConfig(
+                out=str(out), method=method.value, preset=preset.value, lookahead=lookahead,
+                compress=compress.value, dropout=dropout, clean=_s(clean), noise=_s(noise), noisy=_s(noisy),
+                val_clean=_s(val_clean), val_noise=_s(val_noise), cache=_s(cache), dev_fraction=dev_fraction,
+                dev_count=dev_count, dev_seconds=dev_seconds, crop_seconds=crop_seconds, snr_min=snr_min,
+                snr_max=snr_max, epochs=epochs or 10, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                lr=lr, warmup_steps=warmup_steps, output_bias=output_bias, prior=prior, risk=risk.value,
+                beta=beta, gamma=gamma, weight_exponent=weight_exponent, select_mask=select_mask.value,
+                seed=seed, device=device, command=command,
+            )
+        summary = run_training(cfg, resume=resume is not None, console=console)
+    except RtpulseError as e:
+        _fail(e)
+    console.print(
+        f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s); "
+        f"best epoch {summary['best_epoch']} → {summary['run_dir']}/best.safetensors",
+        highlight=False,
+    )
+
+
+def _s(p: Optional[Path]) -> Optional[str]:
+    return None if p is None else str(p)
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model file (.safetensors).")],
+    noisy: Annotated[Optional[Path], typer.Option(help="Noisy files (paired with --clean by file name).")] = None,
+    clean: Annotated[Optional[Path], typer.Option(help="Clean references (or clean speech with --synth).")] = None,
+    noise: Annotated[Optional[Path], typer.Option(help="Noise folder for --synth.")] = None,
+    synth: Annotated[bool, typer.Option("--synth", help="Score on generated mixtures of --clean and --noise.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated mixtures (--synth).")] = 0,
+    count: Annotated[int, typer.Option(help="Number of generated mixtures (--synth).")] = 32,
+    seconds: Annotated[float, typer.Option(help="Length of each generated mixture (--synth).")] = 3.125,
+    engine: Annotated[EngineKind, typer.Option(help="offline or stream (the real-time engine).")] = EngineKind.offline,
+    mask: Annotated[MaskKind, typer.Option(help="binary (the paper) or soft σ(−f).")] = MaskKind.binary,
+    floor_db: Annotated[Optional[float], typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-file and mean scores here.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Decoded-audio cache for --synth.")] = None,
+) -> None:
+    """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
+    from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
+
+    opts = EvalOptions(engine=engine.value, mask=mask.value, floor_db=floor_db)
+    try:
+        from rtpulse.model import load_model
+
+        net = load_model(model)
+        if synth:
+            if clean is None or noise is None:
+                raise RtpulseError("--synth needs --clean DIR and --noise DIR")
+            result = evaluate_synth(net, clean, noise, seed, count, seconds, opts, cache)
+        else:
+            if noisy is None or clean is None:
+                raise RtpulseError("give --noisy DIR --clean DIR (paired by file name), or --synth")
+            result = evaluate_pairs(net, noisy, clean, opts)
+        print_table(result, console)
+        if json_out is not None:
+            write_json(result, json_out)
+    except RtpulseError as e:
+        _fail(e)

@@ -1,0 +1,61 @@
+"""Per-epoch checkpoints: model weights in safetensors (via rtpulse.model), optimizer/step/RNG state in a
+tensors-and-primitives file read with ``torch.load(weights_only=True)`` (no pickled code).
+
+Files in RUN_DIR/ckpt: ``epoch-NNNN.safetensors`` + ``epoch-NNNN.state.pt``; the two newest pairs are
+kept so a corrupt or half-written latest falls back to the previous one. RUN_DIR/last.safetensors and
+best.safetensors are the user-facing model files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from rtpulse.errors import RtpulseError
+from rtpulse.model import PulseCNN, load_model, save_model
+
+KEEP = 2
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(run_dir: Path, model: PulseCNN, state: dict) -> None:
+    """Write epoch ``state['epoch']``: weights first, state second (the state file marks it complete)."""
+    ckpt = run_dir / "ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stem = f"epoch-{state['epoch']:04d}"
+    save_model(model, ckpt / f"{stem}.safetensors")
+    _atomic_torch_save(state, ckpt / f"{stem}.state.pt")
+    save_model(model, run_dir / "last.safetensors")
+    for old in sorted(ckpt.glob("epoch-*.state.pt"))[:-KEEP]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name.replace(".state.pt", ".safetensors")).unlink(missing_ok=True)
+
+
+def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> tuple[PulseCNN, dict]:
+    """Newest complete, consistent checkpoint → (model, state). Falls back to older ones."""
+    ckpt = run_dir / "ckpt"
+    problems = []
+    for state_path in sorted(ckpt.glob("epoch-*.state.pt"), reverse=True):
+        weights = state_path.with_name(state_path.name.replace(".state.pt", ".safetensors"))
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+            model = load_model(weights, device)
+        except (RtpulseError, RuntimeError, OSError, EOFError, ValueError) as e:
+            problems.append(f"{state_path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        if model.config.extra.get("epoch") != state.get("epoch"):
+            problems.append(f"{state_path.name}: weights and state disagree on the epoch")
+            continue
+        return model, state
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise RtpulseError(f"no usable checkpoint in {ckpt}{detail}")

@@ -1,0 +1,89 @@
+"""The training configuration: one frozen dataclass, saved as RUN_DIR/config.json and in every model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtpulse.errors import RtpulseError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    method: str = "pu"
+    preset: str = "blocks2"
+    lookahead: int = 0
+    compress: str = "linear"
+    dropout: float = 0.2
+    # data: synthetic (clean + noise) or real (noisy + noise); optional clean validation set
+    clean: str | None = None
+    noise: str | None = None
+    noisy: str | None = None
+    val_clean: str | None = None
+    val_noise: str | None = None
+    cache: str | None = None
+    dev_fraction: float = 0.1
+    dev_count: int = 32
+    dev_seconds: float = 3.125
+    crop_seconds: float = 3.125
+    snr_min: float = -5.0
+    snr_max: float = 10.0
+    # optimisation
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 0
+    output_bias: float | None = None
+    # PU risk
+    prior: float = 0.7
+    risk: str = "nnpu"
+    beta: float = 0.0
+    gamma: float = 1.0
+    weight_exponent: float = 1.0
+    select_mask: str = "binary"
+    seed: int = 0
+    device: str | None = None
+    command: str = ""
+
+    def validate(self) -> "TrainConfig":
+        if self.method not in ("pu", "pn", "mixit"):
+            raise RtpulseError(f"--method must be pu, pn or mixit, got {self.method!r}")
+        if self.noise is None:
+            raise RtpulseError("--noise DIR is required (noise recordings)")
+        if (self.clean is None) == (self.noisy is None):
+            raise RtpulseError("give --clean DIR (synthetic recipe) or --noisy DIR (real recordings), exactly one")
+        if self.noisy is not None and self.method != "pu":
+            raise RtpulseError(f"--method {self.method} needs clean speech (--clean); --noisy trains PU only")
+        if (self.val_clean is None) != (self.val_noise is None):
+            raise RtpulseError("--val-clean and --val-noise go together")
+        if self.risk not in ("nnpu", "upu"):
+            raise RtpulseError(f"--risk must be nnpu or upu, got {self.risk!r}")
+        if not 0 < self.prior < 1:
+            raise RtpulseError(f"--prior must be in (0, 1), got {self.prior}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "dev_count"):
+            if getattr(self, name) < 1:
+                raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if self.crop_seconds * 16000 < 1024 or self.dev_seconds * 16000 < 1024:
+            raise RtpulseError("--crop-seconds and --dev-seconds must be at least 0.064 s (one STFT frame)")
+        if self.lr <= 0:
+            raise RtpulseError("--lr must be > 0")
+        if self.select_mask not in ("binary", "soft"):
+            raise RtpulseError("--select-mask must be binary or soft")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

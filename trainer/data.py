@@ -1,0 +1,202 @@
+"""Audio folders → decoded-once cache → one tensor per corpus → clips mixed on the training device.
+
+A corpus (:class:`AudioBank`) keeps every file's 16 kHz mono samples concatenated in one tensor with
+file offsets, so a batch of random crops is one gather by index arithmetic — no per-clip Python in
+the hot loop, and it runs on the GPU when the bank lives there.
+
+Synthetic recipe (as in PULSE): noise standardised (zero mean, unit std), speech scaled to an SNR
+drawn from U[snr_min, snr_max] dB, the mixture (and its parts) divided by the mixture's std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rtpulse.audio import find_audio_files, load_mono
+from rtpulse.errors import RtpulseError
+from rtpulse.stft import SAMPLE_RATE
+
+STD_EPS = 1e-5
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rtpulse"
+
+
+def decode_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
+    """One file → mono float32 at 16 kHz; decoded once into ``cache_dir/<hash>.npy`` (path+mtime+size)."""
+    if cache_dir is None:
+        return load_mono(path, SAMPLE_RATE)
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{SAMPLE_RATE}".encode()).hexdigest()
+    npy = cache_dir / f"{key}.npy"
+    if npy.is_file():
+        try:
+            return np.load(npy, allow_pickle=False)
+        except (OSError, ValueError):
+            pass  # corrupt cache entry: decode again
+    x = load_mono(path, SAMPLE_RATE).astype(np.float32)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
+    try:
+        np.save(tmp, x, allow_pickle=False)
+        os.replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return x
+
+
+def list_audio(root: Path, what: str) -> list[Path]:
+    files = find_audio_files(root)
+    if not files:
+        raise RtpulseError(f"no audio files (wav, flac, ogg, …) under {what} folder {root}")
+    return files
+
+
+def split_files(files: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Split by file with a fixed seed: (train, held_out). Held-out gets ≥ 1 file when there are ≥ 2."""
+    if fraction <= 0 or len(files) < 2:
+        return list(files), []
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_held = min(len(files) - 1, max(1, round(fraction * len(files))))
+    held = sorted(files[i] for i in order[:n_held])
+    train = sorted(files[i] for i in order[n_held:])
+    return train, held
+
+
+class AudioBank:
+    """All files of one corpus in one tensor. ``samples [N]``, ``starts [K]``, ``lengths [K]`` (int64)."""
+
+    def __init__(self, arrays: list[np.ndarray], names: list[str]) -> None:
+        keep = [(a, n) for a, n in zip(arrays, names) if a.size > 0]
+        if not keep:
+            raise RtpulseError("all audio files are empty")
+        self.names = [n for _, n in keep]
+        lengths = np.array([a.size for a, _ in keep], dtype=np.int64)
+        self.samples = torch.from_numpy(np.concatenate([a for a, _ in keep]).astype(np.float32))
+        self.lengths = torch.from_numpy(lengths)
+        self.starts = torch.from_numpy(np.concatenate(([0], np.cumsum(lengths)[:-1])))
+
+    @classmethod
+    def from_files(
+        cls, files: list[Path], cache_dir: Path | None, on_file: Callable[[], None] | None = None
+    ) -> "AudioBank":
+        arrays = []
+        for f in files:
+            arrays.append(decode_cached(f, cache_dir))
+            if on_file:
+                on_file()
+        return cls(arrays, [str(f) for f in files])
+
+    def to(self, device: torch.device | str) -> "AudioBank":
+        for k in ("samples", "lengths", "starts"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.numel() / SAMPLE_RATE
+
+    def crops(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` random crops ``[n, length]``: file drawn ∝ its length, start uniform; short files zero-padded."""
+        dev = self.samples.device
+        files = torch.multinomial(self.lengths.float(), n, replacement=True, generator=gen)  # [n]
+        lens = self.lengths[files]
+        room = (lens - length).clamp_min(0)
+        offs = (torch.rand(n, device=dev, generator=gen) * (room + 1).float()).long().minimum(room)
+        pos = offs[:, None] + torch.arange(length, device=dev)[None]  # [n, length]
+        valid = pos < lens[:, None]
+        idx = (self.starts[files][:, None] + pos).clamp_max(self.samples.numel() - 1)
+        return self.samples[idx] * valid
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit std per row: ``[B, T]``."""
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.std(-1, keepdim=True) + STD_EPS)
+
+
+def mix_at_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor):
+    """``[B, T]`` speech, ``[B, T]`` noise, ``[B]`` dB → (noisy, clean, noise), all divided by std(noisy)."""
+    noise = standardise(noise)
+    clean = clean - clean.mean(-1, keepdim=True)
+    e_clean = (clean**2).sum(-1, keepdim=True)
+    e_noise = (noise**2).sum(-1, keepdim=True)
+    clean = clean * (10.0 ** (snr_db[:, None] / 20.0)) * torch.sqrt(e_noise / (e_clean + 1e-12))
+    noisy = clean + noise
+    scale = noisy.std(-1, keepdim=True) + STD_EPS
+    return noisy / scale, clean / scale, noise / scale
+
+
+@dataclass
+class Batch:
+    """Waveforms ``[B, T]`` for one step. Which fields are set depends on the method.
+
+    pu: ``u`` (noisy), ``p`` (separate noise clips). pn: ``u`` (noisy), ``clean``.
+    mixit: ``mix`` (noisy + noise, normalised), ``u`` (noisy) and ``noise`` scaled like ``mix``.
+    """
+
+    u: torch.Tensor
+    p: torch.Tensor | None = None
+    clean: torch.Tensor | None = None
+    mix: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+
+
+class Recipe:
+    """Draws batches. Synthetic: ``clean`` + ``noise`` banks; real (PU only): ``noisy`` + ``noise`` banks."""
+
+    def __init__(
+        self, method: str, noise: AudioBank, clean: AudioBank | None = None, noisy: AudioBank | None = None,
+        snr_range: tuple[float, float] = (-5.0, 10.0),
+    ) -> None:
+        if (clean is None) == (noisy is None):
+            raise RtpulseError("give either clean speech (synthetic recipe) or noisy recordings (real), not both")
+        if noisy is not None and method != "pu":
+            raise RtpulseError(f"--method {method} needs clean speech (--clean); real noisy recordings train PU only")
+        self.method, self.noise, self.clean, self.noisy, self.snr_range = method, noise, clean, noisy, snr_range
+
+    def to(self, device) -> "Recipe":
+        for bank in (self.noise, self.clean, self.noisy):
+            if bank is not None:
+                bank.to(device)
+        return self
+
+    def noisy_clips(self, n: int, length: int, gen: torch.Generator):
+        """(noisy, clean) ``[n, length]``; clean is None for real recordings."""
+        if self.noisy is not None:
+            return standardise(self.noisy.crops(n, length, gen)), None
+        speech = self.clean.crops(n, length, gen)
+        noise = self.noise.crops(n, length, gen)
+        lo, hi = self.snr_range
+        snr = lo + (hi - lo) * torch.rand(n, device=speech.device, generator=gen)
+        noisy, clean, _ = mix_at_snr(speech, noise, snr)
+        return noisy, clean
+
+    def batch(self, n: int, length: int, gen: torch.Generator) -> Batch:
+        noisy, clean = self.noisy_clips(n, length, gen)
+        if self.method == "pn":
+            return Batch(u=noisy, clean=clean)
+        # P clips / MixIT's second noise: fresh crops, never the noise inside the noisy clips.
+        noise = standardise(self.noise.crops(n, length, gen))
+        if self.method == "pu":
+            return Batch(u=noisy, p=noise)
+        mix = noisy + noise
+        scale = mix.std(-1, keepdim=True) + STD_EPS
+        return Batch(u=noisy / scale, mix=mix / scale, noise=noise / scale)
+
+
+def write_split(path: Path, split: dict[str, dict[str, list[Path]]]) -> None:
+    data = {k: {part: [str(f) for f in files] for part, files in v.items()} for k, v in split.items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

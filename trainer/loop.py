@@ -1,0 +1,109 @@
+"""The epoch loop with live diagnostics (rich progress), validation, metrics.jsonl and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rtpulse.stft import SAMPLE_RATE
+from trainer.ddp import rank_seed
+
+REFRESH_STEPS = 10  # host syncs for the live line happen this often, not every step
+
+
+def _live(avg: dict, cfg) -> str:
+    line = f"loss {avg['loss']:.4f}"
+    if cfg.method == "pu":
+        line += f" │ P {avg['risk_p']:.3f} U {avg['risk_u']:+.3f} nn {avg['corrected']:.0%}"
+    return line + f" │ U speech {avg['u_speech']:.1%} │ f {avg['logit_mean']:+.2f}±{avg['logit_std']:.2f}"
+
+
+def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show) -> dict:
+    from trainer.train import STAT_KEYS, checkpoint_model, save_epoch, train_step, _write_line
+    from trainer.validate import dev_pu_risk, dev_sisnri
+
+    net = d.wrap(model)
+    length = int(round(cfg.crop_seconds * SAMPLE_RATE))
+    run_dir = cfg.run_dir
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn(), TextColumn("{task.fields[diag]}"),
+        console=console, transient=False, disable=not show,
+    )
+    with progress:
+        task = progress.add_task("train", total=cfg.steps_per_epoch, epoch=0, rate=0.0, diag="")
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            seed = rank_seed(cfg.seed, epoch, d.rank)
+            gen = torch.Generator(device=d.device).manual_seed(seed)
+            torch.manual_seed(seed + 1)  # dropout's stream, also per (epoch, rank)
+            if hasattr(recipe, "set_epoch"):
+                recipe.set_epoch(epoch)
+            progress.reset(task, total=cfg.steps_per_epoch, epoch=f"{epoch}/{cfg.epochs}", rate=0.0, diag="")
+            sums = torch.zeros(len(STAT_KEYS), device=d.device)
+            t0 = time.time()
+            for i in range(cfg.steps_per_epoch):
+                batch = recipe.batch(cfg.batch_size, length, gen)
+                stats = train_step(net, optimizer, batch, cfg, scheduler)
+                sums += torch.stack([stats[k].float() for k in STAT_KEYS])
+                state["step"] += 1
+                if show and ((i + 1) % REFRESH_STEPS == 0 or i + 1 == cfg.steps_per_epoch or i < 3):
+                    avg = dict(zip(STAT_KEYS, (sums / (i + 1)).tolist()))
+                    rate = (i + 1) * cfg.batch_size * d.world / max(time.time() - t0, 1e-9)
+                    progress.update(task, completed=i + 1, rate=rate, diag=_live(avg, cfg))
+            seconds = time.time() - t0
+            avg = dict(zip(STAT_KEYS, (d.mean(sums) / cfg.steps_per_epoch).tolist()))
+            record = {"epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"], **avg,
+                      "clips_per_s": cfg.steps_per_epoch * cfg.batch_size * d.world / seconds,
+                      "train_seconds": seconds}
+            if d.main:
+                record.update(_validate(model, dev, cfg, d.device, dev_sisnri, dev_pu_risk))
+                score = _score(record, cfg)
+                best = score > state["best_score"] or state["best_epoch"] == 0
+                if best:
+                    state["best_score"], state["best_epoch"] = score, epoch
+                record.update(score=score, best_epoch=state["best_epoch"])
+                state["epoch"] = epoch
+                save_epoch(run_dir, checkpoint_model(model, cfg, epoch, record), optimizer, scheduler, state, best)
+                _write_line(run_dir / "metrics.jsonl", record)
+                if console is not None:
+                    console.print(_epoch_line(record, cfg), highlight=False)
+            state["epoch"] = epoch
+            d.barrier()
+    return {"epochs": state["epoch"], "steps": state["step"], "best_epoch": state["best_epoch"],
+            "best_score": state["best_score"], "run_dir": str(run_dir)}
+
+
+def _validate(model, dev, cfg, device, dev_sisnri, dev_pu_risk) -> dict:
+    out = {}
+    if dev.noisy is not None:
+        out.update(dev_sisnri(model, dev.noisy, dev.clean, device))
+    if dev.u is not None:
+        out.update(dev_pu_risk(model, dev.u, dev.p, cfg, device))
+    return out
+
+
+def _score(record: dict, cfg) -> float:
+    """Higher is better: dev SI-SNRi when clean dev data exists, else −(held-out nnPU risk), else −loss."""
+    key = f"dev_sisnri_{cfg.select_mask}"
+    if key in record:
+        return record[key]
+    if "val_risk" in record:
+        return -record["val_risk"]
+    return -record["loss"] if math.isfinite(record["loss"]) else -math.inf
+
+
+def _epoch_line(r: dict, cfg) -> str:
+    parts = [f"epoch {r['epoch']}", f"loss {r['loss']:.4f}"]
+    if cfg.method == "pu":
+        parts.append(f"P {r['risk_p']:.3f} U {r['risk_u']:+.3f} nn-fired {r['corrected']:.0%}")
+    parts.append(f"U speech {r['u_speech']:.1%} f {r['logit_mean']:+.2f}±{r['logit_std']:.2f}")
+    if "dev_sisnri_binary" in r:
+        parts.append(f"dev SI-SNRi {r['dev_sisnri_binary']:+.2f} dB (binary) {r['dev_sisnri_soft']:+.2f} dB (soft)")
+    if "val_risk" in r:
+        parts.append(f"val risk {r['val_risk']:.4f}")
+    parts.append(f"{r['clips_per_s']:.1f} clips/s" + (" ★" if r["best_epoch"] == r["epoch"] else ""))
+    return " │ ".join(parts)

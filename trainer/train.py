@@ -1,0 +1,228 @@
+"""The training loop: on-device mixing → one STFT → PulseCNN → PU / PN / MixIT loss → Adam.
+
+Per epoch: ``steps_per_epoch`` steps of freshly mixed clips, validation, one JSON line in
+RUN_DIR/metrics.jsonl, an atomic checkpoint (RUN_DIR/ckpt), RUN_DIR/last.safetensors and, when the
+validation score improves, RUN_DIR/best.safetensors. ``resume`` continues from the newest checkpoint
+with the same step, optimizer state and random streams (each epoch's streams derive from seed, epoch
+and rank, so a resumed epoch draws exactly the clips the killed run would have).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from rtpulse.errors import RtpulseError
+from rtpulse.model import ModelConfig, PulseCNN, save_model
+from rtpulse.stft import SAMPLE_RATE, stft
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import AudioBank, Batch, Recipe, default_cache_dir, list_audio, split_files, write_split
+from trainer.ddp import Dist, init_distributed, rank_seed
+from trainer.losses import bin_weight, mixit_loss, pn_loss, pu_risk
+from trainer.validate import DevData, dev_pu_risk, dev_sisnri
+
+STAT_KEYS = ("loss", "risk_p", "risk_u", "corrected", "u_speech", "logit_mean", "logit_std")
+
+
+# --- one step ------------------------------------------------------------------------------------------
+
+
+def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """Loss and diagnostics (0-dim tensors, no host sync). U = ``batch.u`` is what the model enhances."""
+    cuda = batch.u.device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    zero = torch.zeros((), device=batch.u.device)
+    if cfg.method == "pu":
+        n = batch.u.shape[0]
+        mag = stft(torch.cat((batch.u, batch.p))).abs()  # [2B, 513, M]: U clips then P clips
+        with autocast:
+            f = model(mag)[:, 0].float()  # [2B, 513, M]
+        w = bin_weight(mag, cfg.weight_exponent)
+        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, cfg.risk, cfg.beta, cfg.gamma)
+        loss, f_u, extra = r.loss, f[:n], {"risk_p": r.risk_p, "risk_u": r.risk_u, "corrected": r.corrected}
+    elif cfg.method == "pn":
+        spec = stft(torch.cat((batch.u, batch.clean)))
+        mag_u, mag_s = spec.abs().chunk(2)
+        with autocast:
+            f_u = model(mag_u)[:, 0].float()
+        loss, extra = pn_loss(f_u, mag_u, mag_s), {}
+    else:
+        mag_m, mag_u, mag_n = stft(torch.cat((batch.mix, batch.u, batch.noise))).abs().chunk(3)
+        with autocast:
+            logits = model(mag_m).float()  # [B, 3, 513, M]
+        loss, f_u, extra = mixit_loss(logits, mag_m, mag_u, mag_n), logits[:, 0], {}
+    f_u = f_u.detach()
+    stats = {"loss": loss.detach(), "risk_p": zero, "risk_u": zero, "corrected": zero,
+             "u_speech": (f_u < 0).float().mean(), "logit_mean": f_u.mean(), "logit_std": f_u.std()}
+    stats.update({k: v.detach() for k, v in extra.items()})
+    return loss, stats
+
+
+def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None) -> dict:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss, stats = compute_loss(model, batch, cfg)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return stats
+
+
+# --- setup ---------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig) -> PulseCNN:
+    mc = ModelConfig(preset=cfg.preset, compress=cfg.compress, lookahead=cfg.lookahead, method=cfg.method,
+                     out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout)
+    torch.manual_seed(cfg.seed)
+    model = PulseCNN(mc)
+    if cfg.output_bias is not None:
+        with torch.no_grad():  # e.g. negative: start by calling bins speech (f < 0)
+            model.convs[-1].bias.fill_(cfg.output_bias)
+    return model
+
+
+def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Recipe, DevData, dict]:
+    """Banks on the training device, fixed dev clips on the CPU, and the file split."""
+    cache = Path(cfg.cache) if cfg.cache else default_cache_dir()
+    noise_files = list_audio(Path(cfg.noise), "--noise")
+    speech_key, speech_root = ("clean", cfg.clean) if cfg.clean else ("noisy", cfg.noisy)
+    speech_files = list_audio(Path(speech_root), f"--{speech_key}")
+    have_val = cfg.val_clean is not None
+    # with a separate clean validation set, synthetic training keeps every file; real mode still holds
+    # out P/U files for its risk.
+    frac = 0.0 if (have_val and cfg.clean) else cfg.dev_fraction
+    sp_train, sp_held = split_files(speech_files, frac, cfg.seed)
+    no_train, no_held = split_files(noise_files, frac, cfg.seed + 1)
+    split = {speech_key: {"train": sp_train, "held_out": sp_held}, "noise": {"train": no_train, "held_out": no_held}}
+    if have_val:
+        split["val"] = {"clean": list_audio(Path(cfg.val_clean), "--val-clean"),
+                        "noise": list_audio(Path(cfg.val_noise), "--val-noise")}
+
+    def load(files: list[Path]) -> AudioBank | None:
+        return AudioBank.from_files(files, cache) if files else None
+
+    if console is not None:
+        n_all = sum(len(v) for part in split.values() for v in part.values())
+        console.print(f"decoding {n_all} files (cached in {cache}) …", highlight=False)
+    banks = {"noise": load(no_train), speech_key: load(sp_train)}
+    recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
+                    snr_range=(cfg.snr_min, cfg.snr_max)).to(d.device)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)  # the dev set is fixed for the whole run
+    length = int(round(cfg.dev_seconds * SAMPLE_RATE))
+    dev = DevData()
+    if have_val:
+        vr = Recipe("pn", load(split["val"]["noise"]), clean=load(split["val"]["clean"]),
+                    snr_range=(cfg.snr_min, cfg.snr_max))
+        dev.noisy, dev.clean = vr.noisy_clips(cfg.dev_count, length, gen)
+    if sp_held and no_held:
+        hr = Recipe("pu" if cfg.noisy else "pn", load(no_held), clean=load(sp_held) if cfg.clean else None,
+                    noisy=load(sp_held) if cfg.noisy else None, snr_range=(cfg.snr_min, cfg.snr_max))
+        if cfg.noisy:
+            b = hr.batch(cfg.dev_count, length, gen)
+            dev.u, dev.p = b.u, b.p
+        elif not have_val:
+            dev.noisy, dev.clean = hr.noisy_clips(cfg.dev_count, length, gen)
+    return recipe, dev, split
+
+
+def _warmup(steps: int):
+    return lambda step: 1.0 if steps <= 0 else min(1.0, (step + 1) / steps)
+
+
+def _write_line(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _trim_metrics(path: Path, upto_epoch: int) -> None:
+    """A killed run may have logged epochs it never checkpointed: keep lines up to ``upto_epoch``."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= upto_epoch]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RtpulseError(f"cannot resume: {path} not found (is {run_dir} a training run directory?)")
+    cfg = TrainConfig.from_json(path.read_text())
+    return dataclasses.replace(cfg, out=str(run_dir), epochs=epochs or cfg.epochs)
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
+    """Train; returns the summary (best epoch and score, paths). Under torchrun every rank calls this."""
+    cfg.validate()
+    d = init_distributed(cfg.device)
+    try:
+        return _run(cfg, d, resume, console if d.main else None, progress and d.main)
+    finally:
+        d.close()
+
+
+def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show: bool) -> dict:
+    from trainer.loop import run_epochs
+
+    run_dir = cfg.run_dir
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()):
+            raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
+    recipe, dev, split = build_data(cfg, d, console)
+    model = build_model(cfg).to(d.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
+    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0}
+    if resume:
+        loaded, state = load_checkpoint(run_dir, d.device)
+        model.load_state_dict(loaded.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if d.main:
+            _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
+    elif d.main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_split(run_dir / "split.json", split)
+    d.barrier()
+    t0 = time.time()
+    summary = run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show)
+    summary["seconds"] = time.time() - t0
+    if d.main:
+        from trainer.plot import plot_metrics
+
+        summary["plot"] = plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png")
+    return summary
+
+
+def checkpoint_model(model: PulseCNN, cfg: TrainConfig, epoch: int, record: dict) -> PulseCNN:
+    """The model with its training provenance in ``config.extra`` (the model card cites it)."""
+    extra = {"epoch": epoch, "train_command": cfg.command, "train_config": cfg.to_dict(),
+             "metrics": {k: v for k, v in record.items() if isinstance(v, (int, float))}}
+    model.config = dataclasses.replace(model.config, extra=extra)
+    return model
+
+
+def save_epoch(run_dir: Path, model: PulseCNN, optimizer, scheduler, state: dict, best: bool) -> None:
+    full = dict(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                rng_cpu=torch.get_rng_state())
+    save_checkpoint(run_dir, model, full)
+    if best:
+        save_model(model, run_dir / "best.safetensors")
