@@ -102,14 +102,18 @@ class ModelConfig:
 
 @dataclass
 class StreamState:
-    """Per-layer caches for :meth:`PulseCNN.step`.
+    """Per-layer caches and streaming kernels for :meth:`PulseCNN.step`.
 
-    caches[i]: the last (k−1) input columns of layer i, ``[B, C_in, F, k−1]`` (empty for 1×1 layers).
+    caches[i]: the last (k−1) input columns of layer i, ``[B, C_in, k−1, F]`` (empty for 1×1 layers).
+    kernels[i]: layer i's weight folded for a one-column step — ``[C_out, C_in·k_t, k_f]``, the time taps
+        moved into the channel axis so a step is one 1-D convolution over frequency (several times
+        faster than a 2-D convolution on a 3-column input). A snapshot: re-init after changing weights.
     warmup[i]: outputs layer i still has to swallow — a lookahead layer's first output belongs to
         frame −1, which offline never computes, so it must not reach the next layer's cache.
     """
 
     caches: list[torch.Tensor]
+    kernels: list[tuple[torch.Tensor, torch.Tensor | None]]
     warmup: list[int]
 
 
@@ -166,15 +170,18 @@ class PulseCNN(nn.Module):
                 x = self.dropout(torch.relu(x))
         return x
 
+    @torch.no_grad()
     def init_state(self, batch: int = 1) -> StreamState:
-        """Zero caches: the same as the zero time-padding the offline pass sees before frame 0."""
-        p = next(self.parameters())
-        caches = [
-            torch.zeros(batch, conv.in_channels, N_BINS, conv.kernel_size[1] - 1, dtype=p.dtype, device=p.device)
-            for conv in self.convs
-        ]
+        """Zero caches (the zero time-padding offline sees before frame 0) and folded kernels."""
+        caches, kernels = [], []
+        for conv in self.convs:
+            w = conv.weight.detach()  # [C_out, C_in, k_f, k_t]
+            c_out, c_in, k_f, k_t = w.shape
+            caches.append(torch.zeros(batch, c_in, k_t - 1, N_BINS, dtype=w.dtype, device=w.device))
+            folded = w.permute(0, 1, 3, 2).reshape(c_out, c_in * k_t, k_f).contiguous()  # channel = c_in·k_t + t
+            kernels.append((folded, None if conv.bias is None else conv.bias.detach().clone()))
         warmup = [future for _, future in self.time_pads]
-        return StreamState(caches, warmup)
+        return StreamState(caches, kernels, warmup)
 
     @torch.no_grad()
     def step(self, mag_col: torch.Tensor, state: StreamState) -> torch.Tensor | None:
@@ -184,22 +191,21 @@ class PulseCNN(nn.Module):
         nothing is recomputed. Returns None for the first ``lookahead`` frames (output not yet defined).
         Dropout is not applied (call on a model in eval mode for parity with :meth:`forward`).
         """
-        x = self.features(mag_col.unsqueeze(-1))  # [B, 1, F, 1]
+        x = self.features(mag_col.unsqueeze(-1))[..., 0]  # [B, 1, F]
         last = len(self.convs) - 1
-        for i, conv in enumerate(self.convs):
-            kt = conv.kernel_size[1]
-            if kt > 1:
-                window = torch.cat((state.caches[i], x), dim=3)  # [B, C_in, F, kt]
-                state.caches[i] = window[..., 1:]
-                x = F.conv2d(window, conv.weight, conv.bias, padding=(conv.kernel_size[0] // 2, 0))
-            else:
-                x = conv(x)  # [B, C_out, F, 1]
+        for i, (weight, bias) in enumerate(state.kernels):
+            cache = state.caches[i]
+            if cache.shape[2] > 0:
+                window = torch.cat((cache, x.unsqueeze(2)), dim=2)  # [B, C_in, k_t, F], oldest column first
+                state.caches[i] = window[:, :, 1:]
+                x = window.reshape(x.shape[0], -1, x.shape[-1])  # [B, C_in·k_t, F]
+            x = F.conv1d(x, weight, bias, padding=weight.shape[-1] // 2)  # [B, C_out, F]
             if state.warmup[i] > 0:
                 state.warmup[i] -= 1
                 return None
             if i < last:
                 x = torch.relu(x)
-        return x[..., 0]
+        return x
 
 
 def count_parameters(model: nn.Module) -> int:
