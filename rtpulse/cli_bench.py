@@ -1,13 +1,131 @@
-"""`rtpulse bench latency|quality`: thin commands over `benchmarks/` (imported inside)."""
+"""`rtpulse bench latency|quality`: thin commands over `benchmarks/` (imported inside the commands)."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Annotated
 
-bench_app = typer.Typer(help="Measure latency and quality against peers.", no_args_is_help=True)
+import typer
+from rich.console import Console
+
+from rtpulse.errors import RtpulseError
+
+bench_app = typer.Typer(
+    help="Measure latency and quality against peers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+ModelsOpt = Annotated[list[Path] | None, typer.Option("--model", "-m", help="A model file to include (repeatable).")]
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 @bench_app.command()
-def latency() -> None:
-    """Per-hop compute, real-time factor and measured delay."""
-    raise typer.Exit(1)
+def latency(
+    json_out: Annotated[
+        Path, typer.Option("--json", help="JSON output; the .md table and _hops.png go beside it.")
+    ] = _RESULTS / "latency.json",
+    model: ModelsOpt = None,
+    hops: Annotated[int, typer.Option(min=10, help="Timed hops per configuration (warm-up excluded).")] = 3000,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed hops before timing.")] = 100,
+    presets: Annotated[
+        bool, typer.Option(help="Include paper/blocks2 at L=0 and max lookahead (random weights).")
+    ] = True,
+    peers: Annotated[bool, typer.Option(help="Time the peer denoisers per 10 ms block.")] = True,
+    peer_blocks: Annotated[int, typer.Option(min=10, help="Timed 10 ms blocks per peer.")] = 2000,
+    plot: Annotated[bool, typer.Option(help="Write the PNG histogram of hop times (needs matplotlib).")] = True,
+    profile: Annotated[bool, typer.Option(help="Profile the model step of configs with rtf > 0.04.")] = True,
+    timing_repeats: Annotated[int, typer.Option(min=5, help="Repeats for the mean step / recompute times.")] = 300,
+) -> None:
+    """Measured delay (impulse), per-hop compute on one thread, real-time factor, cache gain; peers' RTF."""
+    from benchmarks.latency import LatencyOptions, markdown, run_latency, write_latency
+
+    opts = LatencyOptions(
+        hops=hops,
+        warmup=warmup,
+        models=list(model or []),
+        presets=presets,
+        peers=peers,
+        peer_blocks=peer_blocks,
+        profile=profile,
+        timing_repeats=timing_repeats,
+    )
+    try:
+        with console.status("latency") as status:
+            result, hist = run_latency(opts, progress=lambda msg: status.update(msg))
+        written = write_latency(result, hist, json_out, plot=plot)
+    except RtpulseError as e:
+        _fail(e)
+    typer.echo(markdown(result))
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+    bad = [c["name"] for c in result["configs"] if c["delay_samples_measured"] != c["delay_samples_expected"]]
+    if bad:
+        _fail(RtpulseError(f"measured delay differs from 1024 + 256·L for: {', '.join(bad)}"))
+
+
+@bench_app.command()
+def quality(
+    out: Annotated[Path, typer.Option("--out", help="Output folder for quality.json/.md and the PNGs.")] = _RESULTS,
+    noisy: Annotated[Path | None, typer.Option(help="Folder of noisy files (paired by name with --clean).")] = None,
+    clean: Annotated[Path | None, typer.Option(help="Folder of clean references for --noisy.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data root with speech/dev and noise/dev to mix a test set from.")
+    ] = None,
+    model: ModelsOpt = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="A label per --model, in order (default: the file name).")
+    ] = None,
+    count: Annotated[int, typer.Option(min=1, help="Mixtures to generate.")] = 40,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Length of each generated mixture (s).")] = 6.0,
+    seed: Annotated[int, typer.Option(help="Seed for the generated test set.")] = 0,
+    real: Annotated[Path | None, typer.Option(help="Folder of real noisy recordings (no clean): DNSMOS only.")] = None,
+    streaming: Annotated[bool, typer.Option(help="Also score rtpulse models through the streaming engine.")] = True,
+    peers: Annotated[bool, typer.Option(help="Include the peer denoisers.")] = True,
+    dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS (torchmetrics + speechmos ONNX files).")] = True,
+) -> None:
+    """SI-SNRi, PESQ-WB, STOI and DNSMOS for rtpulse, peers and a Wiener baseline on one test set."""
+    from benchmarks.quality import QualityOptions, markdown, run_quality, write_quality
+
+    opts = QualityOptions(
+        noisy=noisy,
+        clean=clean,
+        data=data,
+        models=list(model or []),
+        labels=list(label or []),
+        count=count,
+        seconds=seconds,
+        seed=seed,
+        real=real,
+        streaming=streaming,
+        peers=peers,
+        dnsmos=dnsmos,
+    )
+    try:
+        with _progress() as progress:
+            result, example = run_quality(opts, progress)
+        written = write_quality(result, example, out)
+    except RtpulseError as e:
+        _fail(e)
+    typer.echo(markdown(result))
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)

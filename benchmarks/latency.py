@@ -1,0 +1,459 @@
+"""Latency benchmark: measured delay, per-hop compute, real-time factor, cache gain, and peers' RTF.
+
+For every configuration (shipped model, ``--model`` files, and the ``paper``/``blocks2`` presets at L = 0
+and at their maximum lookahead with random weights — compute time does not depend on weight values):
+
+- ``delay_samples_measured``: an impulse through :class:`rtpulse.stream.StreamingDenoiser`, located in the
+  output; ``delay_samples_expected`` = 1024 + 256·L.
+- ``hop_ms_p50/p99/max``: wall time of one engine hop (256 new samples → 256 out: STFT, model step, mask,
+  iSTFT) with ``torch.set_num_threads(1)``, warm-up excluded; ``rtf`` = mean hop time / 16 ms.
+- ``recompute_ratio``: time of an offline forward over the receptive field's frames (what a stateless
+  engine would redo every hop) / time of one cached ``model.step``.
+
+Peers: each peer's native per-10 ms process, timed the same way; ``rtf`` = mean time / 10 ms.
+
+Run: ``python -m benchmarks.latency`` or ``rtpulse bench latency`` (same options).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.align import locate_delay
+from rtpulse.model import ModelConfig, PulseCNN, count_parameters, default_model_path, load_model
+from rtpulse.stft import HOP, N_BINS, SAMPLE_RATE
+from rtpulse.stream import StreamingDenoiser, delay_samples
+
+HOP_MS = 1000.0 * HOP / SAMPLE_RATE  # 16 ms
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass
+class Subject:
+    """One configuration to measure."""
+
+    name: str
+    model: PulseCNN
+    source: str  # "shipped", a file path, or "random weights"
+
+
+@dataclass
+class LatencyOptions:
+    hops: int = 3000  # timed hops per configuration (48 s of audio): p99 rests on 30 samples
+    warmup: int = 100
+    models: list[Path] = field(default_factory=list)
+    presets: bool = True
+    peers: bool = True
+    peer_blocks: int = 2000  # timed 10 ms blocks per peer
+    profile: bool = True
+    timing_repeats: int = 300  # repeats for the mean step / recompute times
+
+
+def subjects(models: list[Path], presets: bool = True) -> tuple[list[Subject], list[str]]:
+    """The configurations to measure, and notes on what was skipped."""
+    out, notes = [], []
+    shipped = default_model_path()
+    if shipped.is_file():
+        out.append(Subject("shipped", load_model(shipped), str(shipped)))
+    else:
+        notes.append(f"shipped model skipped: {shipped} does not exist yet")
+    for path in models:
+        out.append(Subject(Path(path).stem, load_model(path), str(path)))
+    if presets:
+        torch.manual_seed(0)
+        for preset in ("paper", "blocks2"):
+            for look in (0, ModelConfig(preset=preset).max_lookahead):
+                cfg = ModelConfig(preset=preset, lookahead=look)
+                out.append(Subject(f"{preset}-L{look}", PulseCNN(cfg).eval(), "random weights"))
+    return out, notes
+
+
+def measure_delay(model: PulseCNN, position: int = 3001) -> int:
+    """An impulse at ``position`` through the streaming engine (soft mask: every gain > 0, so the
+    impulse survives; each frame's gain is real and non-negative, so its peak stays in place)."""
+    engine = StreamingDenoiser(model, mask="soft")
+    max_lag = delay_samples(model.config.max_lookahead) + HOP
+    x = np.zeros(position + max_lag + 2 * HOP, np.float32)
+    x[position] = 1.0
+    y = np.concatenate([engine.process(x[i : i + HOP]) for i in range(0, x.size, HOP)])
+    return locate_delay(x, y, max_lag)
+
+
+def time_hops(model: PulseCNN, hops: int, warmup: int) -> np.ndarray:
+    """Wall time (ms) of each of ``hops`` engine hops after ``warmup`` untimed ones."""
+    engine = StreamingDenoiser(model)
+    rng = np.random.default_rng(0)
+    blocks = (0.1 * rng.standard_normal((64, HOP))).astype(np.float32)
+    for i in range(warmup):
+        engine.process(blocks[i % 64])
+    times = np.empty(hops)
+    clock = time.perf_counter_ns
+    for i in range(hops):
+        t0 = clock()
+        engine.process(blocks[i % 64])
+        times[i] = (clock() - t0) / 1e6
+    return times
+
+
+def _mean_time_ms(fn, repeats: int, warmup: int = 20) -> float:
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter_ns()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter_ns() - t0) / 1e6 / repeats
+
+
+def step_ms(model: PulseCNN, repeats: int = 500) -> float:
+    """Mean time of one cached ``model.step`` (past the lookahead warm-up)."""
+    state = model.init_state(1)
+    col = torch.rand(1, N_BINS)
+    return _mean_time_ms(lambda: model.step(col, state), repeats, warmup=model.lookahead + 20)
+
+
+@torch.no_grad()
+def recompute_ms(model: PulseCNN, repeats: int = 100) -> float:
+    """Mean time of the offline forward over the receptive field's time span ``[1, 513, RF]``."""
+    mag = torch.rand(1, N_BINS, model.receptive_field[1])
+    return _mean_time_ms(lambda: model(mag), repeats, warmup=5)
+
+
+def profile_step(model: PulseCNN, repeats: int = 200) -> dict:
+    """Where a step's time goes, from torch's profiler over ``repeats`` steps (whatever ``step`` runs).
+
+    ``layers``: each convolution call, grouped by input shape (one per layer), mean ms per step.
+    ``ops_ms``: self time per torch op; ``outside_torch_ms`` = wall step time − Σ op self time, i.e. Python
+    and dispatch overhead (the profiler adds a little to each op, so this is a lower bound).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    state = model.init_state(1)
+    col = torch.rand(1, N_BINS)
+    for _ in range(model.lookahead + 20):
+        model.step(col, state)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(repeats):
+            model.step(col, state)
+    layers = [
+        {
+            "op": e.key,
+            "input": " × ".join(str(x) for x in e.input_shapes[:2]),
+            "ms": round(e.cpu_time_total / 1e3 / repeats, 4),
+        }
+        for e in prof.key_averages(group_by_input_shape=True)
+        if e.key in ("aten::conv1d", "aten::conv2d")
+    ]
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e3 / repeats) for e in prof.key_averages()), key=lambda kv: -kv[1])
+    in_torch = sum(ms for _, ms in ops)
+    wall = step_ms(model, repeats)
+    macs = sum(c.in_channels * c.out_channels * c.kernel_size[0] * c.kernel_size[1] * N_BINS for c in model.convs)
+    return {
+        "step_ms": round(wall, 4),
+        "conv_ms_sum": round(sum(la["ms"] for la in layers), 4),
+        "torch_ops_ms": round(in_torch, 4),
+        "outside_torch_ms": round(wall - in_torch, 4),
+        "mmacs_per_hop": round(macs / 1e6, 2),
+        "layers": layers,
+        "ops_ms": {k: round(v, 4) for k, v in ops[:8]},
+    }
+
+
+def measure_subject(subject: Subject, opts: LatencyOptions) -> tuple[dict, np.ndarray]:
+    model = subject.model.eval()
+    look = model.lookahead
+    hop_times = time_hops(model, opts.hops, opts.warmup)
+    step = step_ms(model, opts.timing_repeats)
+    recompute = recompute_ms(model, max(5, opts.timing_repeats // 3))
+    row = {
+        "name": subject.name,
+        "preset": model.config.preset,
+        "lookahead": look,
+        "source": subject.source,
+        "parameters": count_parameters(model),
+        "delay_samples_measured": measure_delay(model),
+        "delay_samples_expected": delay_samples(look),
+        "hop_ms_p50": round(float(np.percentile(hop_times, 50)), 4),
+        "hop_ms_p99": round(float(np.percentile(hop_times, 99)), 4),
+        "hop_ms_max": round(float(hop_times.max()), 4),
+        "hop_ms_mean": round(float(hop_times.mean()), 4),
+        "rtf": round(float(hop_times.mean()) / HOP_MS, 4),
+        "step_ms": round(step, 4),
+        "recompute_ms": round(recompute, 4),
+        "recompute_ratio": round(recompute / step, 2),
+    }
+    row["delay_ms"] = 1000.0 * row["delay_samples_measured"] / SAMPLE_RATE
+    return row, hop_times
+
+
+def measure_peers(blocks: int, warmup: int = 100) -> tuple[list[dict], dict[str, str]]:
+    from benchmarks.peers import load_peers
+
+    peers, skipped = load_peers(streaming_only=True)
+    rows = []
+    for peer in peers:
+        run = peer.block()
+        for _ in range(warmup):
+            run()
+        times = np.empty(blocks)
+        for i in range(blocks):
+            t0 = time.perf_counter_ns()
+            run()
+            times[i] = (time.perf_counter_ns() - t0) / 1e6
+        rows.append(
+            {
+                "name": peer.name,
+                "package": peer.package,
+                "rate": peer.rate,
+                "frame": peer.frame,
+                "block_ms_p50": round(float(np.percentile(times, 50)), 4),
+                "block_ms_p99": round(float(np.percentile(times, 99)), 4),
+                "rtf": round(float(times.mean()) / 10.0, 4),
+                "algorithmic_delay_ms": peer.algorithmic_delay_ms,
+                "documented_delay_ms": peer.documented_delay_ms,
+                "delay_note": peer.delay_note,
+            }
+        )
+    return rows, skipped
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+@torch.no_grad()
+def gpu_section(subjects_: list[Subject], hops: int = 500) -> dict | None:
+    """On a CUDA GPU: per-hop step latency including host↔device transfers, and batched offline throughput."""
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device("cuda")
+    out = {"gpu": torch.cuda.get_device_name(0), "configs": []}
+    for s in subjects_:
+        model = PulseCNN(s.model.config).to(dev).eval()
+        model.load_state_dict(s.model.state_dict())
+        state = model.init_state(1)
+        col = torch.rand(1, N_BINS)
+        times = []
+        for i in range(hops + 50):
+            t0 = time.perf_counter_ns()
+            y = model.step(col.to(dev), state)
+            if y is not None:
+                y.cpu()
+            torch.cuda.synchronize()
+            if i >= 50:
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+        frames, batch = 625, 64  # 10 s clips
+        mag = torch.rand(batch, N_BINS, frames, device=dev)
+        model(mag)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        reps = 5
+        for _ in range(reps):
+            model(mag)
+        torch.cuda.synchronize()
+        sec = (time.perf_counter() - t0) / reps
+        out["configs"].append(
+            {
+                "name": s.name,
+                "hop_ms_p50": round(float(np.percentile(times, 50)), 4),
+                "hop_ms_p99": round(float(np.percentile(times, 99)), 4),
+                "offline_audio_seconds_per_second": round(batch * frames * HOP / SAMPLE_RATE / sec, 1),
+                "batch": batch,
+            }
+        )
+        del model, mag
+    return out
+
+
+def run_latency(opts: LatencyOptions, progress=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Measure everything; returns (result dict, hop times per configuration)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        subs, notes = subjects(opts.models, opts.presets)
+        configs, hist = [], {}
+        for s in subs:
+            if progress:
+                progress(f"timing {s.name}")
+            row, times = measure_subject(s, opts)
+            if opts.profile and row["rtf"] > 0.04:
+                row["profile"] = profile_step(s.model)
+            configs.append(row)
+            hist[s.name] = times
+        peers, skipped = ([], {}) if not opts.peers else measure_peers(opts.peer_blocks)
+        if progress:
+            progress("GPU")
+        gpu = gpu_section(subs)
+        result = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine() | {"threads": 1},
+            "hops": opts.hops,
+            "warmup": opts.warmup,
+            "configs": configs,
+            "peers": peers,
+            "peers_skipped": skipped,
+            "notes": notes
+            + [
+                (
+                    "rtf: mean per-hop wall time / hop duration (rtpulse: 16 ms hop; peers: per 10 ms of audio, "
+                    "native rate, resampling excluded); one thread; other processes shared the machine, so compare "
+                    "ratios within one run"
+                ),
+                "recompute_ratio: offline forward over the receptive field's frames / one cached model.step",
+            ],
+            "gpu": gpu,
+        }
+        return result, hist
+    finally:
+        torch.set_num_threads(threads)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Latency — {result['machine']['cpu']}, 1 thread, {result['date']}",
+        "",
+        (
+            "| config | preset | L | params | delay measured / expected (samples) | delay ms | hop p50 ms "
+            "| hop p99 ms | hop max ms | rtf | recompute ratio |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["configs"]:
+        ok = "" if c["delay_samples_measured"] == c["delay_samples_expected"] else " ✗"
+        lines.append(
+            f"| {c['name']} | {c['preset']} | {c['lookahead']} | {c['parameters']:,} | {c['delay_samples_measured']} / "
+            f"{c['delay_samples_expected']}{ok} | {c['delay_ms']:.0f} | {c['hop_ms_p50']:.2f} | {c['hop_ms_p99']:.2f} | "
+            f"{c['hop_ms_max']:.2f} | {c['rtf']:.3f} | {c['recompute_ratio']:.1f} |"
+        )
+    if result["peers"] or result["peers_skipped"]:
+        lines += [
+            "",
+            "| peer | package | rate | rtf (per 10 ms) | delay ms (raw stream, measured) | documented ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in result["peers"]:
+            doc = "—" if p["documented_delay_ms"] is None else f"{p['documented_delay_ms']:.0f}"
+            lines.append(
+                f"| {p['name']} | {p['package']} | {p['rate']} | {p['rtf']:.3f} | "
+                f"{p['algorithmic_delay_ms']:.0f} | {doc} |"
+            )
+        for name, why in result["peers_skipped"].items():
+            lines.append(f"| {name} | skipped: {why} | | | | |")
+    profiled = [c for c in result["configs"] if "profile" in c]
+    if profiled:
+        lines += ["", "Step profile (configs with rtf > 0.04), torch profiler, ms per step", ""]
+        for c in profiled:
+            p = c["profile"]
+            per_layer = ", ".join(f"{la['input']}: {la['ms']:.3f}" for la in p["layers"])
+            top = ", ".join(f"{k} {v:.3f}" for k, v in p["ops_ms"].items())
+            lines.append(
+                f"- {c['name']}: step {p['step_ms']:.3f} ms wall, Σ conv {p['conv_ms_sum']:.3f}, torch ops "
+                f"{p['torch_ops_ms']:.3f}, outside torch (Python) {p['outside_torch_ms']:.3f}; "
+                f"{p['mmacs_per_hop']} M MAC/hop. Conv per input shape: {per_layer}. Top ops (self): {top}"
+            )
+    if result.get("gpu"):
+        lines += [
+            "",
+            f"GPU ({result['gpu']['gpu']}): per-hop step incl. transfers and batched offline throughput",
+            "",
+            "| config | hop p50 ms | hop p99 ms | offline s of audio / s |",
+            "|---|---|---|---|",
+        ]
+        for g in result["gpu"]["configs"]:
+            lines.append(
+                f"| {g['name']} | {g['hop_ms_p50']:.3f} | {g['hop_ms_p99']:.3f} | "
+                f"{g['offline_audio_seconds_per_second']:,} |"
+            )
+    lines += ["", *[f"- {n}" for n in result["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_histogram(hist: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    hi = max(float(np.percentile(t, 99.5)) for t in hist.values())
+    bins = np.linspace(0, hi * 1.05, 80)
+    for name, t in hist.items():
+        ax.hist(
+            np.clip(t, 0, bins[-1]),
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            label=f"{name} (p99 {np.percentile(t, 99):.2f} ms)",
+        )
+    ax.set_xlabel("per-hop compute (ms, 1 thread; last bin includes the tail)")
+    ax.set_ylabel("hops")
+    ax.set_title(f"rtpulse streaming hop time (budget {HOP_MS:.0f} ms per hop)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def _save_fig(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic: temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_latency(result: dict, hist: dict[str, np.ndarray], json_path: Path, plot: bool = True) -> list[Path]:
+    """JSON at ``json_path``, the markdown table and the histogram PNG beside it."""
+    json_path = Path(json_path)
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
+    md = json_path.with_suffix(".md")
+    write_text(md, markdown(result))
+    written = [json_path, md]
+    if plot and hist:
+        png = json_path.with_name(json_path.stem + "_hops.png")
+        plot_histogram(hist, png)
+        written.append(png)
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    from rtpulse.cli_bench import bench_app
+
+    bench_app(["latency", *sys.argv[1:]], prog_name="python -m benchmarks.latency")

@@ -1,0 +1,176 @@
+"""Benchmarks: delay locator, latency JSON keys, peer adapters' rate/length/alignment, the Wiener baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.align import impulse_delay, locate_delay
+from benchmarks.baselines import spectral_subtraction, wiener
+from benchmarks.peers import PEER_CLASSES, PEER_NAMES, Peer
+from rtpulse.metrics import si_snr_np
+from rtpulse.model import ModelConfig, PulseCNN, save_model
+
+SR = 16_000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny ops on a shared 2-core machine: more threads only add contention
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("delay", [0, 1, 255, 1024, 1791])
+def test_locator_finds_planted_delay_exactly(delay):
+    rng = np.random.default_rng(delay)
+    x = rng.standard_normal(4000).astype(np.float32)
+    y = np.concatenate((np.zeros(delay), 0.3 * x, np.zeros(50))) + 0.05 * rng.standard_normal(delay + 4050)
+    assert locate_delay(x, y, max_lag=2000) == delay
+
+    # an impulse through a pure delay line (with a smaller echo) lands at the planted delay
+    def line(s):
+        return np.concatenate((np.zeros(delay), s))[: s.size] + 0.4 * np.concatenate((np.zeros(delay + 7), s))[: s.size]
+
+    assert impulse_delay(line, 3000 + delay + 100, 3000) == delay
+
+
+def test_engine_delay_measured_equals_expected():
+    from benchmarks.latency import measure_delay
+
+    torch.manual_seed(0)
+    for look in (0, 2):
+        model = PulseCNN(ModelConfig(preset="blocks2", lookahead=look)).eval()
+        assert measure_delay(model) == 1024 + 256 * look
+
+
+def test_latency_json_has_documented_keys(tmp_path):
+    from benchmarks.latency import LatencyOptions, run_latency, write_latency
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_model(PulseCNN(ModelConfig(preset="blocks2", lookahead=1)).eval(), path)
+    opts = LatencyOptions(hops=12, warmup=2, models=[path], presets=False, peers=False, profile=False, timing_repeats=5)
+    result, hist = run_latency(opts)
+    written = write_latency(result, hist, tmp_path / "lat.json", plot=False)
+    data = json.loads((tmp_path / "lat.json").read_text())
+    assert {p.name for p in written} == {"lat.json", "lat.md"}
+    assert {"configs", "peers"} <= set(data)
+    row = next(c for c in data["configs"] if c["name"] == "tiny")
+    keys = {
+        "name",
+        "preset",
+        "lookahead",
+        "delay_samples_measured",
+        "delay_samples_expected",
+        "hop_ms_p50",
+        "hop_ms_p99",
+        "hop_ms_max",
+        "rtf",
+        "recompute_ratio",
+    }
+    assert keys <= set(row)
+    assert row["delay_samples_expected"] == 1024 + 256 and row["delay_samples_measured"] == 1280
+    assert row["hop_ms_p50"] <= row["hop_ms_p99"] <= row["hop_ms_max"]
+    assert row["rtf"] > 0 and row["recompute_ratio"] > 0
+    assert hist["tiny"].shape == (12,)
+    assert "| tiny | blocks2 | 1 |" in (tmp_path / "lat.md").read_text()
+
+
+class DelayLine48k(Peer):
+    """A fake peer: identity at 48 kHz in 480-sample frames with a 960-sample internal delay."""
+
+    def __init__(self) -> None:
+        super().__init__("delay line", "-", rate=48_000, frame=480, delay_native=960)
+
+    def _new(self):
+        return {"buf": np.zeros(960, np.float32)}
+
+    def _frame(self, state, frame):
+        buf = np.concatenate((state["buf"], frame))
+        state["buf"] = buf[frame.size :]
+        return buf[: frame.size]
+
+
+def _speechlike(seconds: float = 1.5) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    s = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 20)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+    return (0.2 * s / np.abs(s).max()).astype(np.float32)
+
+
+def test_adapter_resamples_and_removes_delay():
+    x = _speechlike()
+    y = DelayLine48k().enhance(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    # 16k → 48k → 16k round trip of a band-limited signal, delay removed: the same samples (edges aside)
+    err = np.abs(y[200:-200] - x[200:-200]).max()
+    assert err < 1e-2 * np.abs(x).max()
+
+
+@pytest.mark.parametrize("cls", PEER_CLASSES, ids=lambda c: PEER_NAMES[c.__name__])
+def test_peer_round_trip_rate_length_alignment(cls):
+    name = PEER_NAMES[cls.__name__]
+    try:
+        peer = cls()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"{name} not available: {type(e).__name__}: {e}")
+    rng = np.random.default_rng(0)
+    x = _speechlike() + 0.003 * rng.standard_normal(int(1.5 * SR)).astype(np.float32)
+    y = peer.enhance(x)
+    assert y.dtype == np.float32 and y.shape == x.shape and np.isfinite(y).all()
+    assert locate_delay(x, y, max_lag=800) == 0  # aligned: the peer's delay was removed
+    if peer.streaming:
+        native = peer.raw(np.zeros(peer.rate // 10, np.float32))
+        assert native.size % peer.frame == 0 and native.size >= peer.rate // 10 + peer.delay_native
+
+
+@pytest.mark.parametrize("method", [spectral_subtraction, wiener])
+def test_baselines_improve_si_snr_of_gated_tone_in_white_noise(method):
+    # the tone pauses half the time: the noise estimate comes from the quiet frames, as with speech pauses
+    rng = np.random.default_rng(1)
+    t = np.arange(2 * SR) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 500 * t) * (t % 1 < 0.5)).astype(np.float32)
+    noisy = tone + 0.1 * rng.standard_normal(tone.size).astype(np.float32)
+    out = method(noisy)
+    assert out.shape == noisy.shape
+    assert si_snr_np(out, tone) - si_snr_np(noisy, tone) > 6.0  # 3.5 dB in; ~11.5 (SS) / ~19.6 (Wiener) out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("typer") is None, reason="typer not installed")
+def test_bench_cli_latency_writes_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+
+    path = tmp_path / "m.safetensors"
+    save_model(PulseCNN(ModelConfig(preset="blocks2")).eval(), path)
+    out = tmp_path / "l.json"
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "latency",
+            "--json",
+            str(out),
+            "--model",
+            str(path),
+            "--hops",
+            "10",
+            "--warmup",
+            "1",
+            "--no-presets",
+            "--no-peers",
+            "--no-plot",
+            "--no-profile",
+            "--timing-repeats",
+            "5",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["configs"][-1]["delay_samples_measured"] == 1024
