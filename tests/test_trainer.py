@@ -1,0 +1,171 @@
+"""Trainer: on-device data, steps, checkpoints, resume, the CLI. Tiny generated audio in tmp_path."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from rtpulse.cli import app
+from rtpulse.metrics import si_snr
+from rtpulse.model import load_model
+from trainer.checkpoint import load_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import AudioBank, Recipe, mix_at_snr
+from trainer.train import build_model, run_training
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    for d in ("clean", "noise", "noisy"):
+        (root / d / "sub").mkdir(parents=True)
+    for i in range(3):
+        voice = 0.3 * np.sin(2 * np.pi * (180 + 40 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+        sf.write(root / "clean" / "sub" / f"s{i}.wav", voice.astype(np.float32), 16000)
+        noise = 0.1 * rng.standard_normal(24000)
+        sf.write(root / "noise" / f"n{i}.flac", noise.astype(np.float32), 22050)  # resampled on load
+        sf.write(root / "noisy" / "sub" / f"u{i}.wav", (voice + 0.1 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+    return root
+
+
+def tiny(corpus, tmp_path, **kw) -> TrainConfig:
+    base = dict(out=str(tmp_path / "run"), clean=str(corpus / "clean"), noise=str(corpus / "noise"),
+                cache=str(tmp_path / "cache"), epochs=1, steps_per_epoch=2, batch_size=2, crop_seconds=0.1,
+                dev_count=2, dev_seconds=0.25, dev_fraction=0.34, dropout=0.0, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_crops_are_slices_of_one_file_or_zero_padded():
+    bank = AudioBank([np.arange(1, 11, dtype=np.float32), np.arange(101, 104, dtype=np.float32)], ["a", "b"])
+    x = bank.crops(200, 5, torch.Generator().manual_seed(0))  # [200, 5]
+    for row in x.tolist():
+        if row[0] > 100:  # file b (3 samples) padded with zeros
+            assert row == [101, 102, 103, 0, 0]
+        else:
+            assert row == list(range(int(row[0]), int(row[0]) + 5)) and row[-1] <= 10
+    assert {int(r[0]) for r in x.tolist()} > {1, 6}  # starts vary over the whole file
+
+
+def test_mix_at_snr_hits_the_snr_and_normalises():
+    g = torch.Generator().manual_seed(1)
+    clean, noise = torch.randn(3, 8000, generator=g), 5 * torch.randn(3, 8000, generator=g) + 2
+    snr = torch.tensor([-5.0, 0.0, 10.0])
+    noisy, c, n = mix_at_snr(clean, noise, snr)
+    assert torch.allclose(10 * torch.log10((c**2).sum(-1) / (n**2).sum(-1)), snr, atol=1e-3)
+    assert torch.allclose(noisy.std(-1), torch.ones(3), atol=1e-3)
+    assert torch.allclose(noisy, c + n, atol=1e-5)
+
+
+def test_pu_batches_use_noise_separate_from_the_mixtures(corpus):
+    clean = AudioBank.from_files(sorted((corpus / "clean").rglob("*.wav")), None)
+    noise = AudioBank.from_files(sorted((corpus / "noise").rglob("*.flac")), None)
+    b = Recipe("pu", noise, clean=clean).batch(4, 4000, torch.Generator().manual_seed(0))
+    assert b.u.shape == b.p.shape == (4, 4000)
+    residual = b.u - b.p  # if P were the noise inside U, U − P would be pure (scaled) speech
+    assert float(si_snr(b.p, b.u).max()) < 10
+
+
+def test_two_steps_change_weights_and_write_a_loadable_checkpoint(corpus, tmp_path):
+    cfg = tiny(corpus, tmp_path, output_bias=-1.0, command="rtpulse train --test")
+    before = build_model(cfg).state_dict()
+    assert torch.all(before["convs.6.bias"] == -1.0)
+    summary = run_training(cfg, progress=False)
+    assert summary["steps"] == 2
+    model = load_model(tmp_path / "run" / "last.safetensors")
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)
+    assert model.config.extra["train_command"] == "rtpulse train --test"
+    assert model.config.extra["train_config"]["prior"] == 0.7
+    assert load_model(tmp_path / "run" / "best.safetensors").config.extra["epoch"] == 1
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    for key in ("loss", "risk_p", "risk_u", "corrected", "u_speech", "logit_std", "dev_sisnri_binary", "dev_sisnri_soft"):
+        assert np.isfinite(rows[0][key]), key
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["clean"]["held_out"]) == 1 and len(split["clean"]["train"]) == 2
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
+    full = tiny(corpus, tmp_path, out=str(tmp_path / "full"), epochs=2, dropout=0.2)
+    run_training(full, progress=False)
+    part = dataclasses.replace(full, out=str(tmp_path / "part"), epochs=1)
+    run_training(part, progress=False)
+    from trainer.train import resume_config
+
+    summary = run_training(resume_config(tmp_path / "part", epochs=2), resume=True, progress=False)
+    assert summary["steps"] == 4
+    a, sa = load_checkpoint(tmp_path / "full")
+    b, sb = load_checkpoint(tmp_path / "part")
+    assert sa["step"] == sb["step"] == 4 and sb["epoch"] == 2
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path):
+    run_training(tiny(corpus, tmp_path, epochs=2, steps_per_epoch=1), progress=False)
+    ckpt = tmp_path / "run" / "ckpt"
+    (ckpt / "epoch-0002.state.pt").write_bytes(b"not a checkpoint")
+    _, state = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 1 and state["step"] == 1
+
+
+@pytest.mark.parametrize("method", ["pn", "mixit"])
+def test_supervised_baselines_train(corpus, tmp_path, method):
+    summary = run_training(tiny(corpus, tmp_path, method=method, steps_per_epoch=1), progress=False)
+    model = load_model(tmp_path / "run" / "last.safetensors")
+    assert summary["steps"] == 1
+    assert model.config.out_channels == (3 if method == "mixit" else 1)
+
+
+def test_real_recordings_select_by_heldout_risk(corpus, tmp_path):
+    cfg = tiny(corpus, tmp_path, clean=None, noisy=str(corpus / "noisy"), steps_per_epoch=1)
+    run_training(cfg, progress=False)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert row["score"] == pytest.approx(-row["val_risk"])
+    assert row["val_risk"] == pytest.approx(row["val_risk_p"] + max(0.0, row["val_risk_u"]))
+    assert "dev_sisnri_binary" not in row
+
+
+def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "train", "--out", str(run), "--clean", str(corpus / "clean"), "--noise", str(corpus / "noise"),
+        "--cache", str(tmp_path / "cache"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+        "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--warmup-steps", "4",
+        "--val-clean", str(corpus / "clean"), "--val-noise", str(corpus / "noise"), "--device", "cpu",
+    ])
+    assert res.exit_code == 0, res.output
+    state = torch.load(run / "ckpt" / "epoch-0001.state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * 3 / 4)  # warm-up step 3 of 4
+    split = json.loads((run / "split.json").read_text())
+    assert split["clean"]["held_out"] == [] and len(split["val"]["clean"]) == 3
+    res = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "1"])
+    assert res.exit_code == 0, res.output  # already at epoch 1: nothing to do, still fine
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise", "n"], "give --clean DIR"),
+    (["--clean", "c", "--noisy", "u", "--noise", "n"], "exactly one"),
+    (["--noisy", "u", "--noise", "n", "--method", "pn"], "trains PU only"),
+])
+def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_refuses_to_overwrite_a_run(corpus, tmp_path):
+    run_training(tiny(corpus, tmp_path, steps_per_epoch=1), progress=False)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--clean", str(corpus / "clean"),
+                                   "--noise", str(corpus / "noise"), "--cache", str(tmp_path / "cache")])
+    assert res.exit_code == 1 and "--resume" in res.output
