@@ -6,7 +6,7 @@ import shlex
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -55,30 +55,30 @@ def _fail(err: Exception) -> None:
 
 
 def train(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
     method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
     preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3.")] = Preset.blocks2,
     lookahead: Annotated[int, typer.Option(help="Future frames the model sees (0 = causal; 16 ms each).")] = 0,
     compress: Annotated[Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")] = Compress.linear,
     dropout: Annotated[float, typer.Option(help="Dropout after every conv but the last.")] = 0.2,
-    clean: Annotated[Optional[Path], typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
-    noise: Annotated[Optional[Path], typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
-    noisy: Annotated[Optional[Path], typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
-    val_clean: Annotated[Optional[Path], typer.Option(help="Clean speech for validation mixtures (dev SI-SNRi).")] = None,
-    val_noise: Annotated[Optional[Path], typer.Option(help="Noise for validation mixtures (with --val-clean).")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Decoded-audio cache (default ~/.cache/rtpulse).")] = None,
+    clean: Annotated[Path | None, typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
+    noise: Annotated[Path | None, typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
+    noisy: Annotated[Path | None, typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
+    val_clean: Annotated[Path | None, typer.Option(help="Clean speech for validation mixtures (dev SI-SNRi).")] = None,
+    val_noise: Annotated[Path | None, typer.Option(help="Noise for validation mixtures (with --val-clean).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Decoded-audio cache (default ~/.cache/rtpulse).")] = None,
     dev_fraction: Annotated[float, typer.Option(help="Files held out for validation when no --val-* given.")] = 0.1,
     dev_count: Annotated[int, typer.Option(help="Fixed validation clips.")] = 32,
     dev_seconds: Annotated[float, typer.Option(help="Length of each validation clip.")] = 3.125,
     crop_seconds: Annotated[float, typer.Option(help="Training clip length (shorter = faster on CPU).")] = 3.125,
     snr_min: Annotated[float, typer.Option(help="Lowest mixing SNR (dB).")] = -5.0,
     snr_max: Annotated[float, typer.Option(help="Highest mixing SNR (dB).")] = 10.0,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 10; with --resume: the new total).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default 10; with --resume: the new total).")] = None,
     steps_per_epoch: Annotated[int, typer.Option(help="Steps per epoch, each on freshly mixed clips.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Clips per step per process (PU: this many U and as many P).")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
-    output_bias: Annotated[Optional[float], typer.Option(help="Initial bias of the last conv (<0: start at speech).")] = None,
+    output_bias: Annotated[float | None, typer.Option(help="Initial bias of the last conv (<0: start at speech).")] = None,
     prior: Annotated[float, typer.Option(help="PU class prior π (fraction of noise bins in U).")] = 0.7,
     risk: Annotated[Risk, typer.Option(help="nnpu (non-negative, Kiryo et al.) or upu (unbiased ablation).")] = Risk.nnpu,
     beta: Annotated[float, typer.Option(help="nnPU β: correction fires when the U-side risk < −β.")] = 0.0,
@@ -86,8 +86,8 @@ def train(
     weight_exponent: Annotated[float, typer.Option(help="Loss weight |X|^p (1 = PULSE, 0 = unweighted).")] = 1.0,
     select_mask: Annotated[MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")] = MaskKind.binary,
     seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory where it stopped.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
 ) -> None:
     """Train a PULSE (PU), PN or MixIT model. Under torchrun each process trains on its own clips."""
     from trainer.config import TrainConfig
@@ -120,24 +120,24 @@ def train(
     )
 
 
-def _s(p: Optional[Path]) -> Optional[str]:
+def _s(p: Path | None) -> str | None:
     return None if p is None else str(p)
 
 
 def evaluate(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file (.safetensors).")],
-    noisy: Annotated[Optional[Path], typer.Option(help="Noisy files (paired with --clean by file name).")] = None,
-    clean: Annotated[Optional[Path], typer.Option(help="Clean references (or clean speech with --synth).")] = None,
-    noise: Annotated[Optional[Path], typer.Option(help="Noise folder for --synth.")] = None,
+    noisy: Annotated[Path | None, typer.Option(help="Noisy files (paired with --clean by file name).")] = None,
+    clean: Annotated[Path | None, typer.Option(help="Clean references (or clean speech with --synth).")] = None,
+    noise: Annotated[Path | None, typer.Option(help="Noise folder for --synth.")] = None,
     synth: Annotated[bool, typer.Option("--synth", help="Score on generated mixtures of --clean and --noise.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the generated mixtures (--synth).")] = 0,
     count: Annotated[int, typer.Option(help="Number of generated mixtures (--synth).")] = 32,
     seconds: Annotated[float, typer.Option(help="Length of each generated mixture (--synth).")] = 3.125,
     engine: Annotated[EngineKind, typer.Option(help="offline or stream (the real-time engine).")] = EngineKind.offline,
     mask: Annotated[MaskKind, typer.Option(help="binary (the paper) or soft σ(−f).")] = MaskKind.binary,
-    floor_db: Annotated[Optional[float], typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-file and mean scores here.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Decoded-audio cache for --synth.")] = None,
+    floor_db: Annotated[float | None, typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write per-file and mean scores here.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Decoded-audio cache for --synth.")] = None,
 ) -> None:
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json

@@ -50,7 +50,7 @@ def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> tuple[
         try:
             state = torch.load(state_path, map_location=device, weights_only=True)
             model = load_model(weights, device)
-        except Exception as e:  # any unreadable pair (truncated, corrupt, foreign): try the previous one
+        except Exception as e:  # noqa: BLE001 — any unreadable pair (truncated, corrupt, foreign): try the previous one
             problems.append(f"{state_path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
         if model.config.extra.get("epoch") != state.get("epoch"):

@@ -49,7 +49,7 @@ class TrainConfig:
     device: str | None = None
     command: str = ""
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.method not in ("pu", "pn", "mixit"):
             raise RtpulseError(f"--method must be pu, pn or mixit, got {self.method!r}")
         if self.noise is None:
@@ -83,7 +83,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
+    def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ class AudioBank:
     @classmethod
     def from_files(
         cls, files: list[Path], cache_dir: Path | None, on_file: Callable[[], None] | None = None
-    ) -> "AudioBank":
+    ) -> AudioBank:
         arrays = []
         for f in files:
             arrays.append(decode_cached(f, cache_dir))
@@ -97,7 +97,7 @@ class AudioBank:
                 on_file()
         return cls(arrays, [str(f) for f in files])
 
-    def to(self, device: torch.device | str) -> "AudioBank":
+    def to(self, device: torch.device | str) -> AudioBank:
         for k in ("samples", "lengths", "starts"):
             setattr(self, k, getattr(self, k).to(device))
         return self
@@ -165,7 +165,7 @@ class Recipe:
             raise RtpulseError(f"--method {method} needs clean speech (--clean); real noisy recordings train PU only")
         self.method, self.noise, self.clean, self.noisy, self.snr_range = method, noise, clean, noisy, snr_range
 
-    def to(self, device) -> "Recipe":
+    def to(self, device) -> Recipe:
         for bank in (self.noise, self.clean, self.noisy):
             if bank is not None:
                 bank.to(device)

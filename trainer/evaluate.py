@@ -42,7 +42,7 @@ def _optional_scores(est: np.ndarray, ref: np.ndarray) -> dict:
         out["pesq_wb"] = float(pesq(SAMPLE_RATE, ref.astype(np.float64), est.astype(np.float64), "wb"))
     except ImportError:
         pass
-    except Exception:  # pesq raises its own errors on silent input; record the gap, keep going
+    except Exception:  # noqa: BLE001 — pesq raises its own errors on silent input; record the gap, keep going
         out["pesq_wb"] = None
     try:
         from pystoi import stoi
@@ -113,7 +113,7 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     clean = AudioBank.from_files(list_audio(clean_root, "--clean"), cache)
     noise = AudioBank.from_files(list_audio(noise_root, "--noise"), cache)
     gen = torch.Generator().manual_seed(seed)
-    noisy, ref = Recipe("pn", noise, clean=clean).noisy_clips(count, int(round(seconds * SAMPLE_RATE)), gen)
+    noisy, ref = Recipe("pn", noise, clean=clean).noisy_clips(count, round(seconds * SAMPLE_RATE), gen)
     rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)} for i in range(count)]
     return _result(model, rows, opts, {"clean": str(clean_root), "noise": str(noise_root), "seed": seed})
 

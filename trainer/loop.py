@@ -6,7 +6,6 @@ import math
 import time
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rtpulse.stft import SAMPLE_RATE
@@ -23,11 +22,11 @@ def _live(avg: dict, cfg) -> str:
 
 
 def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show) -> dict:
-    from trainer.train import STAT_KEYS, checkpoint_model, save_epoch, train_step, _write_line
+    from trainer.train import STAT_KEYS, _write_line, checkpoint_model, save_epoch, train_step
     from trainer.validate import dev_pu_risk, dev_sisnri
 
     net = d.wrap(model)
-    length = int(round(cfg.crop_seconds * SAMPLE_RATE))
+    length = round(cfg.crop_seconds * SAMPLE_RATE)
     run_dir = cfg.run_dir
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

@@ -26,9 +26,9 @@ from rtpulse.stft import SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import AudioBank, Batch, Recipe, default_cache_dir, list_audio, split_files, write_split
-from trainer.ddp import Dist, init_distributed, rank_seed
+from trainer.ddp import Dist, init_distributed
 from trainer.losses import bin_weight, mixit_loss, pn_loss, pu_risk
-from trainer.validate import DevData, dev_pu_risk, dev_sisnri
+from trainer.validate import DevData
 
 STAT_KEYS = ("loss", "risk_p", "risk_u", "corrected", "u_speech", "logit_mean", "logit_std")
 
@@ -119,7 +119,7 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
     recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
                     snr_range=(cfg.snr_min, cfg.snr_max)).to(d.device)
     gen = torch.Generator().manual_seed(cfg.seed + 7919)  # the dev set is fixed for the whole run
-    length = int(round(cfg.dev_seconds * SAMPLE_RATE))
+    length = round(cfg.dev_seconds * SAMPLE_RATE)
     dev = DevData()
     if have_val:
         vr = Recipe("pn", load(split["val"]["noise"]), clean=load(split["val"]["clean"]),

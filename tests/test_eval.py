@@ -1,0 +1,118 @@
+"""`rtpulse eval` on file pairs whose enhanced output is known in closed form."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from rtpulse.cli import app
+from rtpulse.model import ModelConfig, PulseCNN, save_model
+
+SNR_DB = 6.0
+
+
+def constant_model(path, logit: float):
+    """All weights zero, last bias = ``logit``: f ≡ logit, so the mask is the same in every bin."""
+    model = PulseCNN(ModelConfig(preset="blocks2", dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.convs[-1].bias.fill_(logit)
+    save_model(model, path)
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """clean = 500 Hz sine, noise = 1 kHz sine (orthogonal over whole periods) at 6 dB: SI-SNR(noisy) = 6 dB."""
+    t = np.arange(16000) / 16000
+    clean = 0.4 * np.sin(2 * np.pi * 500 * t)
+    noise = 0.4 * 10 ** (-SNR_DB / 20) * np.sin(2 * np.pi * 1000 * t)
+    (tmp_path / "noisy" / "a").mkdir(parents=True)
+    (tmp_path / "clean" / "a").mkdir(parents=True)
+    sf.write(tmp_path / "noisy" / "a" / "utt.wav", (clean + noise).astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "clean" / "a" / "utt.wav", clean.astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "noisy" / "unpaired.wav", noise.astype(np.float32), 16000)
+    return tmp_path
+
+
+def run_eval(tmp_path, model, *extra):
+    out = tmp_path / "scores.json"
+    res = CliRunner().invoke(app, ["eval", "--model", str(model), "--noisy", str(tmp_path / "noisy"),
+                                   "--clean", str(tmp_path / "clean"), "--json", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("engine", ["offline", "stream"])
+def test_identity_mask_scores_the_noisy_input(pair, engine):
+    # f ≡ −1 < 0: every bin speech, binary gain 1 → output = input (perfect reconstruction)
+    r = run_eval(pair, constant_model(pair / "keep.safetensors", -1.0), "--engine", engine)
+    assert r["count"] == 1 and r["files"][0]["name"] == "a/utt"
+    assert r["files"][0]["si_snr"] == pytest.approx(SNR_DB, abs=0.01)
+    assert r["files"][0]["si_snri"] == pytest.approx(0.0, abs=0.01)
+    assert r["mean"]["si_snri"] == pytest.approx(0.0, abs=0.01)
+
+
+def test_all_noise_mask_loses_the_input_snr(pair):
+    # f ≡ +1: every bin noise → silent output; SI-SNR(0) = 0 dB, so SI-SNRi = −6 dB
+    r = run_eval(pair, constant_model(pair / "drop.safetensors", 1.0))
+    assert r["files"][0]["si_snri"] == pytest.approx(-SNR_DB, abs=0.01)
+
+
+def test_gain_floor_and_soft_mask_are_passed_through(pair):
+    drop = constant_model(pair / "drop.safetensors", 1.0)
+    # binary gain 0 floored at −6.02 dB = ×0.5 everywhere: a scaled input, SI-SNRi 0
+    assert run_eval(pair, drop, "--floor-db", "-6.0206")["mean"]["si_snri"] == pytest.approx(0.0, abs=0.01)
+    # soft gain σ(−1) everywhere: also a scaled input
+    assert run_eval(pair, drop, "--mask", "soft")["mean"]["si_snri"] == pytest.approx(0.0, abs=0.01)
+
+
+def test_pesq_and_stoi_when_installed(tmp_path):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * 16000) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0) + 0.01 * rng.standard_normal(t.size))
+    for d in ("noisy", "clean"):
+        (tmp_path / d).mkdir()
+        sf.write(tmp_path / d / "x.wav", speech.astype(np.float32), 16000, subtype="FLOAT")
+    r = run_eval(tmp_path, constant_model(tmp_path / "keep.safetensors", -1.0))
+    assert r["mean"]["stoi"] == pytest.approx(1.0, abs=1e-3)  # output = reference
+    assert r["mean"]["pesq_wb"] > 4.5  # PESQ-WB of a signal against itself: 4.64
+
+
+def test_synthetic_mixtures_are_seeded_and_not_written(pair, tmp_path):
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "n.wav", np.random.default_rng(1).standard_normal(20000).astype(np.float32), 16000)
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args = ["eval", "--model", str(keep), "--synth", "--clean", str(pair / "clean"), "--noise", str(tmp_path / "noise"),
+            "--count", "3", "--seconds", "0.5", "--cache", str(tmp_path / "cache")]
+    a = CliRunner().invoke(app, [*args, "--seed", "1", "--json", str(tmp_path / "a.json")])
+    b = CliRunner().invoke(app, [*args, "--seed", "1", "--json", str(tmp_path / "b.json")])
+    c = CliRunner().invoke(app, [*args, "--seed", "2", "--json", str(tmp_path / "c.json")])
+    assert a.exit_code == b.exit_code == c.exit_code == 0, a.output
+    ra, rb, rc = (json.loads((tmp_path / f"{k}.json").read_text()) for k in "abc")
+    noisy_snrs = [f["si_snr_noisy"] for f in ra["files"]]
+    assert ra["count"] == 3 and all(-7 < s < 12 for s in noisy_snrs)  # mixed at U[−5, 10] dB
+    assert ra["mean"]["si_snri"] == pytest.approx(0.0, abs=0.01)  # identity mask
+    assert noisy_snrs == [f["si_snr_noisy"] for f in rb["files"]]
+    assert noisy_snrs != [f["si_snr_noisy"] for f in rc["files"]]
+    written = sorted(p.name for p in tmp_path.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))
+    assert written == sorted(n for n in before if n.endswith(".wav"))
+
+
+def test_eval_errors_are_one_line(tmp_path):
+    (tmp_path / "n").mkdir()
+    (tmp_path / "c").mkdir()
+    sf.write(tmp_path / "n" / "x.wav", np.zeros(1600, np.float32), 16000)
+    sf.write(tmp_path / "c" / "y.wav", np.zeros(1600, np.float32), 16000)
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(tmp_path / "n"), "--clean", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "clean partner" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "missing.safetensors"), "--synth"])
+    assert res.exit_code == 1 and "not found" in res.output
