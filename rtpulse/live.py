@@ -1,0 +1,354 @@
+"""Live denoising: device audio → ring buffer → worker thread (resample, engine, resample) → ring → device.
+
+The PortAudio callback (:meth:`LivePipeline.callback`) only copies samples: it averages the input
+channels into the input ring and copies processed samples from the output ring to every output
+channel. A worker thread (:meth:`LivePipeline.work_once`) runs the engine hop by hop.
+
+Timeline and the fixed delay. Every output sample k is taken from position ``k − slack`` of the
+worker's timeline, and worker position j is the processed version of input sample ``j − system_delay``
+(``system_delay`` = resampler delays + the engine's ``1024 + 256·L`` samples, at the device rate). So
+output k always belongs to input ``k − delay`` with ``delay = slack + system_delay`` — whatever happens:
+
+* the worker is late (slow hop, CPU contention): the callback plays the *dry* input of that same
+  instant for the positions that are not ready (``dropped_samples``); the worker, once back, drops
+  the stale input and restarts the engine at the callback's position (``late_restarts``);
+* the model step raises: counted (``faults``), the engine restarts at the next needed position.
+
+After a restart the engine is fresh, so for ``system_delay`` samples (its start-up) the dry input is
+played; from then on the output is exactly what a fresh engine gives on the input from the restart
+position, which equals the uninterrupted output once the model's receptive field has passed.
+Latency never grows: the delay is fixed at start and the rings have a fixed size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from rtpulse.resampler import StreamResampler
+from rtpulse.stft import HOP, SAMPLE_RATE
+
+
+class Engine(Protocol):
+    """What the pipeline needs from :class:`rtpulse.stream.StreamingDenoiser`."""
+
+    delay: int  # samples at 16 kHz
+
+    def process(self, chunk: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+def ring_write(ring: np.ndarray, start: int, data: np.ndarray) -> None:
+    """Write ``data`` at absolute position ``start`` of a ring (positions taken modulo its size)."""
+    cap, n = ring.size, data.size
+    i = start % cap
+    first = min(n, cap - i)
+    ring[i : i + first] = data[:first]
+    ring[: n - first] = data[first:]
+
+
+def ring_read(ring: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` with the ring's samples at absolute positions ``start …``; negative positions are 0."""
+    n = out.size
+    if start < 0:
+        lead = min(n, -start)
+        out[:lead] = 0.0
+        if lead < n:
+            ring_read(ring, 0, out[lead:])
+        return out
+    cap = ring.size
+    i = start % cap
+    first = min(n, cap - i)
+    out[:first] = ring[i : i + first]
+    out[first:] = ring[: n - first]
+    return out
+
+
+@dataclass
+class Counters:
+    input_overflows: int = 0  # PortAudio: input samples lost before the callback saw them
+    output_underflows: int = 0  # PortAudio: the device ran out of output samples
+    underflows_after_startup: int = 0  # the same, counted only after the start-up period
+    dropped_blocks: int = 0  # callbacks that played dry input because processed samples were not ready
+    dropped_samples: int = 0
+    dropped_after_startup: int = 0  # dropped_samples after the start-up period
+    faults: int = 0  # exceptions in the engine step
+    late_restarts: int = 0  # engine restarts because the worker fell behind the callback
+    callbacks: int = 0
+    hops: int = 0
+
+
+class LivePipeline:
+    """Fixed-delay live pipeline around a streaming engine, at any device rate.
+
+    ``callback(indata [n, C_in], outdata [n, C_out], frames, time, status)`` is the sounddevice
+    callback; ``work_once()`` does one step of engine work (the worker thread calls it in a loop).
+    ``delay`` (device samples) is the fixed input→output delay, device latencies excluded.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        rate: int,
+        blocksize: int,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        dry: float = 0.0,
+        slack: int | None = None,
+        startup_s: float = 1.0,
+    ) -> None:
+        if not 0.0 <= dry <= 1.0:
+            raise ValueError(f"dry must be within 0…1, got {dry}")
+        self.engine, self.rate, self.blocksize = engine, int(rate), int(blocksize)
+        self.in_channels, self.out_channels, self.dry = in_channels, out_channels, float(dry)
+        self.down = StreamResampler(self.rate, SAMPLE_RATE)
+        self.up = StreamResampler(SAMPLE_RATE, self.rate)
+        ratio = self.rate / SAMPLE_RATE
+        self.system_delay = int(round(self.down.delay_out * ratio + engine.delay * ratio + self.up.delay_out))
+        self.hop_device = math.ceil(HOP * ratio)  # device samples per engine hop
+        # restart grid: device samples that span a whole number of hops and resampler periods
+        self.grid = HOP * self.down.down // math.gcd(self.down.up, HOP * self.down.down)
+        # slack: time the worker has to deliver a position before the callback needs it
+        self.slack = int(slack) if slack is not None else self.blocksize + 2 * self.hop_device
+        self.delay = self.slack + self.system_delay
+        need = 4 * (self.delay + self.blocksize + self.hop_device)
+        cap = 1 << max(need, 2 * self.rate).bit_length()
+        self.in_ring = np.zeros(cap, np.float32)  # mono input, device rate, position = input sample index
+        self.out_ring = np.zeros(cap, np.float32)  # worker timeline
+        self.played_ring = np.zeros(cap, np.float32)  # what the callback emitted (for --record-out)
+        max_block = max(self.blocksize, 1) * 8
+        self._mono = np.zeros(max_block, np.float32)  # callback scratch, preallocated
+        self._out = np.zeros(max_block, np.float32)
+        self._chunk = np.zeros(self.hop_device, np.float32)  # worker scratch
+        self._dry = np.zeros(4 * self.hop_device, np.float32)
+        self._wet = np.zeros(4 * self.hop_device, np.float32)
+        self.startup_samples = int(startup_s * self.rate)
+        self.counters = Counters()
+        self.compute_s = np.full(1024, np.nan)  # per-hop compute seconds, last 1024 hops
+        self.busy_s = 0.0  # worker compute time in total
+        self.in_level = 0.0  # RMS of the last callback block
+        self.out_level = 0.0
+        self.events: list[tuple[str, int, int]] = []  # (reason, position, engine start) of each restart
+        self.last_error = ""
+        self.n_in = 0  # input samples written by the callback
+        self.n_read = 0  # output samples emitted by the callback
+        self.wake = threading.Event()
+        self._lock = threading.Lock()  # serialises work_once (worker thread vs. tests/stop)
+        self._restart(0, None)
+
+    # ---- callback side: copies only ---------------------------------------------------------
+
+    def callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info=None, status=None) -> None:
+        c = self.counters
+        c.callbacks += 1
+        after_startup = self.n_read >= self.startup_samples
+        if status is not None:
+            if status.input_overflow:
+                c.input_overflows += 1
+            if status.output_underflow:
+                c.output_underflows += 1
+                c.underflows_after_startup += after_startup
+        if frames > self._mono.size:  # a host that ignores the block size: grow once
+            self._mono = np.zeros(frames, np.float32)
+            self._out = np.zeros(frames, np.float32)
+        mono, y = self._mono[:frames], self._out[:frames]
+        if indata.shape[1] == 1:
+            mono[:] = indata[:, 0]
+        else:
+            np.mean(indata, axis=1, out=mono)
+        ring_write(self.in_ring, self.n_in, mono)
+        self.n_in += frames
+        self.in_level = math.sqrt(float(np.dot(mono, mono)) / max(frames, 1))
+
+        j0 = self.n_read - self.slack  # worker position for outdata[0]
+        ready = min(max(self.worker_out - j0, 0), frames)
+        ring_read(self.out_ring, j0, y[:ready])
+        if ready < frames:  # the worker is late: play the dry input of the same instant
+            ring_read(self.in_ring, j0 + ready - self.system_delay, y[ready:])
+            missing = frames - min(frames, max(ready, -j0))  # positions before 0 are silence anyway
+            if missing > 0:
+                c.dropped_blocks += 1
+                c.dropped_samples += missing
+                if after_startup:
+                    c.dropped_after_startup += missing
+        outdata[:] = y[:, None]
+        ring_write(self.played_ring, self.n_read, y)
+        self.n_read += frames
+        self.out_level = math.sqrt(float(np.dot(y, y)) / max(frames, 1))
+        self.wake.set()
+
+    # ---- worker side ------------------------------------------------------------------------
+
+    def _restart(self, position: int, reason: str | None) -> None:
+        """Fresh engine and resamplers; worker output resumes at ``position`` (dry until the engine is warm).
+
+        The engine is fed from the first input sample at or after ``position`` on the :attr:`grid`, so its
+        STFT frames and resampler phases coincide with an uninterrupted run's: once the receptive field has
+        passed, the output is the uninterrupted output again, sample for sample.
+        """
+        self.engine.reset()
+        self.down.reset()
+        self.up.reset()
+        base = -(-position // self.grid) * self.grid
+        self.worker_in = base  # next input sample the engine gets
+        self.worker_out = position  # next worker position to write; [position, base) is played dry
+        self._base_out = base  # worker position of the composite output's next sample
+        self.warm_until = base + self.system_delay  # the fresh engine's start-up: play dry
+        self._fed_16k = 0
+        if reason is not None:
+            self.events.append((reason, position, base))
+
+    def work_once(self) -> bool:
+        """Process up to one hop of available input. Returns False when there was nothing to do."""
+        with self._lock:
+            return self._work()
+
+    def _work(self) -> bool:
+        need = self.n_read - self.slack  # the next position the callback will read
+        if self.worker_out < need:  # fell behind: drop stale input, restart where the callback is
+            self.counters.late_restarts += 1
+            self._restart(need, "late")
+        avail = self.n_in - self.worker_in
+        if avail <= 0:
+            return False
+        m = min(avail, self.hop_device)
+        x = ring_read(self.in_ring, self.worker_in, self._chunk[:m])
+        t0 = time.perf_counter()
+        try:
+            y = self.up.process(self.engine.process(self.down.process(x)))
+        except Exception as err:  # noqa: BLE001 - any model failure: count, restart, keep playing
+            self.counters.faults += 1
+            self.last_error = f"{type(err).__name__}: {err}"
+            self._restart(max(self.worker_out, self.n_read - self.slack), "fault")
+            return True
+        dt = time.perf_counter() - t0
+        self.busy_s += dt
+        hops_before = self._fed_16k // HOP
+        self._fed_16k += round(m * SAMPLE_RATE / self.rate)
+        hops = self._fed_16k // HOP - hops_before
+        if hops:
+            self.compute_s[self.counters.hops % self.compute_s.size] = dt / hops
+            self.counters.hops += hops
+        self.worker_in += m
+        if y.size == 0:
+            return True
+        j = self.worker_out  # = self._base_out except right after a restart: then [j, base) is dry
+        start = self._base_out - j
+        k = start + y.size
+        if k > self._dry.size:
+            self._dry = np.zeros(k, np.float32)
+            self._wet = np.zeros(k, np.float32)
+        dry = ring_read(self.in_ring, j - self.system_delay, self._dry[:k])
+        out = self._wet[:k]
+        out[:start] = dry[:start]
+        if self.dry > 0.0:
+            np.multiply(y, 1.0 - self.dry, out=out[start:])
+            out[start:] += self.dry * dry[start:]
+        else:
+            out[start:] = y
+        if j < self.warm_until:
+            q = min(k, self.warm_until - j)
+            out[:q] = dry[:q]
+        ring_write(self.out_ring, j, out)
+        self._base_out += y.size
+        self.worker_out = j + k  # publish after the write: the callback only reads below this
+        return True
+
+    # ---- stats --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """A snapshot for the dashboard and the JSON summary (times in ms)."""
+        times = self.compute_s[np.isfinite(self.compute_s)]
+        hop_ms = HOP / SAMPLE_RATE * 1e3
+        med = float(np.median(times) * 1e3) if times.size else float("nan")
+        p99 = float(np.percentile(times, 99) * 1e3) if times.size else float("nan")
+        c = self.counters
+        return {
+            "rate": self.rate,
+            "blocksize": self.blocksize,
+            "seconds": self.n_read / self.rate,
+            "in_level_dbfs": _dbfs(self.in_level),
+            "out_level_dbfs": _dbfs(self.out_level),
+            "hop_ms_median": med,
+            "hop_ms_p99": p99,
+            "rtf": med / hop_ms if times.size else float("nan"),
+            "rtf_total": self.busy_s / max(self.n_read / self.rate, 1e-9),
+            "engine_delay_ms": self.engine.delay / SAMPLE_RATE * 1e3,
+            "pipeline_delay_ms": self.delay / self.rate * 1e3,
+            "restarts": [list(e) for e in self.events[-20:]],
+            "last_error": self.last_error,
+            **c.__dict__,
+        }
+
+
+def _dbfs(rms: float) -> float:
+    return 20 * math.log10(max(rms, 1e-10))
+
+
+class LiveWorker:
+    """Runs :meth:`LivePipeline.work_once` in a daemon thread until :meth:`stop`."""
+
+    def __init__(self, pipeline: LivePipeline, on_idle=None) -> None:
+        self.pipeline = pipeline
+        self.on_idle = on_idle  # called when there is no work (recording drains)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="rtpulse-live-worker", daemon=True)
+
+    def start(self) -> "LiveWorker":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        p = self.pipeline
+        while not self._stop.is_set():
+            if not p.work_once():
+                if self.on_idle is not None:
+                    self.on_idle()
+                p.wake.wait(0.05)
+                p.wake.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.pipeline.wake.set()
+        self.thread.join(timeout=5)
+
+
+class Recorder:
+    """Drains a ring (by absolute position) into a WAV file written to a temp name, renamed on close."""
+
+    def __init__(self, path: Path, rate: int, ring: np.ndarray, position) -> None:
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.ring, self.position = ring, position  # position(): samples written to the ring so far
+        self.done = 0
+        self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+        self._buf = np.zeros(ring.size // 2, np.float32)
+
+    def drain(self) -> None:
+        end = self.position()
+        while self.done < end:
+            n = min(end - self.done, self._buf.size)
+            self.file.write(ring_read(self.ring, self.done, self._buf[:n]))
+            self.done += n
+
+    def close(self) -> None:
+        self.drain()
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+__all__ = ["Counters", "LivePipeline", "LiveWorker", "Recorder", "ring_read", "ring_write"]

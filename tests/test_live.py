@@ -1,0 +1,248 @@
+"""Live pipeline without PortAudio: a simulated duplex stream drives the callback; faults are injected.
+
+What must hold: every callback is answered with exactly its number of samples; the delay is fixed
+(dropped positions carry the dry input of exactly ``delay`` samples ago); the counters count the
+faults; and after a fault the output is the engine's normal output again (first exactly a fresh
+engine's output from the restart position, then, past the receptive field, the uninterrupted output).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from rtpulse.live import LivePipeline, LiveWorker, Recorder, ring_read, ring_write
+from rtpulse.metrics import si_snr_np
+from rtpulse.model import ModelConfig, PulseCNN
+from rtpulse.resampler import StreamResampler
+from rtpulse.stft import HOP, SAMPLE_RATE
+from rtpulse.stream import StreamingDenoiser
+
+RATE = 48_000
+BLOCK = 480  # 10 ms device blocks: not a multiple of the hop (768 device samples)
+
+
+@pytest.fixture(scope="module")
+def model():
+    # one intra-op thread, as `rtpulse live` uses: per-hop tensors are tiny, and on a busy 2-core
+    # machine a second OpenMP thread makes every hop wait for a core
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield PulseCNN(ModelConfig(preset="blocks2")).eval()
+    torch.set_num_threads(threads)
+
+
+class FaultyEngine:
+    """A StreamingDenoiser whose ``process`` sleeps or raises on chosen calls (1-based call numbers)."""
+
+    def __init__(self, model: PulseCNN, slow: dict[int, float] | None = None, fail: set[int] | None = None):
+        self.inner = StreamingDenoiser(model, mask="soft")
+        self.delay = self.inner.delay
+        self.slow, self.fail = slow or {}, fail or set()
+        self.calls = 0
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls in self.slow:
+            time.sleep(self.slow[self.calls])
+        if self.calls in self.fail:
+            raise RuntimeError("injected fault")
+        return self.inner.process(chunk)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
+def noisy_input(seconds: float, rate: int = RATE) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    t = np.arange(int(seconds * rate)) / rate
+    tones = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((220, 440, 660, 1320), start=1))
+    return (0.2 * tones * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def fresh_output(model: PulseCNN, pipe: LivePipeline, x: np.ndarray, start: int) -> np.ndarray:
+    """What a fresh engine restarted at input ``start`` puts at output positions ``start + pipe.delay …``.
+
+    Worker position j = input j − system_delay; its first ``system_delay`` positions are the dry input.
+    """
+    down, up = StreamResampler(pipe.rate, SAMPLE_RATE), StreamResampler(SAMPLE_RATE, pipe.rate)
+    y = up.process(StreamingDenoiser(model, mask="soft").process(down.process(x[start:])))
+    d = pipe.system_delay
+    y[:d] = x[start - d : start] if start >= d else np.concatenate((np.zeros(d - start, np.float32), x[:start]))
+    return y
+
+
+def drive(pipe: LivePipeline, x: np.ndarray, block: int, channels: int = 1, on_block=None) -> np.ndarray:
+    """Simulated duplex stream: feed ``x`` block by block through the callback, collect what it plays."""
+    out = []
+    for b, i in enumerate(range(0, x.size - block + 1, block)):
+        indata = np.repeat(x[i : i + block, None], channels, axis=1)
+        outdata = np.full((block, 2), np.nan, np.float32)
+        pipe.callback(indata, outdata, block, None, None)
+        assert np.array_equal(outdata[:, 0], outdata[:, 1])  # the mono result goes to every channel
+        out.append(outdata[:, 0].copy())
+        if on_block is not None:
+            on_block(b)
+    return np.concatenate(out)
+
+
+def test_ring_wraps_and_negative_positions_read_as_silence():
+    ring = np.zeros(8, np.float32)
+    ring_write(ring, 6, np.arange(1, 5, dtype=np.float32))  # positions 6..9 → slots 6,7,0,1
+    assert ring.tolist() == [3, 4, 0, 0, 0, 0, 1, 2]
+    out = ring_read(ring, -2, np.empty(5, np.float32))
+    assert out.tolist() == [0, 0, 3, 4, 0]
+    assert ring_read(ring, 6, np.empty(4, np.float32)).tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("rate_in,rate_out", [(48_000, 16_000), (44_100, 16_000), (16_000, 44_100)])
+def test_resampler_blocks_equal_whole_signal(rate_in, rate_out):
+    x = np.random.default_rng(0).standard_normal(9000).astype(np.float32)
+    whole = StreamResampler(rate_in, rate_out).process(x)
+    r = StreamResampler(rate_in, rate_out)
+    cuts = np.cumsum(np.random.default_rng(1).integers(1, 700, size=40))
+    parts = [r.process(p) for p in np.split(x, cuts[cuts < x.size])]
+    assert np.array_equal(np.concatenate(parts), whole)
+    assert whole.size == (x.size - 1) * r.up // r.down + 1  # outputs whose newest input has arrived
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+def test_resampler_round_trip_of_a_tone_has_high_snr(rate):
+    t = np.arange(rate) / rate
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    down, up = StreamResampler(rate, SAMPLE_RATE), StreamResampler(SAMPLE_RATE, rate)
+    y = np.concatenate([up.process(down.process(tone[i : i + 441])) for i in range(0, tone.size, 441)])
+    delay = down.delay_out * rate / SAMPLE_RATE + up.delay_out
+    # align by the (possibly fractional) delay with a linear interpolation of the reference
+    n = np.arange(rate // 4, y.size - rate // 8)
+    ref = np.interp(n - delay, np.arange(tone.size), tone)
+    assert si_snr_np(y[n], ref) > 40
+
+
+def test_no_fault_output_is_the_engine_output_at_a_fixed_delay(model):
+    x = noisy_input(1.5)
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=0.0)
+    out = drive(pipe, x, BLOCK, on_block=lambda b: [None for _ in iter(pipe.work_once, False)])
+    assert out.size == x.size - x.size % BLOCK
+    ref = fresh_output(model, pipe, x, 0)
+    n = out.size - pipe.slack
+    np.testing.assert_allclose(out[pipe.slack :], ref[:n], atol=1e-5)
+    assert np.all(out[: pipe.slack] == 0)
+    c = pipe.counters
+    assert (c.dropped_samples, c.faults, c.late_restarts) == (0, 0, 0)
+    # the wet output really differs from the dry input (else the checks below could not tell them apart)
+    assert np.abs(ref[pipe.system_delay :] - x[: ref.size - pipe.system_delay]).max() > 0.05
+
+
+def test_dry_mix_is_a_weighted_sum_of_wet_and_delayed_input(model):
+    x = noisy_input(1.0)
+    wet_pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=0.0)
+    mix_pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=0.25)
+    wet = drive(wet_pipe, x, BLOCK, on_block=lambda b: [None for _ in iter(wet_pipe.work_once, False)])
+    mix = drive(mix_pipe, x, BLOCK, on_block=lambda b: [None for _ in iter(mix_pipe.work_once, False)])
+    d = mix_pipe.delay
+    np.testing.assert_allclose(mix[d:], 0.75 * wet[d:] + 0.25 * x[: mix.size - d], atol=1e-5)
+
+
+def test_late_worker_and_exception_keep_the_stream_whole_and_recover(model):
+    """Fake clock: the worker skips 12 blocks (a 120 ms stall), later the model step raises once."""
+    x = noisy_input(3.0)
+    engine = FaultyEngine(model, fail={200})
+    pipe = LivePipeline(engine, RATE, BLOCK, in_channels=2, startup_s=0.2)
+    stalled = set(range(60, 72))
+
+    def worker(b):
+        if b not in stalled:
+            while pipe.work_once():
+                pass
+
+    out = drive(pipe, x, BLOCK, channels=2, on_block=worker)
+    c = pipe.counters
+    assert out.size == x.size - x.size % BLOCK  # no gaps: every callback got all its samples
+    assert c.late_restarts == 1 and c.faults == 1
+    assert [r for r, _, _ in pipe.events] == ["late", "fault"]
+    # the worker last ran after block 59 and next after block 72's callback: positions up to 60·BLOCK
+    # (less the resamplers' few samples of lag) were in hand, the callbacks asked up to 73·BLOCK − slack
+    missed = 73 * BLOCK - pipe.slack - 60 * BLOCK
+    assert missed <= c.dropped_samples <= missed + 4
+    assert c.dropped_blocks == len(range(60 + pipe.slack // BLOCK, 73))
+
+    d, sd = pipe.delay, pipe.system_delay
+    dry = np.concatenate((np.zeros(d, np.float32), x))[: out.size]  # input delayed by exactly `delay`
+    uninterrupted = np.concatenate((np.zeros(pipe.slack, np.float32), fresh_output(model, pipe, x, 0)))
+    stall = slice(73 * BLOCK - c.dropped_samples, 73 * BLOCK)  # output positions the stalled worker missed
+    expect_dry = np.zeros(out.size, bool)
+    expect_dry[stall] = True
+    starts = [(0, 0)] + [(pos, base) for _, pos, base in pipe.events]
+    settle = (model.receptive_field[1] + 6) * pipe.hop_device  # receptive field + STFT frame + resampler taps
+    for i, (pos, p) in enumerate(starts):
+        assert p % pipe.grid == 0 and 0 <= p - pos < pipe.grid
+        end = (starts[i + 1][0] + pipe.slack) if i + 1 < len(starts) else out.size
+        ref = np.concatenate((np.zeros(pipe.slack + p, np.float32), fresh_output(model, pipe, x, p)))
+        seg = slice(pos + pipe.slack, end)
+        expect_dry[pos + pipe.slack : p + pipe.slack + sd] = True  # gap to the grid + the fresh engine's start-up
+        # every sample is the fresh engine's output or dry input at the fixed delay, as expected
+        np.testing.assert_allclose(out[seg], np.where(expect_dry[seg], dry[seg], ref[seg]), atol=1e-5)
+        # … and past the receptive field the engine output is the uninterrupted output again
+        tail = slice(p + pipe.slack + sd + settle, end)
+        wet = ~expect_dry[tail]
+        np.testing.assert_allclose(out[tail][wet], uninterrupted[tail][wet], atol=1e-4)
+    assert expect_dry.mean() < 0.5  # most of the output was the engine's
+
+
+def test_real_time_stream_with_slow_hops_and_exceptions(model, tmp_path):
+    """Worker thread + a simulated device clock at real-time pace (~2.5 s): the stream never stalls."""
+    import soundfile as sf
+
+    x = noisy_input(2.5)
+    engine = FaultyEngine(model, slow={60: 0.15, 120: 0.05}, fail={90, 150})
+    pipe = LivePipeline(engine, RATE, BLOCK, startup_s=0.3)
+    rec_in = Recorder(tmp_path / "in.wav", RATE, pipe.in_ring, lambda: pipe.n_in)
+    rec_out = Recorder(tmp_path / "out.wav", RATE, pipe.played_ring, lambda: pipe.n_read)
+    worker = LiveWorker(pipe, on_idle=lambda: (rec_in.drain(), rec_out.drain())).start()
+    out, period = [], BLOCK / RATE
+    t0 = time.perf_counter()
+    try:
+        for b, i in enumerate(range(0, x.size - BLOCK + 1, BLOCK)):
+            time.sleep(max(0.0, t0 + b * period - time.perf_counter()))  # the device clock
+            outdata = np.full((BLOCK, 1), np.nan, np.float32)
+            pipe.callback(x[i : i + BLOCK, None], outdata, BLOCK, None, SimpleNamespace(
+                input_overflow=b == 5, output_underflow=b in (3, 200)))
+            out.append(outdata[:, 0].copy())
+    finally:
+        worker.stop()
+    rec_in.close()
+    rec_out.close()
+    out = np.concatenate(out)
+    c = pipe.counters
+    assert out.size == x.size - x.size % BLOCK and np.all(np.isfinite(out))
+    assert c.faults == 2 and engine.calls > 150
+    assert c.late_restarts >= 1 and c.dropped_samples > 0  # the 150 ms hop cannot be hidden by the slack
+    assert (c.input_overflows, c.output_underflows, c.underflows_after_startup) == (1, 2, 1)
+    dry = np.concatenate((np.zeros(pipe.delay, np.float32), x))[: out.size]
+    uninterrupted = np.concatenate((np.zeros(pipe.slack, np.float32), fresh_output(model, pipe, x, 0)))
+    # after the last restart has settled, the output is the uninterrupted engine output again
+    last = pipe.events[-1][2] + pipe.slack + pipe.system_delay + (model.receptive_field[1] + 6) * pipe.hop_device
+    assert last < out.size - RATE // 8, "the run must end with a stretch of normal output"
+    np.testing.assert_allclose(out[last:], uninterrupted[last : out.size], atol=1e-4)
+    st = pipe.stats()
+    assert st["hop_ms_median"] > 0 and st["hops"] == c.hops and st["faults"] == 2
+    # the recordings are exactly what went in and what was played
+    np.testing.assert_array_equal(sf.read(tmp_path / "in.wav", dtype="float32")[0], x[: out.size])
+    np.testing.assert_array_equal(sf.read(tmp_path / "out.wav", dtype="float32")[0], out)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_worker_thread_stops_promptly(model):
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK)
+    worker = LiveWorker(pipe).start()
+    t = time.perf_counter()
+    worker.stop()
+    assert not worker.thread.is_alive()
+    assert threading.active_count() >= 1 and time.perf_counter() - t < 5
