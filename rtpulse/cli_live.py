@@ -1,15 +1,147 @@
-"""`rtpulse devices` and `rtpulse live` (owned by the live issue). sounddevice is imported inside."""
+"""`rtpulse devices` and `rtpulse live`. sounddevice and the engine are imported inside the commands."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from rtpulse.errors import RtpulseError
 
 
 def devices() -> None:
-    """List audio input and output devices."""
-    raise typer.Exit(1)
+    """List audio input and output devices (index, name, host API, channels, default rate)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rtpulse.cli import fail
+    from rtpulse.live import list_devices
+
+    try:
+        found = list_devices()
+    except RtpulseError as e:
+        fail(e)
+    table = Table(title="audio devices (* = default)")
+    for col in ("index", "name", "host API", "in", "out", "default rate"):
+        table.add_column(col, justify="right" if col in ("index", "in", "out", "default rate") else "left")
+    for d in found:
+        mark = ("*in " if d["default_input"] else "") + ("*out" if d["default_output"] else "")
+        table.add_row(
+            str(d["index"]),
+            f"{d['name']} {mark}".strip(),
+            d["hostapi"],
+            str(d["inputs"]),
+            str(d["outputs"]),
+            f"{d['rate']} Hz",
+        )
+    Console().print(table)
+    if not found:
+        Console(stderr=True).print("no audio devices found (is a sound server or card available?)")
 
 
-def live() -> None:
-    """Microphone → denoise → speaker, in real time."""
-    raise typer.Exit(1)
+def live(
+    input: Annotated[
+        str | None,
+        typer.Option("--input", "-i", help="Input device: index or name substring. Default: the system default."),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Output device: index or name substring. Default: the system default."),
+    ] = None,
+    model: ModelOpt = None,
+    mask: MaskOpt = "binary",  # a Mask; a plain default avoids importing rtpulse.cli first
+    floor_db: FloorOpt = None,
+    dry: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of the original input mixed into the output, delay-aligned: out = (1−X)·denoised + X·input. 0 = fully denoised, 1 = bypass."
+        ),
+    ] = 0.0,
+    rate: Annotated[
+        int | None,
+        typer.Option(
+            help="Device sample rate in Hz (e.g. 48000, 44100, 16000). Default: the input device's default rate; audio is resampled to/from the model's 16 kHz."
+        ),
+    ] = None,
+    blocksize: Annotated[
+        int | None,
+        typer.Option(help="Device frames per audio callback. Default: one 16 ms engine hop at the device rate."),
+    ] = None,
+    latency: Annotated[
+        float,
+        typer.Option(
+            help="Device latency to ask PortAudio for, in seconds ('low' settings underrun on busy machines)."
+        ),
+    ] = 0.1,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds. Default: run until Ctrl-C.")
+    ] = None,
+    record_in: Annotated[
+        Path | None, typer.Option("--record-in", help="Write the (mono) input to this WAV file.")
+    ] = None,
+    record_out: Annotated[
+        Path | None, typer.Option("--record-out", help="Write what is played (mono) to this WAV file.")
+    ] = None,
+    stats_json: Annotated[
+        Path | None, typer.Option("--stats-json", help="Write the final counters and timings to this JSON file.")
+    ] = None,
+    no_dashboard: Annotated[
+        bool,
+        typer.Option("--no-dashboard", help="Print a status line every few seconds instead of the live dashboard."),
+    ] = False,
+) -> None:
+    """Microphone → denoise → speaker, in real time, with a live dashboard. Ctrl-C stops."""
+    from rich.console import Console
+
+    from rtpulse.cli import fail, load_model_or_default
+    from rtpulse.live import LiveOptions, run_live
+    from rtpulse.model import default_model_path
+
+    console = Console(stderr=True)
+    if not 0.0 <= dry <= 1.0:
+        fail(RtpulseError(f"--dry must be within 0…1, got {dry}"))
+    for name, value in (("--blocksize", blocksize), ("--rate", rate)):
+        if value is not None and value <= 0:
+            fail(RtpulseError(f"{name} must be positive, got {value}"))
+    if latency <= 0 or (duration is not None and duration <= 0):
+        fail(RtpulseError("--latency and --duration must be positive"))
+    for path in (record_in, record_out):
+        if path is not None and path.suffix.lower() != ".wav":
+            fail(RtpulseError(f"recordings are WAV files: {path} should end in .wav"))
+    try:
+        net = load_model_or_default(model)
+        opts = LiveOptions(
+            input=input,
+            output=output,
+            mask=str(getattr(mask, "value", mask)),
+            floor_db=floor_db,
+            dry=dry,
+            rate=rate,
+            blocksize=blocksize,
+            latency=latency,
+            duration=duration,
+            record_in=record_in,
+            record_out=record_out,
+            stats_json=stats_json,
+            dashboard=not no_dashboard,
+        )
+        name = (model or default_model_path()).name
+        stats = run_live(net, name, opts, console)
+    except RtpulseError as e:
+        fail(e)
+    console.print(
+        f"{'stopped (Ctrl-C)' if stats['interrupted'] else 'done'}: {stats['seconds']:.1f} s at {stats['rate']} Hz, "
+        f"delay {stats['total_delay_ms']:.0f} ms, hop {stats['hop_ms_median']:.2f}/{stats['hop_ms_p99']:.2f} ms "
+        f"(median/p99), CPU {stats['cpu_percent']:.0f}%, xruns in {stats['input_overflows']} "
+        f"out {stats['output_underflows']}, dropped blocks {stats['dropped_blocks']}, faults {stats['faults']}"
+        + "".join(f"; recorded {p}" for p in (record_in, record_out) if p),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# The shared option types live in rtpulse.cli, which imports this module while registering commands:
+# importing them last (the annotations above are strings, resolved by typer when the app runs) works
+# whichever of the two modules is imported first.
+from rtpulse.cli import FloorOpt, MaskOpt, ModelOpt

@@ -22,8 +22,10 @@ Latency never grows: the delay is fixed at start and the rings have a fixed size
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
+from rtpulse.errors import RtpulseError
 from rtpulse.resampler import StreamResampler
 from rtpulse.stft import HOP, SAMPLE_RATE
 
@@ -112,7 +115,7 @@ class LivePipeline:
         self.down = StreamResampler(self.rate, SAMPLE_RATE)
         self.up = StreamResampler(SAMPLE_RATE, self.rate)
         ratio = self.rate / SAMPLE_RATE
-        self.system_delay = int(round(self.down.delay_out * ratio + engine.delay * ratio + self.up.delay_out))
+        self.system_delay = round(self.down.delay_out * ratio + engine.delay * ratio + self.up.delay_out)
         self.hop_device = math.ceil(HOP * ratio)  # device samples per engine hop
         # restart grid: device samples that span a whole number of hops and resampler periods
         self.grid = HOP * self.down.down // math.gcd(self.down.up, HOP * self.down.down)
@@ -302,7 +305,7 @@ class LiveWorker:
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rtpulse-live-worker", daemon=True)
 
-    def start(self) -> "LiveWorker":
+    def start(self) -> LiveWorker:
         self.thread.start()
         return self
 
@@ -351,4 +354,211 @@ class Recorder:
         self.tmp.unlink(missing_ok=True)
 
 
-__all__ = ["Counters", "LivePipeline", "LiveWorker", "Recorder", "ring_read", "ring_write"]
+# ---- the device session (sounddevice is imported here, inside the functions) ---------------------
+
+
+def import_sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError as e:  # the package is there but PortAudio is not
+        raise RtpulseError(f"cannot load PortAudio ({e}); install it, e.g. `apt-get install libportaudio2`") from None
+    except ImportError:
+        raise RtpulseError("sounddevice is not installed: pip install 'rtpulse[live]'") from None
+    return sd
+
+
+def list_devices() -> list[dict]:
+    """Every PortAudio device: index, name, host API, input/output channels, default rate, default flags."""
+    sd = import_sounddevice()
+    try:
+        devices = sd.query_devices()
+        default_in, default_out = sd.default.device
+    except sd.PortAudioError as e:
+        raise RtpulseError(f"cannot query audio devices: {e}") from None
+    apis = [a["name"] for a in sd.query_hostapis()]
+    return [
+        {
+            "index": d["index"],
+            "name": d["name"],
+            "hostapi": apis[d["hostapi"]],
+            "inputs": d["max_input_channels"],
+            "outputs": d["max_output_channels"],
+            "rate": int(d["default_samplerate"]),
+            "default_input": d["index"] == default_in,
+            "default_output": d["index"] == default_out,
+        }
+        for d in devices
+    ]
+
+
+def resolve_device(spec: str | None, kind: str) -> dict:
+    """``spec`` (an index, a name substring, or None for the default) → that device's entry of :func:`list_devices`.
+
+    ``kind`` is "input" or "output"; the device must have channels of that kind.
+    """
+    devices = list_devices()
+    key = "inputs" if kind == "input" else "outputs"
+    hint = "run `rtpulse devices` to list them"
+    if spec is None:
+        found = [d for d in devices if d[f"default_{kind}"]]
+        if not found:
+            raise RtpulseError(f"no default {kind} device; pass --{kind} (an index or a name); {hint}")
+        return found[0]
+    if spec.strip().isdigit():
+        found = [d for d in devices if d["index"] == int(spec)]
+        if not found:
+            raise RtpulseError(f"no audio device with index {spec}; {hint}")
+        if found[0][key] < 1:
+            raise RtpulseError(f"device {spec} ({found[0]['name']!r}) has no {kind} channels; {hint}")
+        return found[0]
+    matches = [d for d in devices if spec.lower() in d["name"].lower() and d[key] > 0]
+    exact = [d for d in matches if d["name"].lower() == spec.lower()]
+    if not matches:
+        raise RtpulseError(f"no {kind} device matches {spec!r}; {hint}")
+    return (exact or matches)[0]
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    input: str | None = None
+    output: str | None = None
+    mask: str = "binary"
+    floor_db: float | None = None
+    dry: float = 0.0
+    rate: int | None = None  # device rate; None: the input device's default rate
+    blocksize: int | None = None  # device frames per callback; None: one engine hop
+    latency: float = 0.1
+    duration: float | None = None
+    record_in: Path | None = None
+    record_out: Path | None = None
+    stats_json: Path | None = None
+    dashboard: bool = True
+    status_every: float = 5.0
+
+
+def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
+    """Open the duplex stream and denoise until ``opts.duration`` or Ctrl-C. Returns the final stats.
+
+    Recordings and the stats JSON are written (atomically) however the run ends.
+    """
+    import torch
+
+    from rtpulse.dashboard import render_dashboard, status_line
+    from rtpulse.stream import StreamingDenoiser
+
+    sd = import_sounddevice()
+    torch.set_num_threads(1)  # one hop is a few small tensors: a second thread only adds contention
+    sys.setswitchinterval(0.001)  # let the callback thread get the GIL quickly while the worker computes
+    dev_in, dev_out = resolve_device(opts.input, "input"), resolve_device(opts.output, "output")
+    names = f"input {dev_in['index']} {dev_in['name']!r} / output {dev_out['index']} {dev_out['name']!r}"
+    rate = int(opts.rate or dev_in["rate"])
+    ch_in, ch_out = min(dev_in["inputs"], 2), min(dev_out["outputs"], 2)
+    try:
+        sd.check_input_settings(device=dev_in["index"], channels=ch_in, samplerate=rate, dtype="float32")
+        sd.check_output_settings(device=dev_out["index"], channels=ch_out, samplerate=rate, dtype="float32")
+    except (sd.PortAudioError, ValueError) as e:
+        raise RtpulseError(f"{names} cannot run at {rate} Hz ({e}); try --rate, or run `rtpulse devices`") from None
+    engine = StreamingDenoiser(model, mask=opts.mask, floor_db=opts.floor_db)
+    blocksize = opts.blocksize or math.ceil(HOP * rate / SAMPLE_RATE)
+    pipe = LivePipeline(engine, rate, blocksize, ch_in, ch_out, dry=opts.dry)
+    recorders = []
+    if opts.record_in:
+        recorders.append(Recorder(opts.record_in, rate, pipe.in_ring, lambda: pipe.n_in))
+    if opts.record_out:
+        recorders.append(Recorder(opts.record_out, rate, pipe.played_ring, lambda: pipe.n_read))
+
+    def drain() -> None:
+        for r in recorders:
+            r.drain()
+
+    stopped = threading.Event()
+    try:
+        stream = sd.Stream(
+            device=(dev_in["index"], dev_out["index"]),
+            samplerate=rate,
+            blocksize=blocksize,
+            dtype="float32",
+            latency=opts.latency,
+            channels=(ch_in, ch_out),
+            callback=pipe.callback,
+            finished_callback=stopped.set,
+        )
+    except (sd.PortAudioError, ValueError) as e:
+        for r in recorders:
+            r.abort()
+        raise RtpulseError(f"cannot open {names}: {e}; run `rtpulse devices` to list devices") from None
+    worker = LiveWorker(pipe, on_idle=drain).start()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    device_ms = (stream.latency[0] + stream.latency[1]) * 1e3
+    info = {"model": model_name, "devices": names, "device_latency_ms": device_ms, "channels": [ch_in, ch_out]}
+    interrupted, error = False, None
+
+    def snapshot() -> dict:
+        wall = time.perf_counter() - wall0
+        return {
+            **info,
+            **pipe.stats(),
+            "total_delay_ms": pipe.delay / rate * 1e3 + device_ms,
+            "cpu_percent": 100 * (time.process_time() - cpu0) / max(wall, 1e-9),
+            "wall_s": wall,
+        }
+
+    try:
+        with stream:
+            deadline = wall0 + opts.duration if opts.duration else math.inf
+            next_status = wall0 + opts.status_every
+            view = None
+            if opts.dashboard:
+                from rich.live import Live
+
+                view = Live(render_dashboard(snapshot()), console=console, refresh_per_second=8, transient=False)
+                view.start()
+            try:
+                while time.perf_counter() < deadline:
+                    time.sleep(0.1)
+                    if stopped.is_set() or not stream.active:
+                        error = f"the audio stream stopped ({names}: device gone?); run `rtpulse devices`"
+                        break
+                    if view is not None:
+                        view.update(render_dashboard(snapshot()))
+                    elif time.perf_counter() >= next_status:
+                        next_status += opts.status_every
+                        console.print(status_line(snapshot()), highlight=False, soft_wrap=True)
+            finally:
+                if view is not None:
+                    view.stop()
+    except KeyboardInterrupt:
+        interrupted = True
+    except sd.PortAudioError as e:
+        error = f"audio stream error on {names}: {e}; run `rtpulse devices`"
+    finally:
+        worker.stop()
+        for r in recorders:
+            r.close()
+    stats = {**snapshot(), "interrupted": interrupted, "error": error}
+    if opts.stats_json:
+        _write_json(opts.stats_json, stats)
+    if error:
+        raise RtpulseError(error)
+    return stats
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "Counters",
+    "LiveOptions",
+    "LivePipeline",
+    "LiveWorker",
+    "Recorder",
+    "list_devices",
+    "resolve_device",
+    "ring_read",
+    "ring_write",
+    "run_live",
+]

@@ -6,7 +6,8 @@ is ``Σ_i h[n·M − i·L] · x[i]`` (upsample by L, low-pass h, keep every M-th
 newest input ``x[⌊n·M/L⌋]`` has arrived, so the stream has no look-ahead and no clicks at block edges.
 
 Delay: h is linear phase, so the output lags the input by :attr:`delay_out` output samples
-(``(len(h) − 1) / 2`` at the upsampled rate, expressed at the output rate).
+(``(len(h) − 1) / 2`` at the upsampled rate, expressed at the output rate): 10 samples at 16 kHz
+for 48 or 44.1 kHz → 16 kHz, 30 samples at 48 kHz (27.6 at 44.1 kHz) for the way back.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ class StreamResampler:
     """``rate_in`` → ``rate_out`` in blocks. ``process(x [n]) -> y [≈ n·rate_out/rate_in]`` float32.
 
     After N input samples in total, exactly ``⌊(N − 1)·L/M⌋ + 1`` outputs have been produced (N ≥ 1),
-    whatever the block sizes. ``taps`` is the filter length per polyphase branch (in input samples).
+    whatever the block sizes. The low-pass is the one ``scipy.signal.resample_poly`` (and so
+    :func:`rtpulse.audio.resample`, used by `rtpulse denoise`) designs — Kaiser β = 5, cutoff at the
+    narrower Nyquist, ``20·max(L, M) + 1`` taps — so live and offline resampling differ only by the delay.
     """
 
-    def __init__(self, rate_in: int, rate_out: int, taps: int = 32, stopband_db: float = 80.0) -> None:
+    def __init__(self, rate_in: int, rate_out: int) -> None:
         g = gcd(rate_in, rate_out)
         self.up, self.down = rate_out // g, rate_in // g
         self.rate_in, self.rate_out = rate_in, rate_out
@@ -34,13 +37,13 @@ class StreamResampler:
             self.delay_out = 0.0
             self.reset()
             return
-        self.taps = taps
-        length = taps * self.up  # filter at the upsampled rate
-        cutoff = 0.9 / max(self.up, self.down)  # of the upsampled Nyquist: keep ~90% of the narrower band
-        h = firwin(length, cutoff, window=("kaiser", _kaiser_beta(stopband_db))) * self.up
+        half = 10 * max(self.up, self.down)
+        h = firwin(2 * half + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)) * self.up
+        self.taps = -(-h.size // self.up)  # filter length per polyphase branch, in input samples
+        h = np.pad(h, (0, self.taps * self.up - h.size))
         # polyphase[p, t] = h[p + t·L]: output with phase p combines x[i0], x[i0−1], … x[i0−taps+1]
-        self.polyphase = h.reshape(taps, self.up).T.copy()  # [L, taps]
-        self.delay_out = (length - 1) / 2 / self.down  # output samples
+        self.polyphase = h.reshape(self.taps, self.up).T.copy()  # [L, taps], float64
+        self.delay_out = half / self.down  # linear phase: the centre tap, in output samples
         self.reset()
 
     @property
@@ -71,11 +74,3 @@ class StreamResampler:
         self._consumed += x.size
         self._history = buf[buf.size - self.taps :].copy()
         return y
-
-
-def _kaiser_beta(atten_db: float) -> float:
-    if atten_db > 50:
-        return 0.1102 * (atten_db - 8.7)
-    if atten_db >= 21:
-        return 0.5842 * (atten_db - 21) ** 0.4 + 0.07886 * (atten_db - 21)
-    return 0.0
