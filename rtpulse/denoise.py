@@ -1,20 +1,43 @@
-"""`rtpulse denoise`: files in, enhanced files out at each input's own rate and length."""
+"""`rtpulse denoise`: files in, enhanced files out at each input's own rate and length.
+
+Files are processed in chunks with bounded memory (a one-hour file never sits in memory whole):
+read blocks → downmix → :func:`~rtpulse.stream.sanitize` → resample to 16 kHz → model on spectrogram
+chunks with their receptive-field context → resample back → write blocks to a temp file → rename.
+Every stage keeps just enough context that the chunked result equals :func:`denoise_array` (the same
+computation on the whole file at once) to float tolerance, whatever the chunk size.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
+from math import gcd
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+from scipy.signal import resample_poly
 
-from rtpulse.audio import read_audio, resample, to_mono, write_audio
+from rtpulse.audio import resample, to_mono
 from rtpulse.errors import RtpulseError
 from rtpulse.model import PulseCNN
-from rtpulse.stft import SAMPLE_RATE
-from rtpulse.stream import enhance, stream_offline_equivalent
+from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
+from rtpulse.stream import (
+    StreamingDenoiser,
+    _tail_for_lookahead,
+    enhance,
+    mask_gain,
+    sanitize,
+    stream_offline_equivalent,
+)
 
 ENGINES = ("offline", "stream")
+# Model chunk: 256 frames (4.1 s). The paper preset's widest layer then holds 128×513×~280 floats (~75 MB);
+# bigger chunks buy little speed and cost memory linearly.
+CHUNK_FRAMES = 256
 
 
 @dataclass(frozen=True)
@@ -25,11 +48,22 @@ class DenoiseOptions:
 
 
 def denoise_signal(model: PulseCNN, x16k: np.ndarray, opts: DenoiseOptions) -> np.ndarray:
-    """Mono 16 kHz float32 ``[T]`` → enhanced ``[T]``, aligned (the streaming delay removed)."""
+    """Mono 16 kHz float32 ``[T]`` → enhanced ``[T]``, aligned (the streaming delay removed). Whole signal."""
     if opts.engine == "stream":
         return stream_offline_equivalent(model, x16k, chunk=4096, mask=opts.mask, floor_db=opts.floor_db)
     y = enhance(model, torch.from_numpy(np.ascontiguousarray(x16k)), opts.mask, opts.floor_db)
     return y.numpy()
+
+
+def denoise_array(model: PulseCNN, data: np.ndarray, rate: int, opts: DenoiseOptions) -> np.ndarray:
+    """Whole-file reference: samples ``[T, C]`` or ``[T]`` at ``rate`` → enhanced mono ``[T]`` at ``rate``.
+
+    :func:`denoise_file` computes the same samples chunk by chunk.
+    """
+    x = resample(sanitize(to_mono(data)), rate, SAMPLE_RATE)
+    y = denoise_signal(model, x, opts)
+    out = resample(y, SAMPLE_RATE, rate)
+    return np.pad(out, (0, max(0, data.shape[0] - out.shape[0])))[: data.shape[0]]
 
 
 def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Path, Path]]:
@@ -50,23 +84,215 @@ def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Pa
     for src, dst in pairs:
         if dst.exists() and src.exists() and dst.resolve() == src.resolve():
             raise RtpulseError(f"output {dst} is the input file; choose another output path")
+        if dst.exists() and dst.is_dir():
+            raise RtpulseError(f"output {dst} is a directory; give a file name")
         if dst.exists() and not force:
             raise RtpulseError(f"output {dst} exists; pass --force to replace it")
     return pairs
 
 
-def denoise_file(model: PulseCNN, src: Path, dst: Path, opts: DenoiseOptions) -> float:
-    """Denoise one file; returns its duration in seconds. The output is written atomically."""
-    data, rate = read_audio(src)
-    if data.shape[0] == 0:
-        raise RtpulseError(f"{src} holds no samples")
-    x = resample(to_mono(data), rate, SAMPLE_RATE)
-    if not np.all(np.isfinite(x)):
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    y = denoise_signal(model, x, opts)
-    out = resample(y, SAMPLE_RATE, rate)
-    out = np.pad(out, (0, max(0, data.shape[0] - out.shape[0])))[: data.shape[0]]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    info_subtype = None if dst.suffix.lower() not in (".wav",) else "FLOAT"
-    write_audio(dst, out, rate, subtype=info_subtype)
-    return data.shape[0] / rate
+# --- chunked pipeline ----------------------------------------------------------------------------------
+
+
+class _Window:
+    """Forward-only random access to a signal that arrives as consecutive blocks: ``get(a, b)`` returns
+    samples [a, b) (zeros outside [0, length)); ``drop_before(a)`` forgets what no later request needs."""
+
+    def __init__(self, blocks: Iterable[np.ndarray], length: int) -> None:
+        self._blocks = iter(blocks)
+        self._buf = np.zeros(0, np.float32)
+        self._start = 0  # absolute index of _buf[0]
+        self.length = length
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        want = min(b, self.length)
+        parts, end = [self._buf], self._start + self._buf.size
+        while end < want:
+            block = next(self._blocks, None)
+            if block is None:  # source shorter than announced (truncated file): the rest reads as zeros
+                self.length = end
+                break
+            parts.append(block)
+            end += block.size
+        self._buf = np.concatenate(parts) if len(parts) > 1 else self._buf
+        out = np.zeros(b - a, np.float32)
+        lo, hi = max(a, self._start, 0), min(b, self._start + self._buf.size, self.length)
+        if hi > lo:
+            out[lo - a : hi - a] = self._buf[lo - self._start : hi - self._start]
+        return out
+
+    def drop_before(self, a: int) -> None:
+        if a > self._start:
+            self._buf = self._buf[a - self._start :].copy()  # copy: let the big old buffer go
+            self._start = a
+
+
+def resampled_length(n: int, rate_in: int, rate_out: int) -> int:
+    """Samples :func:`rtpulse.audio.resample` returns for ``n`` input samples (ceil(n · out / in))."""
+    g = gcd(rate_in, rate_out)
+    up, down = rate_out // g, rate_in // g
+    return (n * up + down - 1) // down
+
+
+def _resample_blocks(
+    blocks: Iterable[np.ndarray], n_in: int, rate_in: int, rate_out: int, piece: int
+) -> Iterator[np.ndarray]:
+    """:func:`rtpulse.audio.resample` of the whole signal, produced ``piece`` output samples at a time.
+
+    Each piece runs ``resample_poly`` on its input span plus the filter's half-length on both sides,
+    starting at a multiple of ``down`` so the polyphase filter has the same phase as on the whole signal.
+    """
+    if rate_in == rate_out:
+        yield from blocks
+        return
+    g = gcd(rate_in, rate_out)
+    up, down = rate_out // g, rate_in // g
+    half = -(-10 * max(up, down) // up) + 2  # resample_poly's filter half-length (10·max taps) in input samples
+    window = _Window(blocks, n_in)
+    n_out = resampled_length(n_in, rate_in, rate_out)
+    for j0 in range(0, n_out, piece):
+        j1 = min(j0 + piece, n_out)
+        start = ((j0 * down) // up - half) // down * down
+        seg = window.get(start, -(-(j1 * down) // up) + half + 1)
+        offset = start * up // down  # whole-signal output index of seg's output 0
+        yield resample_poly(seg, up, down)[j0 - offset : j1 - offset].astype(np.float32)
+        window.drop_before(start)
+
+
+def _offline_blocks(
+    model: PulseCNN, x16: Iterable[np.ndarray], length: int, opts: DenoiseOptions, chunk_frames: int
+) -> Iterator[np.ndarray]:
+    """:func:`~rtpulse.stream.enhance` of the whole 16 kHz signal, ``HOP·chunk_frames`` samples at a time.
+
+    Output samples [256a, 256b) need the masked frames [a, b+3); their logits need input frames
+    [a − (2·n3 − L), b + 3 + L) — the model's receptive field (n3 = number of 3×3 layers). Frames past
+    either end of the whole spectrogram are left out, so the model pads them with zeros as it does offline.
+    """
+    lookahead = model.lookahead
+    past = 2 * model.config.max_lookahead - lookahead
+    total_frames = n_frames(length, _tail_for_lookahead(length, lookahead))
+    window = _Window((sanitize(b) for b in x16), length)
+    out_frames = -(-length // HOP)
+    for a in range(0, out_frames, chunk_frames):
+        b = min(a + chunk_frames, out_frames)
+        keep_end = min(b + 3, total_frames)
+        first, last = max(0, a - past), min(total_frames, keep_end + lookahead)
+        seg = window.get(HOP * first - LEAD, HOP * last)  # frame m covers samples [256m − 768, 256m + 256)
+        spec = stft(torch.from_numpy(seg))[:, 3:]  # [513, last − first]: stft's 3 lead-in frames dropped
+        with torch.no_grad():
+            logits = model(spec.abs().unsqueeze(0))[0, 0]  # [513, last − first]
+        keep = slice(a - first, keep_end - first)
+        masked = spec[:, keep] * mask_gain(logits[:, keep], opts.mask, opts.floor_db)
+        n = min(HOP * b, length) - HOP * a
+        yield istft(masked, n).numpy()
+        window.drop_before(HOP * max(0, b - past) - LEAD)
+
+
+def _stream_blocks(model: PulseCNN, x16: Iterable[np.ndarray], length: int, opts: DenoiseOptions) -> Iterator:
+    """The real-time engine over the whole signal, its delay removed: ``length`` aligned samples in pieces."""
+    engine = StreamingDenoiser(model, opts.mask, opts.floor_db)
+    skip = engine.delay
+    for block in chain(x16, [None]):
+        y = engine.process(block) if block is not None else engine.flush()
+        cut = min(skip, y.size)
+        skip -= cut
+        if y.size > cut:
+            yield y[cut:]
+
+
+def _trim(blocks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    for block in blocks:
+        block = block[:n]
+        n -= block.size
+        if block.size:
+            yield block
+        if n <= 0:
+            return
+
+
+def _read_blocks(f: sf.SoundFile, src: Path, blocksize: int) -> Iterator[np.ndarray]:
+    try:
+        for block in f.blocks(blocksize=blocksize, dtype="float32", always_2d=True):
+            yield sanitize(to_mono(block))  # sanitise before resampling: its filter would smear NaN around
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise RtpulseError(f"cannot read {src}: {str(e).splitlines()[0]}") from None
+
+
+def _open_input(src: Path) -> sf.SoundFile:
+    if not src.exists():
+        raise RtpulseError(f"input not found: {src}")
+    if src.is_dir():
+        raise RtpulseError(f"input is a directory, not an audio file: {src}")
+    try:
+        return sf.SoundFile(str(src))
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise RtpulseError(f"cannot read {src} as audio: {str(e).splitlines()[0]}") from None
+
+
+def _output_format(dst: Path) -> tuple[str, str | None]:
+    ext = dst.suffix[1:].upper()
+    ext = "OGG" if ext == "OPUS" else ext
+    if ext not in sf.available_formats():
+        raise RtpulseError(f"cannot write {dst}: unknown audio format {dst.suffix!r} (use .wav, .flac or .ogg)")
+    return ext, ("FLOAT" if ext == "WAV" else None)
+
+
+def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> None:
+    """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end.
+
+    Any failure — in the writer, in the rename, or in whatever produces the blocks (including
+    KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
+    """
+    fmt, subtype = _output_format(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
+            for block in blocks:
+                f.write(block)
+        os.replace(tmp, dst)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def denoise_file(
+    model: PulseCNN,
+    src: Path,
+    dst: Path,
+    opts: DenoiseOptions,
+    chunk_frames: int = CHUNK_FRAMES,
+    on_progress: Callable[[float], None] | None = None,
+) -> float:
+    """Denoise one file in chunks; returns its duration in seconds. The output is written atomically.
+
+    Memory is bounded by ``chunk_frames`` (not the file's length). ``on_progress(fraction)`` is called
+    as the input is read.
+    """
+    src, dst = Path(src), Path(dst)
+    _output_format(dst)  # refuse an unknown output format before any work
+    with _open_input(src) as f:
+        n_in, rate = f.frames, f.samplerate
+        if n_in <= 0:
+            raise RtpulseError(f"{src} holds no samples")
+        piece = HOP * chunk_frames
+        block_in = max(1, piece * rate // SAMPLE_RATE)
+
+        def read() -> Iterator[np.ndarray]:
+            done = 0
+            for block in _read_blocks(f, src, block_in):
+                done += block.size
+                if on_progress is not None:
+                    on_progress(min(1.0, done / n_in))
+                yield block
+
+        n16 = resampled_length(n_in, rate, SAMPLE_RATE)
+        x16 = _trim(_resample_blocks(read(), n_in, rate, SAMPLE_RATE, piece), n16)
+        if opts.engine == "stream":
+            y16 = _stream_blocks(model, x16, n16, opts)
+        else:
+            y16 = _offline_blocks(model, x16, n16, opts, chunk_frames)
+        out = _trim(_resample_blocks(y16, n16, SAMPLE_RATE, rate, block_in), n_in)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_blocks_atomic(dst, out, rate)
+    return n_in / rate
