@@ -77,12 +77,14 @@ def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Pa
         names = [p.name for p in inputs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise RtpulseError(f"two inputs share the name {sorted(dup)[0]!r}; denoise them into separate folders")
+            raise RtpulseError(f"two inputs share the name {min(dup)!r}; denoise them into separate folders")
         pairs = [(p, output / p.name) for p in inputs]
     else:
         pairs = [(inputs[0], output)]
     for src, dst in pairs:
-        if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        # resolve() even when dst does not exist yet: "sub/../in.wav" names the input once sub/ is created
+        same = dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(dst, src))
+        if same:
             raise RtpulseError(f"output {dst} is the input file; choose another output path")
         if dst.exists() and dst.is_dir():
             raise RtpulseError(f"output {dst} is a directory; give a file name")
@@ -293,6 +295,9 @@ def denoise_file(
         else:
             y16 = _offline_blocks(model, x16, n16, opts, chunk_frames)
         out = _trim(_resample_blocks(y16, n16, SAMPLE_RATE, rate, block_in), n_in)
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RtpulseError(f"cannot create the output folder {dst.parent}: {e.strerror}") from None
         write_blocks_atomic(dst, out, rate)
     return n_in / rate

@@ -4,6 +4,8 @@ after a burst of garbage, and still equal to the offline path."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,7 @@ MODELS = {(la, c): _model(la, c) for la in (0, 2) for c in ("linear", "power")}
 def _stream(engine: StreamingDenoiser, x: np.ndarray, cuts: list[int]) -> np.ndarray:
     """Feed ``x`` in pieces cut at ``cuts`` (sorted), then flush: returns len(x) + delay samples."""
     bounds = [0, *cuts, x.size]
-    parts = [engine.process(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [engine.process(x[a:b]) for a, b in pairwise(bounds)]
     parts.append(engine.flush())
     return np.concatenate(parts)
 

@@ -1,0 +1,388 @@
+"""`rtpulse denoise` with bad and unusual files: one-line errors or correct output at the input's rate and
+length; chunked processing equals the whole-file computation; outputs are never partial and inputs never
+overwritten."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from rtpulse.cli import app
+from rtpulse.denoise import DenoiseOptions, denoise_array, denoise_file
+from rtpulse.errors import RtpulseError
+from rtpulse.model import ModelConfig, PulseCNN, save_model
+from rtpulse.stream import MAX_ABS, OUTPUT_GAIN_BOUND
+
+runner = CliRunner()
+
+
+def _model(lookahead: int = 1) -> PulseCNN:
+    torch.manual_seed(7)
+    model = PulseCNN(ModelConfig(preset="blocks2", lookahead=lookahead, compress="power")).eval()
+    with torch.no_grad():
+        model.convs[-1].bias.fill_(-0.2)  # mixed binary masks: some bins kept, some removed
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture
+def model_path(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    return path
+
+
+def _signal(n: int, channels: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    tone = 0.3 * np.sin(2 * np.pi * 0.013 * t * (1 + np.arange(channels)))
+    return (tone + 0.1 * rng.standard_normal((n, channels))).astype(np.float32)
+
+
+def _denoise(args: list) -> object:
+    return runner.invoke(app, ["denoise", *map(str, args)])
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for frag in fragments:
+        assert frag in lines[0], result.output
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+# --- bad inputs ----------------------------------------------------------------------------------------
+
+
+def test_empty_file_is_a_one_line_error(tmp_path, model_path):
+    src = tmp_path / "empty.wav"
+    src.write_bytes(b"")
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path]), "empty.wav")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_wav_with_zero_samples_is_a_one_line_error(tmp_path, model_path):
+    src = tmp_path / "zero.wav"
+    sf.write(src, np.zeros((0, 1), np.float32), 16000)
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path]), "no samples")
+
+
+def test_not_audio_is_a_one_line_error(tmp_path, model_path):
+    src = tmp_path / "notes.wav"
+    src.write_text("this is not audio\n" * 50)
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path]), "cannot read")
+
+
+def test_directory_input_is_a_one_line_error(tmp_path, model_path):
+    folder = tmp_path / "adir.wav"
+    folder.mkdir()
+    _assert_one_line_error(_denoise([folder, "-o", tmp_path / "o.wav", "-m", model_path]), "directory")
+
+
+def test_missing_input_is_a_one_line_error(tmp_path, model_path):
+    _assert_one_line_error(_denoise([tmp_path / "nope.wav", "-o", tmp_path / "o.wav", "-m", model_path]), "not found")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads chmod-000 files anyway")
+def test_unreadable_file_is_a_one_line_error(tmp_path, model_path):
+    src = tmp_path / "secret.wav"
+    sf.write(src, _signal(1000, 1), 16000)
+    src.chmod(0)
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path]), "secret.wav")
+
+
+def test_permission_error_on_open_is_a_one_line_error(tmp_path, model_path, monkeypatch):
+    """Tests run as root here, so chmod 000 does not block reads; the OS error is injected instead."""
+    src = tmp_path / "locked.wav"
+    sf.write(src, _signal(1000, 1), 16000)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr("rtpulse.denoise.sf.SoundFile", denied)
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path]), "Permission denied")
+
+
+def test_truncated_header_is_a_one_line_error(tmp_path, model_path):
+    src = tmp_path / "cut.wav"
+    sf.write(src, _signal(4000, 2), 16000, subtype="PCM_16")
+    src.write_bytes(src.read_bytes()[:30])  # inside the RIFF header
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path]), "cut.wav")
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".wav", "WAV"), (".flac", "FLAC")])
+def test_truncated_data_gives_output_of_the_readable_length(tmp_path, model_path, model, suffix, fmt):
+    src = tmp_path / f"cut{suffix}"
+    sf.write(src, _signal(20000, 2), 22050, format=fmt, subtype="PCM_16")
+    raw = src.read_bytes()
+    src.write_bytes(raw[: len(raw) * 2 // 3])
+    try:
+        readable, rate = sf.read(src, dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        readable = None
+    r = _denoise([src, "-o", tmp_path / "o.wav", "-m", model_path])
+    if readable is None or readable.shape[0] == 0:
+        _assert_one_line_error(r, "cut")
+        return
+    assert r.exit_code == 0, r.output
+    y, out_rate = sf.read(tmp_path / "o.wav", dtype="float32")
+    assert out_rate == rate == 22050
+    assert y.shape == (readable.shape[0],)
+    np.testing.assert_allclose(y, denoise_array(model, readable, rate, DenoiseOptions()), atol=1e-5)
+
+
+def test_one_sample_file_gives_one_sample(tmp_path, model_path):
+    src = tmp_path / "one.wav"
+    sf.write(src, np.array([[0.5]], np.float32), 44100)
+    r = _denoise([src, "-o", tmp_path / "o.wav", "-m", model_path])
+    assert r.exit_code == 0, r.output
+    info = sf.info(tmp_path / "o.wav")
+    assert (info.frames, info.samplerate, info.channels) == (1, 44100, 1)
+
+
+def test_nan_and_inf_in_a_float_file_give_finite_output(tmp_path, model_path, model):
+    x = _signal(16000, 1)
+    x[3000:3100] = np.nan
+    x[8000] = np.inf
+    x[9000] = -1e30
+    src = tmp_path / "bad.wav"
+    sf.write(src, x, 16000, subtype="FLOAT")
+    for engine in ("offline", "stream"):
+        out = tmp_path / f"o_{engine}.wav"
+        r = _denoise([src, "-o", out, "-m", model_path, "--engine", engine])
+        assert r.exit_code == 0, r.output
+        y, _ = sf.read(out, dtype="float32")
+        assert y.shape == (16000,) and np.all(np.isfinite(y))
+        assert np.abs(y).max() <= OUTPUT_GAIN_BOUND * MAX_ABS  # −1e30 is clipped to −MAX_ABS first
+        clean = np.where(np.isfinite(x), x, 0.0)
+        np.testing.assert_allclose(y[:2000], denoise_array(model, clean, 16000, DenoiseOptions())[:2000], atol=1e-5)
+
+
+def test_unknown_output_format_is_refused_before_work(tmp_path, model_path):
+    src = tmp_path / "a.wav"
+    sf.write(src, _signal(2000, 1), 16000)
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.xyz", "-m", model_path]), "unknown audio format")
+
+
+# --- rates, channels, sample formats -----------------------------------------------------------------
+
+CASES = [
+    (rate, channels, subtype)
+    for i, (rate, subtype) in enumerate(
+        (r, s) for r in (8000, 22050, 44100, 48000, 96000) for s in ("PCM_16", "PCM_24", "FLOAT")
+    )
+    for channels in [1 + i % 8]
+]
+
+
+@pytest.mark.parametrize("rate,channels,subtype", CASES)
+def test_any_rate_channels_and_sample_format_give_mono_at_input_rate_and_length(
+    tmp_path, model_path, model, rate, channels, subtype
+):
+    data = _signal(int(0.4 * rate) + 3, channels, seed=channels)
+    src = tmp_path / "in.wav"
+    sf.write(src, data, rate, subtype=subtype)
+    r = _denoise([src, "-o", tmp_path / "out.flac", "-m", model_path])
+    assert r.exit_code == 0, r.output
+    y, out_rate = sf.read(tmp_path / "out.flac", dtype="float32")
+    assert out_rate == rate and y.shape == (data.shape[0],)
+    read_back, _ = sf.read(src, dtype="float32", always_2d=True)
+    expected = denoise_array(model, read_back, rate, DenoiseOptions())
+    assert np.abs(expected).max() > 0.01  # the mask keeps something, so the comparison means something
+    np.testing.assert_allclose(y, expected, atol=2e-5)  # FLAC stores 16 bits: compare at that resolution
+
+
+def test_8_channel_96k_input_is_downmixed_not_truncated_to_one_channel(tmp_path, model_path, model):
+    data = np.zeros((9600, 8), np.float32)
+    data[:, 7] = _signal(9600, 1)[:, 0]  # only the last channel carries signal
+    src = tmp_path / "ch8.wav"
+    sf.write(src, data, 96000, subtype="FLOAT")
+    r = _denoise([src, "-o", tmp_path / "o.wav", "-m", model_path])
+    assert r.exit_code == 0, r.output
+    y, _ = sf.read(tmp_path / "o.wav", dtype="float32")
+    assert np.abs(y).max() > 0.001
+    np.testing.assert_allclose(y, denoise_array(model, data, 96000, DenoiseOptions()), atol=1e-6)
+
+
+# --- chunked = whole file ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["offline", "stream"])
+@pytest.mark.parametrize("lookahead,rate,chunk_frames", [(0, 16000, 1), (1, 44100, 3), (3, 8000, 5), (6, 48000, 2)])
+def test_chunked_file_equals_whole_file(tmp_path, engine, lookahead, rate, chunk_frames):
+    model = _model(lookahead)
+    data = _signal(int(0.7 * rate) + 11, 2, seed=lookahead)
+    src = tmp_path / "in.wav"
+    sf.write(src, data, rate, subtype="FLOAT")
+    opts = DenoiseOptions(engine=engine, mask="soft", floor_db=-30)
+    seconds = denoise_file(model, src, tmp_path / "out.wav", opts, chunk_frames=chunk_frames)
+    assert seconds == pytest.approx(data.shape[0] / rate)
+    y, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    whole = denoise_array(model, data, rate, opts)
+    assert np.abs(whole).max() > 0.01
+    np.testing.assert_allclose(y, whole, atol=1e-6)
+
+
+def test_offline_and_stream_engines_give_the_same_samples_in_chunks(tmp_path, model):
+    data = _signal(30000, 1)
+    src = tmp_path / "in.wav"
+    sf.write(src, data, 22050, subtype="FLOAT")
+    outs = {}
+    for engine in ("offline", "stream"):
+        denoise_file(model, src, tmp_path / f"{engine}.wav", DenoiseOptions(engine=engine), chunk_frames=4)
+        outs[engine], _ = sf.read(tmp_path / f"{engine}.wav", dtype="float32")
+    assert np.abs(outs["offline"]).max() > 0.01
+    np.testing.assert_allclose(outs["offline"], outs["stream"], atol=1e-5)
+
+
+def test_progress_reaches_one(tmp_path, model):
+    src = tmp_path / "in.wav"
+    sf.write(src, _signal(20000, 1), 16000)
+    seen: list[float] = []
+    denoise_file(model, src, tmp_path / "o.wav", DenoiseOptions(), chunk_frames=8, on_progress=seen.append)
+    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == 1.0
+
+
+# --- outputs: never the input, never replaced without --force, never partial -------------------------
+
+
+def test_output_equal_to_input_is_refused_and_input_untouched(tmp_path, model_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, _signal(4000, 1), 16000)
+    before = src.read_bytes()
+    for force in ([], ["--force"]):
+        _assert_one_line_error(_denoise([src, "-o", src, "-m", model_path, *force]), "is the input")
+        other = tmp_path / "sub" / ".." / "in.wav"  # the same file spelled differently
+        _assert_one_line_error(_denoise([src, "-o", other, "-m", model_path, *force]), "is the input")
+    assert src.read_bytes() == before
+
+
+def test_directory_output_holding_an_input_is_refused(tmp_path, model_path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    for p in (a, b):
+        sf.write(p, _signal(2000, 1), 16000)
+    before = a.read_bytes()
+    _assert_one_line_error(_denoise([a, b, "-o", tmp_path, "-m", model_path, "--force"]), "is the input")
+    assert a.read_bytes() == before
+
+
+def test_existing_output_needs_force(tmp_path, model_path):
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, _signal(4000, 1), 16000)
+    dst.write_bytes(b"keep me")
+    _assert_one_line_error(_denoise([src, "-o", dst, "-m", model_path]), "--force")
+    assert dst.read_bytes() == b"keep me"
+    r = _denoise([src, "-o", dst, "-m", model_path, "--force"])
+    assert r.exit_code == 0, r.output
+    assert sf.info(dst).frames == 4000
+
+
+@pytest.mark.parametrize("where", ["write", "replace", "interrupt"])
+def test_crash_mid_write_leaves_no_partial_output_and_no_temp(tmp_path, model_path, monkeypatch, where):
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, _signal(40000, 1), 16000)
+    calls = {"n": 0}
+    real_write = sf.SoundFile.write
+
+    def failing_write(self, data):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first block is already on disk
+            if where == "interrupt":
+                raise KeyboardInterrupt
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    def failing_replace(a, b):
+        raise OSError(18, "Invalid cross-device link")
+
+    if where == "replace":
+        monkeypatch.setattr("rtpulse.denoise.os.replace", failing_replace)
+    else:
+        monkeypatch.setattr(sf.SoundFile, "write", failing_write)
+    from rtpulse import denoise as dn
+
+    monkeypatch.setattr(dn.denoise_file, "__defaults__", (8, None))
+    if where == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            dn.denoise_file(_model(), src, dst, DenoiseOptions())
+    else:
+        r = _denoise([src, "-o", dst, "-m", model_path])
+        _assert_one_line_error(r, "cannot write", str(dst.name))
+    assert not dst.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_replace_keeps_the_old_output(tmp_path, model_path, monkeypatch):
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, _signal(4000, 1), 16000)
+    dst.write_bytes(b"old result")
+
+    def failing_replace(a, b):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("rtpulse.denoise.os.replace", failing_replace)
+    _assert_one_line_error(_denoise([src, "-o", dst, "-m", model_path, "--force"]), "Input/output error")
+    assert dst.read_bytes() == b"old result"
+    assert _leftovers(tmp_path) == []
+
+
+def test_sigkill_mid_write_leaves_no_output_file(tmp_path, model_path):
+    """A killed process cannot clean up, but the output name only ever appears complete (rename)."""
+    src, dst = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, _signal(16000 * 60, 1), 16000)  # a minute: long enough to be killed mid-way
+    started = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import pathlib, torch
+        torch.set_num_threads(1)
+        from rtpulse.denoise import DenoiseOptions, denoise_file
+        from rtpulse.model import load_model
+        def progress(f, flag=pathlib.Path({str(started)!r})):
+            flag.touch()
+        denoise_file(load_model({str(model_path)!r}), pathlib.Path({str(src)!r}), pathlib.Path({str(dst)!r}),
+                     DenoiseOptions(), chunk_frames=16, on_progress=progress)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        if proc.poll() is not None:
+            pytest.skip("the child finished before it could be killed")
+        temps = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not dst.exists()
+    assert all(p.name.startswith(".out.wav.tmp-") for p in temps)  # only a hidden temp file was being written
+
+
+def test_denoise_file_raises_rtpulse_error_for_bad_output_dir(tmp_path, model):
+    src = tmp_path / "in.wav"
+    sf.write(src, _signal(2000, 1), 16000)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RtpulseError):
+        denoise_file(model, src, blocker / "out.wav", DenoiseOptions())
