@@ -26,3 +26,13 @@ def impulse_delay(system, length: int, position: int) -> int:
     x[position] = 1.0
     y = np.asarray(system(x), np.float64)
     return int(np.argmax(np.abs(y[position:]))) if y.size > position else -1
+
+
+def signed_lag(reference: np.ndarray, output: np.ndarray, max_lag: int) -> int:
+    """Lag in [−max_lag, max_lag] maximising |xcorr| (positive: output later than reference)."""
+    reference = np.asarray(reference, np.float64).reshape(-1)
+    output = np.asarray(output, np.float64).reshape(-1)
+    xc = np.abs(fftconvolve(output, reference[::-1], mode="full"))
+    zero = reference.size - 1
+    lo, hi = max(0, zero - max_lag), min(xc.size, zero + max_lag + 1)
+    return int(np.argmax(xc[lo:hi])) + lo - zero

@@ -131,8 +131,9 @@ def profile_step(model: PulseCNN, repeats: int = 200) -> dict:
     """Where a step's time goes, from torch's profiler over ``repeats`` steps (whatever ``step`` runs).
 
     ``layers``: each convolution call, grouped by input shape (one per layer), mean ms per step.
-    ``ops_ms``: self time per torch op; ``outside_torch_ms`` = wall step time − Σ op self time, i.e. Python
-    and dispatch overhead (the profiler adds a little to each op, so this is a lower bound).
+    ``ops_ms``: self time per torch op (profiled, so slightly inflated). ``gmac_per_s``: multiply-adds per
+    second the unprofiled step achieves; ``rtf_at_30_gmacs``: the rtf its MACs alone would give at 30 GMAC/s
+    (about what one core sustains on these shapes) — whether the step is compute- or overhead-bound.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -160,8 +161,9 @@ def profile_step(model: PulseCNN, repeats: int = 200) -> dict:
         "step_ms": round(wall, 4),
         "conv_ms_sum": round(sum(la["ms"] for la in layers), 4),
         "torch_ops_ms": round(in_torch, 4),
-        "outside_torch_ms": round(wall - in_torch, 4),
         "mmacs_per_hop": round(macs / 1e6, 2),
+        "gmac_per_s": round(macs / 1e6 / wall, 2),
+        "rtf_at_30_gmacs": round(macs / 30e9 * 1e3 / HOP_MS, 4),
         "layers": layers,
         "ops_ms": {k: round(v, 4) for k, v in ops[:8]},
     }
@@ -371,8 +373,8 @@ def markdown(result: dict) -> str:
             top = ", ".join(f"{k} {v:.3f}" for k, v in p["ops_ms"].items())
             lines.append(
                 f"- {c['name']}: step {p['step_ms']:.3f} ms wall, Σ conv {p['conv_ms_sum']:.3f}, torch ops "
-                f"{p['torch_ops_ms']:.3f}, outside torch (Python) {p['outside_torch_ms']:.3f}; "
-                f"{p['mmacs_per_hop']} M MAC/hop. Conv per input shape: {per_layer}. Top ops (self): {top}"
+                f"{p['torch_ops_ms']:.3f}; {p['mmacs_per_hop']} M MAC/hop = {p['gmac_per_s']} GMAC/s achieved "
+                f"(rtf {p['rtf_at_30_gmacs']:.3f} at 30 GMAC/s). Conv per input shape: {per_layer}. Top ops (self): {top}"
             )
     if result.get("gpu"):
         lines += [

@@ -174,3 +174,59 @@ def test_bench_cli_latency_writes_json(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["configs"][-1]["delay_samples_measured"] == 1024
+
+
+def _tiny_data(root):
+    from rtpulse.audio import write_audio
+
+    rng = np.random.default_rng(3)
+    (root / "speech" / "dev").mkdir(parents=True)
+    (root / "noise" / "dev").mkdir(parents=True)
+    for name, seconds in (("a", 5.0), ("b", 4.5), ("c", 6.0)):
+        write_audio(root / "speech" / "dev" / f"{name}.wav", _speechlike(seconds), SR)
+    write_audio(root / "speech" / "dev" / "short.wav", _speechlike(1.0), SR)  # < 4 s: never used
+    write_audio(root / "noise" / "dev" / "n.wav", (0.1 * rng.standard_normal(3 * SR)).astype(np.float32), SR)
+
+
+def test_generated_mixtures_have_their_drawn_snr(tmp_path):
+    from benchmarks.quality import generated_set
+
+    _tiny_data(tmp_path)
+    items = generated_set(tmp_path, count=3, seconds=4.0, seed=0)
+    assert len(items) == 3 and all(it.noisy.size == 4 * SR for it in items)
+    for it in items:
+        noise = it.noisy - it.clean
+        snr = 10 * np.log10((it.clean.astype(np.float64) ** 2).sum() / (noise.astype(np.float64) ** 2).sum())
+        assert -5.0 <= it.snr_db <= 10.0
+        assert abs(snr - it.snr_db) < 0.05
+    again = generated_set(tmp_path, count=3, seconds=4.0, seed=0)
+    assert all(np.array_equal(a.noisy, b.noisy) for a, b in zip(items, again))  # fixed seed, same set
+
+
+def test_quality_run_scores_every_system(tmp_path):
+    from benchmarks.quality import QualityOptions, markdown, run_quality
+
+    _tiny_data(tmp_path)
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_model(PulseCNN(ModelConfig(preset="blocks2", lookahead=1)).eval(), path)
+    opts = QualityOptions(
+        data=tmp_path,
+        models=[path],
+        labels=["tiny"],
+        count=2,
+        seconds=1.5,
+        peers=False,
+        dnsmos=False,
+        min_speech_seconds=1.5,
+    )
+    result, _ = run_quality(opts)
+    systems = result["systems"]
+    assert {"Noisy input", "rtpulse tiny offline", "rtpulse tiny streaming", "Wiener (DD)"} <= set(systems)
+    noisy = systems["Noisy input"]["metrics"]["si_snri"]
+    assert noisy["mean"] == pytest.approx(0.0, abs=1e-9) and noisy["n"] == 2
+    off = [r["si_snr"] for r in systems["rtpulse tiny offline"]["files"]]
+    stream = [r["si_snr"] for r in systems["rtpulse tiny streaming"]["files"]]
+    assert off == pytest.approx(stream, abs=1e-3)  # the streaming engine gives the offline samples
+    assert systems["Wiener (DD)"]["residual_lag_samples_median"] == 0
+    assert "| Wiener (DD) |" in markdown(result)

@@ -1,0 +1,524 @@
+"""Quality benchmark: rtpulse, peer denoisers and classic baselines scored on the same audio in one run.
+
+Test set: ``--noisy DIR --clean DIR`` (paired by name), or mixtures generated with a fixed seed from
+``<data>/speech/dev`` + ``<data>/noise/dev`` (default data root: ``../shared/data`` beside the repository):
+speech clips of 4 s or more cut to ``seconds``, a random noise segment, SNR ~ U[−5, 10] dB mixed with the
+trainer's ``mix_at_snr`` (the paper's mixing), then the pair rescaled to −26 dBFS RMS (scale-free metrics;
+int16 peers must not clip).
+
+Metrics per file: SI-SNR and SI-SNRi (rtpulse.metrics, the paper's definition), PESQ-WB, STOI and DNSMOS
+(P.835 SIG/BAK/OVRL + P.808, non-intrusive) through torchmetrics with the ONNX files the ``speechmos`` wheel
+ships, copied into torchmetrics' cache path so nothing is downloaded. Aggregate: mean and 95% CI (t).
+
+Every system's output is aligned to the input before scoring (rtpulse offline has no delay, the streaming
+engine's fixed delay is dropped, peers drop their raw-stream delay); the residual lag against the input is
+measured by cross-correlation and reported per system (0 = aligned).
+
+Run: ``python -m benchmarks.quality`` or ``rtpulse bench quality`` (same options).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from benchmarks.align import signed_lag
+from benchmarks.latency import _save_fig, machine, write_text
+from rtpulse.audio import find_audio_files, load_mono
+from rtpulse.errors import RtpulseError
+from rtpulse.metrics import si_snr_np
+from rtpulse.stft import SAMPLE_RATE
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+METRICS = ("si_snri", "si_snr", "pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
+TARGET_RMS = 10 ** (-26 / 20)
+MIN_SPEECH_S = 4.0
+
+
+@dataclass
+class QualityOptions:
+    noisy: Path | None = None
+    clean: Path | None = None
+    data: Path | None = None
+    models: list[Path] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    count: int = 40
+    seconds: float = 6.0
+    seed: int = 0
+    real: Path | None = None
+    streaming: bool = True
+    peers: bool = True
+    dnsmos: bool = True
+    baselines: bool = True
+    min_speech_seconds: float = MIN_SPEECH_S
+
+
+@dataclass
+class Item:
+    name: str
+    noisy: np.ndarray  # [T] float32, 16 kHz
+    clean: np.ndarray | None  # [T] or None for real recordings
+    snr_db: float | None = None
+
+
+# --- test sets ----------------------------------------------------------------------------------------
+
+
+def paired_set(noisy_root: Path, clean_root: Path) -> list[Item]:
+    from trainer.evaluate import pair_files
+
+    items = []
+    for name, n_path, c_path in pair_files(noisy_root, clean_root):
+        x, s = load_mono(n_path, SAMPLE_RATE), load_mono(c_path, SAMPLE_RATE)
+        n = min(x.size, s.size)
+        items.append(Item(name, x[:n], s[:n]))
+    return items
+
+
+def generated_set(data: Path, count: int, seconds: float, seed: int, min_seconds: float = MIN_SPEECH_S) -> list[Item]:
+    """``count`` seeded mixtures from ``data/speech/dev`` and ``data/noise/dev`` (speech files ≥ ``min_seconds``)."""
+    from trainer.data import mix_at_snr
+
+    speech_dir, noise_dir = data / "speech" / "dev", data / "noise" / "dev"
+    for d in (speech_dir, noise_dir):
+        if not d.is_dir():
+            raise RtpulseError(f"no {d}: pass --data ROOT (with speech/dev and noise/dev) or --noisy/--clean")
+    rng = np.random.default_rng(seed)
+    speech_files = find_audio_files(speech_dir)
+    noise_files = find_audio_files(noise_dir)
+    rng.shuffle(speech_files)
+    noises: dict[Path, np.ndarray] = {}
+    items: list[Item] = []
+    length_max = int(seconds * SAMPLE_RATE)
+    for path in speech_files:
+        if len(items) == count:
+            break
+        s = load_mono(path, SAMPLE_RATE)
+        if s.size < min_seconds * SAMPLE_RATE:
+            continue
+        start = int(rng.integers(0, s.size - min(s.size, length_max) + 1))
+        s = s[start : start + length_max]
+        npath = noise_files[int(rng.integers(len(noise_files)))]
+        if npath not in noises:
+            noises[npath] = load_mono(npath, SAMPLE_RATE)
+        nz = noises[npath]
+        if nz.size < s.size:
+            nz = np.tile(nz, s.size // nz.size + 1)
+        off = int(rng.integers(0, nz.size - s.size + 1))
+        snr = float(rng.uniform(-5.0, 10.0))
+        noisy, clean, _ = mix_at_snr(
+            torch.from_numpy(s[None]), torch.from_numpy(nz[off : off + s.size][None].copy()), torch.tensor([snr])
+        )
+        noisy, clean = noisy[0].numpy(), clean[0].numpy()
+        gain = min(TARGET_RMS / (noisy.std() + 1e-9), 0.99 / (np.abs(noisy).max() + 1e-9))
+        items.append(
+            Item(
+                f"mix-{len(items):03d}-{path.stem}",
+                (noisy * gain).astype(np.float32),
+                (clean * gain).astype(np.float32),
+                snr,
+            )
+        )
+    if len(items) < count:
+        raise RtpulseError(f"only {len(items)} speech files of ≥ {min_seconds:g} s in {speech_dir}; lower --count")
+    return items
+
+
+def real_set(root: Path, limit: int = 50) -> list[Item]:
+    items = []
+    for path in find_audio_files(root)[:limit]:
+        x = load_mono(path, SAMPLE_RATE)
+        gain = min(TARGET_RMS / (x.std() + 1e-9), 0.99 / (np.abs(x).max() + 1e-9))
+        items.append(Item(path.stem, (x * gain).astype(np.float32), None))
+    return items
+
+
+# --- systems -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class System:
+    name: str
+    kind: str  # input | rtpulse | peer | baseline
+    run: Callable[[np.ndarray], np.ndarray]
+    note: str = ""
+
+
+def rtpulse_systems(opts: QualityOptions) -> tuple[list[System], list[str]]:
+    from rtpulse.model import default_model_path, load_model
+    from rtpulse.stream import enhance, stream_offline_equivalent
+
+    notes, runs = [], []
+    shipped = default_model_path()
+    if shipped.is_file():
+        runs.append(("rtpulse (shipped)", shipped))
+    else:
+        notes.append(f"shipped rtpulse model skipped: {shipped} does not exist yet")
+    labels = list(opts.labels) + [None] * len(opts.models)
+    for path, label in zip(opts.models, labels):
+        runs.append((f"rtpulse {label or Path(path).stem}", path))
+    systems = []
+    for label, path in runs:
+        model = load_model(path)
+        cfg = model.config
+        desc = f"{cfg.method.upper()}, {cfg.preset}, L={cfg.lookahead}, compress={cfg.compress}, binary mask"
+
+        def offline(x, model=model):
+            return enhance(model, torch.from_numpy(x)).numpy()
+
+        systems.append(System(f"{label} offline", "rtpulse", offline, desc))
+        if opts.streaming:
+            systems.append(
+                System(
+                    f"{label} streaming",
+                    "rtpulse",
+                    lambda x, model=model: stream_offline_equivalent(model, x),
+                    desc + f"; streaming engine, {1024 + 256 * cfg.lookahead}-sample delay removed",
+                )
+            )
+    return systems, notes
+
+
+def all_systems(opts: QualityOptions) -> tuple[list[System], dict[str, str], list[str]]:
+    systems = [System("Noisy input", "input", lambda x: x, "no processing")]
+    rt, notes = rtpulse_systems(opts)
+    systems += rt
+    skipped: dict[str, str] = {}
+    if opts.peers:
+        from benchmarks.peers import load_peers
+
+        peers, skipped = load_peers()
+        for p in peers:
+            systems.append(System(p.name, "peer", p.enhance, f"{p.package}; {p.delay_note}"))
+    if opts.baselines:
+        from benchmarks.baselines import BASELINES
+
+        for name, fn in BASELINES.items():
+            systems.append(System(name, "baseline", fn, "rtpulse.stft, quietest-15%-frames noise estimate"))
+    return systems, skipped, notes
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+
+class Dnsmos:
+    """DNSMOS through torchmetrics, its ONNX files taken from the speechmos wheel (nothing downloaded)."""
+
+    FILES: ClassVar[dict[str, str]] = {
+        "DNSMOS/model_v8.onnx": "dnsmos_models/model_v8.onnx",
+        "DNSMOS/sig_bak_ovr.onnx": "dnsmos_models/sig_bak_ovr.onnx",
+        "pDNSMOS/sig_bak_ovr.onnx": "pdnsmos_models/sig_bak_ovr.onnx",
+    }
+
+    def __init__(self) -> None:
+        import importlib.util
+
+        from torchmetrics.functional.audio import dnsmos as tm_dnsmos
+
+        spec = importlib.util.find_spec("speechmos")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("speechmos is not installed (it carries the DNSMOS ONNX files)")
+        src_root = Path(next(iter(spec.submodule_search_locations)))
+        cache = Path(tm_dnsmos.DNSMOS_DIR).expanduser()
+        for dst_rel, src_rel in self.FILES.items():
+            src, dst = src_root / src_rel, cache / dst_rel
+            if not src.is_file():
+                raise RuntimeError(f"speechmos lacks {src_rel}")
+            if not dst.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_name(dst.name + ".tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst)
+        self._fn = tm_dnsmos.deep_noise_suppression_mean_opinion_score
+        self.cache = str(cache)
+
+    WINDOW = 144_160  # 9.01 s at 16 kHz: the models' input length
+
+    def __call__(self, x: np.ndarray) -> dict:
+        # Like the official script, a clip shorter than the window is repeated to fill it; longer clips are
+        # scored on their first 9.01 s only (one window instead of one per second: ~7× cheaper on CPU).
+        reps = -(-self.WINDOW // max(1, x.size))
+        x = np.tile(x, reps)[: max(self.WINDOW, min(x.size, self.WINDOW))]
+        p808, sig, bak, ovrl = self._fn(
+            torch.from_numpy(x.astype(np.float32)), SAMPLE_RATE, False, num_threads=1
+        ).tolist()
+        return {"dnsmos_p808": p808, "dnsmos_sig": sig, "dnsmos_bak": bak, "dnsmos_ovrl": ovrl}
+
+
+def intrusive(est: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
+    out = {"si_snr": si_snr_np(est, clean)}
+    out["si_snri"] = out["si_snr"] - si_snr_np(noisy, clean)
+    try:
+        from pesq import pesq
+
+        out["pesq_wb"] = float(pesq(SAMPLE_RATE, clean.astype(np.float64), est.astype(np.float64), "wb"))
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 — pesq raises on silent/odd input: a gap, not a crash
+        out["pesq_wb"] = None
+    try:
+        from pystoi import stoi
+
+        out["stoi"] = float(stoi(clean, est, SAMPLE_RATE, extended=False))
+    except ImportError:
+        pass
+    return out
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean and 95% confidence half-width (Student t)."""
+    from scipy.stats import t
+
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if v.size == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    half = float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
+    return {"mean": float(v.mean()), "ci95": half, "n": int(v.size)}
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+def _score_set(items: list[Item], systems: list[System], dnsmos, progress, label: str) -> tuple[dict, dict]:
+    rows: dict[str, list[dict]] = {s.name: [] for s in systems}
+    lags: dict[str, list[int]] = {s.name: [] for s in systems}
+    task = progress.add_task(label, total=len(items) * len(systems)) if progress else None
+    example = {}
+    for i, item in enumerate(items):
+        for s in systems:
+            if progress:
+                progress.update(task, description=f"{label}: {s.name} on {item.name[:28]}")
+            est = np.asarray(s.run(item.noisy), np.float32)[: item.noisy.size]
+            row = {"file": item.name}
+            if item.clean is not None:
+                row.update(intrusive(est, item.noisy, item.clean))
+            if dnsmos is not None:
+                row.update(dnsmos(est))
+            rows[s.name].append(row)
+            if s.kind != "input":
+                lags[s.name].append(signed_lag(item.noisy, est, 512))
+            if i == 0:
+                example[s.name] = est
+            if progress:
+                progress.advance(task)
+    summary = {}
+    for s in systems:
+        metrics = {m: mean_ci([r.get(m) for r in rows[s.name]]) for m in METRICS}
+        summary[s.name] = {
+            "kind": s.kind,
+            "note": s.note,
+            "metrics": {m: v for m, v in metrics.items() if v["n"] > 0},
+            "residual_lag_samples_median": float(np.median(lags[s.name])) if lags[s.name] else 0.0,
+            "files": rows[s.name],
+        }
+    if items:
+        example["_noisy"], example["_clean"], example["_name"] = items[0].noisy, items[0].clean, items[0].name
+    return summary, example
+
+
+def run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
+    """Score every system on the test set (and DNSMOS on ``opts.real``). Returns (result, example signals)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny per-file work on a shared machine: extra threads only contend
+    try:
+        return _run_quality(opts, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
+    if (opts.noisy is None) != (opts.clean is None):
+        raise RtpulseError("--noisy and --clean go together (or give neither to generate a test set)")
+    if opts.noisy is not None:
+        items = paired_set(opts.noisy, opts.clean)
+        source = {"noisy": str(opts.noisy), "clean": str(opts.clean)}
+    else:
+        data = opts.data or DEFAULT_DATA
+        items = generated_set(data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds)
+        source = {
+            "data": str(data),
+            "count": opts.count,
+            "seconds_max": opts.seconds,
+            "seed": opts.seed,
+            "snr_db": "U[-5, 10]",
+            "speech_min_seconds": opts.min_speech_seconds,
+        }
+    systems, skipped, notes = all_systems(opts)
+    dnsmos, dnsmos_note = None, None
+    if opts.dnsmos:
+        try:
+            dnsmos = Dnsmos()
+            dnsmos_note = (
+                f"DNSMOS (P.835 SIG/BAK/OVRL, not personalised): torchmetrics with speechmos' ONNX files "
+                f"copied to {dnsmos.cache} (no download); clips repeated to the 9.01 s window, one window "
+                "per clip"
+            )
+        except Exception as e:  # noqa: BLE001 — any missing piece is a reported skip
+            skipped["DNSMOS"] = f"{type(e).__name__}: {e}"
+    summary, example = _score_set(items, systems, dnsmos, progress, "quality")
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "test_set": source | {"files": len(items)},
+        "systems": summary,
+        "skipped": skipped,
+        "notes": notes
+        + ([dnsmos_note] if dnsmos_note else [])
+        + [
+            "mean ± 95% CI (Student t) over files; SI-SNR: paper definition (no mean removal)",
+            (
+                "residual_lag_samples_median: cross-correlation lag of each output against its input after "
+                "alignment (0 = aligned)"
+            ),
+        ],
+    }
+    if opts.real is not None:
+        real_items = real_set(opts.real)
+        real_summary, _ = _score_set(real_items, systems, dnsmos, progress, "real")
+        result["real"] = {"folder": str(opts.real), "files": len(real_items), "systems": real_summary}
+    return result, example
+
+
+# --- outputs -------------------------------------------------------------------------------------------
+
+
+def _fmt(m: dict | None, digits: int) -> str:
+    if not m or m.get("mean") is None:
+        return "—"
+    ci = "" if m.get("ci95") is None else f" ± {m['ci95']:.{digits}f}"
+    return f"{m['mean']:.{digits}f}{ci}"
+
+
+def markdown(result: dict) -> str:
+    ts = result["test_set"]
+    lines = [
+        "Quality — {} files ({}), {}".format(
+            ts["files"], ", ".join(f"{k}={v}" for k, v in ts.items() if k != "files"), result["date"]
+        ),
+        "",
+        "| system | SI-SNRi dB | SI-SNR dB | PESQ-WB | STOI | DNSMOS OVRL | SIG | BAK | lag |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["systems"].items():
+        m = s["metrics"]
+        lines.append(
+            f"| {name} | {_fmt(m.get('si_snri'), 2)} | {_fmt(m.get('si_snr'), 2)} | {_fmt(m.get('pesq_wb'), 2)}"
+            f" | {_fmt(m.get('stoi'), 3)} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
+            f"{_fmt(m.get('dnsmos_bak'), 2)} | {s['residual_lag_samples_median']:.0f} |"
+        )
+    for name, why in result["skipped"].items():
+        lines.append(f"| {name} | skipped: {why} | | | | | | | |")
+    if "real" in result:
+        lines += [
+            "",
+            f"Real recordings ({result['real']['files']} files in {result['real']['folder']}): DNSMOS",
+            "",
+            "| system | OVRL | SIG | BAK | P.808 |",
+            "|---|---|---|---|---|",
+        ]
+        for name, s in result["real"]["systems"].items():
+            m = s["metrics"]
+            lines.append(
+                f"| {name} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
+                f"{_fmt(m.get('dnsmos_bak'), 2)} | {_fmt(m.get('dnsmos_p808'), 2)} |"
+            )
+    lines += ["", *[f"- {n}" for n in result["notes"]]]
+    lines += [f"- {name}: {s['note']}" for name, s in result["systems"].items() if s["kind"] != "input"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_bars(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["systems"])
+    panels = [("si_snri", "SI-SNRi (dB)"), ("pesq_wb", "PESQ-WB"), ("stoi", "STOI"), ("dnsmos_ovrl", "DNSMOS OVRL")]
+    colors = {"input": "0.6", "rtpulse": "tab:red", "peer": "tab:blue", "baseline": "tab:green"}
+    fig, axes = plt.subplots(1, 4, figsize=(16, 0.42 * len(names) + 1.8), sharey=True)
+    for ax, (key, title) in zip(axes, panels):
+        means, errs = [], []
+        for n in names:
+            m = result["systems"][n]["metrics"].get(key) or {}
+            means.append(m.get("mean") or 0.0)
+            errs.append(m.get("ci95") or 0.0)
+        ax.barh(
+            range(len(names)), means, xerr=errs, color=[colors[result["systems"][n]["kind"]] for n in names], capsize=2
+        )
+        ax.set_title(title)
+        ax.axvline(0, color="k", linewidth=0.5)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Quality on {result['test_set']['files']} files (mean ± 95% CI)")
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def plot_spectrograms(example: dict, system: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rtpulse.stft import stft
+
+    panels = [("noisy", example["_noisy"]), (system, example[system])]
+    if example.get("_clean") is not None:
+        panels.append(("clean", example["_clean"]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), sharex=True)
+    for ax, (title, x) in zip(axes, panels):
+        mag = stft(torch.from_numpy(np.asarray(x, np.float32))).abs().numpy()  # [513, M]
+        db = 20 * np.log10(mag + 1e-6)
+        ax.imshow(
+            db,
+            origin="lower",
+            aspect="auto",
+            vmin=db.max() - 80,
+            vmax=db.max(),
+            cmap="magma",
+            extent=(0, x.size / SAMPLE_RATE, 0, SAMPLE_RATE / 2000),
+        )
+        ax.set_title(title)
+        ax.set_ylabel("kHz")
+    axes[-1].set_xlabel(f"seconds ({example['_name']})")
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def write_quality(result: dict, example: dict, out: Path, plot: bool = True) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out / "quality.json", out / "quality.md"
+    write_text(jpath, json.dumps(result, indent=2) + "\n")
+    write_text(mpath, markdown(result))
+    written = [jpath, mpath]
+    if plot:
+        bars = out / "quality_bars.png"
+        plot_bars(result, bars)
+        written.append(bars)
+        rt = [n for n, s in result["systems"].items() if s["kind"] == "rtpulse"]
+        pick = rt[0] if rt else next((n for n in result["systems"] if n.startswith("Wiener")), None)
+        if pick and pick in example:
+            spec = out / "quality_spectrograms.png"
+            plot_spectrograms(example, pick, spec)
+            written.append(spec)
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    from rtpulse.cli_bench import bench_app
+
+    bench_app(["quality", *sys.argv[1:]], prog_name="python -m benchmarks.quality")
