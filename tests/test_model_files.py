@@ -1,0 +1,215 @@
+"""Model files: code-carrying pickles are refused without running, broken or mismatched files get one-line
+errors, and every preset's config and outputs survive a save/load round trip."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from rtpulse.cli import app
+from rtpulse.errors import RtpulseError
+from rtpulse.model import PRESETS, ModelConfig, PulseCNN, load_model, save_model
+
+runner = CliRunner()
+META = "rtpulse_config"
+
+
+class _TouchOnLoad:
+    """Unpickling this runs ``Path.touch(marker)``: the stand-in for any code an attacker would run."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def _one_line(err: RtpulseError) -> str:
+    msg = str(err)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def _saved(tmp_path, preset="blocks2", **kw) -> pathlib.Path:
+    torch.manual_seed(0)
+    path = tmp_path / f"{preset}.safetensors"
+    save_model(PulseCNN(ModelConfig(preset=preset, **kw)), path)
+    return path
+
+
+def _rewrite_config(path: pathlib.Path, edit) -> None:
+    """Keep the tensors, replace the stored config JSON by ``edit(dict) -> dict | str``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    new = edit(json.loads(meta[META]))
+    meta[META] = new if isinstance(new, str) else json.dumps(new)
+    save_file(tensors, str(path), metadata=meta)
+
+
+# --- code-carrying pickles ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth", ".bin"])
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_pickled_payload_is_refused_and_never_runs(tmp_path, suffix, how):
+    marker = tmp_path / "payload_ran"
+    evil = {"convs.0.weight": torch.zeros(8, 1, 3, 3), "hook": _TouchOnLoad(marker)}
+    path = tmp_path / f"evil{suffix}"
+    if how == "torch.save":
+        torch.save(evil, path)
+    else:
+        path.write_bytes(pickle.dumps(evil))
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert "not an rtpulse model file" in _one_line(info.value)
+    assert not marker.exists()
+    r = runner.invoke(app, ["denoise", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o.wav"), "-m", str(path)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert not marker.exists()
+    # the payload is live: an unsafe loader would have run it (this is what load_model must never do)
+    if how == "pickle":
+        pickle.loads(path.read_bytes())
+    else:
+        plain = tmp_path / "copy.pt"  # torch.load reads a *.safetensors name as safetensors; use a plain name
+        plain.write_bytes(path.read_bytes())
+        torch.load(plain, weights_only=False)
+    assert marker.exists()
+
+
+def test_torch_weights_only_loader_also_refuses_the_payload(tmp_path):
+    """Checkpoints are read with torch.load(weights_only=True); that refuses the same payload."""
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "ckpt.pt"
+    torch.save({"step": 3, "x": _TouchOnLoad(marker)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    assert not marker.exists()
+
+
+# --- broken and mismatched files ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [0, 7, 8, 60, 0.5, -1])
+def test_truncated_model_file_is_a_one_line_error(tmp_path, keep):
+    path = _saved(tmp_path)
+    raw = path.read_bytes()
+    n = int(len(raw) * keep) if isinstance(keep, float) else (len(raw) + keep if keep < 0 else keep)
+    path.write_bytes(raw[:n])
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert str(path) in _one_line(info.value)
+
+
+def test_header_claiming_a_huge_size_is_a_one_line_error(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    _one_line(info.value)
+
+
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (lambda c: {**c, "preset": "paper"}, "do not match"),  # blocks2 weights, paper config
+        (lambda c: {**c, "preset": "blocks3"}, "do not match"),
+        (lambda c: {**c, "out_channels": 2}, "shape"),  # same names, one shape differs
+        (lambda c: {**c, "preset": "huge"}, "unknown preset"),
+        (lambda c: {**c, "lookahead": 99}, "lookahead"),
+        (lambda c: {**c, "compress": "cube"}, "compress"),
+        (lambda c: {**c, "surprise": 1}, "unknown keys"),
+        (lambda c: "{not json", "broken config"),
+        (lambda c: "[1, 2]", "broken config"),
+        (lambda c: {**c, "lookahead": "2"}, "broken config"),
+    ],
+)
+def test_config_that_disagrees_with_the_weights_is_a_one_line_error(tmp_path, edit, fragment):
+    path = _saved(tmp_path)
+    _rewrite_config(path, edit)
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert fragment in _one_line(info.value)
+
+
+def test_safetensors_without_rtpulse_config_is_refused(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert "no rtpulse config" in _one_line(info.value)
+
+
+def test_missing_file_and_directory_are_one_line_errors(tmp_path):
+    for path in (tmp_path / "absent.safetensors", tmp_path):
+        with pytest.raises(RtpulseError) as info:
+            load_model(path)
+        assert "not found" in _one_line(info.value)
+
+
+def test_wrong_dtype_tensor_is_refused_or_converted(tmp_path):
+    """A float64 or int tensor with the right shape: either a clear error or a model that still matches."""
+    path = _saved(tmp_path)
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    ref = load_model(path)
+    tensors = {k: v.double() for k, v in tensors.items()}
+    save_file(tensors, str(path), metadata=meta)
+    try:
+        model = load_model(path)
+    except RtpulseError as e:
+        _one_line(e)
+        return
+    mag = torch.rand(1, 513, 20)
+    torch.testing.assert_close(model(mag), ref(mag))
+
+
+# --- round trips -------------------------------------------------------------------------------------
+
+CONFIGS = [
+    ModelConfig(preset=p, lookahead=la, compress=c, method=m)
+    for p in PRESETS
+    for la, c, m in [(0, "power", "pu"), (sum(k == 3 for *_, k in PRESETS[p]), "linear", "pn"), (1, "log1p", "mixit")]
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.preset}-L{c.lookahead}-{c.compress}-{c.method}")
+def test_config_json_round_trip_and_save_load_gives_same_outputs(tmp_path, config):
+    config = ModelConfig(**{**config.__dict__, "extra": {"note": "π ≈ 3.14", "scores": [1.5, 2]}})
+    assert ModelConfig.from_json(config.to_json()) == config
+    torch.manual_seed(3)
+    model = PulseCNN(config).eval()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.config == config
+    assert not loaded.training
+    mag = torch.rand(2, 513, 25) * 3
+    out = model(mag)
+    torch.testing.assert_close(loaded(mag), out, rtol=0, atol=0)
+    assert out.abs().max() > 0
+
+
+def test_save_is_atomic_and_replaces_an_old_model(tmp_path, monkeypatch):
+    path = _saved(tmp_path)
+    before = path.read_bytes()
+
+    def failing_save(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    with pytest.raises(OSError):
+        save_model(PulseCNN(ModelConfig(preset="paper")), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
