@@ -166,3 +166,18 @@ def test_reset_and_flush_after_garbage_give_clean_engine_back():
     x = np.random.default_rng(3).standard_normal(4000).astype(np.float32)
     fresh = StreamingDenoiser(model)
     np.testing.assert_array_equal(engine.process(x), fresh.process(x))
+
+
+def test_short_soak_keeps_memory_flat_and_delay_exact(tmp_path):
+    """benchmarks/soak.py for a minute of audio (the benchmark runs an hour): same checks, smaller."""
+    from benchmarks.soak import run_soak, write_results
+
+    result = run_soak(seconds=60, impulses=5, samples=10)
+    assert result["delay_constant"], result["impulses"]
+    assert [i["measured_delay"] for i in result["impulses"]] == [result["declared_delay"]] * 5
+    assert result["max_abs_diff"] <= 1e-5 and result["reference_peak"] > 0.01
+    assert result["nonfinite_outputs"] == 0
+    # the engine holds a fixed amount of state: Python-side allocations do not grow with audio played
+    assert result["traced_mb_end"] - result["traced_mb_start"] < 1.0
+    js, md = write_results(result, tmp_path)
+    assert "delay declared 1024" in md.read_text()
