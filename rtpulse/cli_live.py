@@ -74,6 +74,10 @@ def live(
             help="Device latency to ask PortAudio for, in seconds ('low' settings underrun on busy machines)."
         ),
     ] = 0.1,
+    headroom: Annotated[
+        float,
+        typer.Option(help="Milliseconds of compute hiccup absorbed without playing dry input (adds that much delay)."),
+    ] = 48.0,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds. Default: run until Ctrl-C.")
     ] = None,
@@ -104,8 +108,8 @@ def live(
     for name, value in (("--blocksize", blocksize), ("--rate", rate)):
         if value is not None and value <= 0:
             fail(RtpulseError(f"{name} must be positive, got {value}"))
-    if latency <= 0 or (duration is not None and duration <= 0):
-        fail(RtpulseError("--latency and --duration must be positive"))
+    if latency <= 0 or headroom < 0 or (duration is not None and duration <= 0):
+        fail(RtpulseError("--latency and --duration must be positive, --headroom not negative"))
     for path in (record_in, record_out):
         if path is not None and path.suffix.lower() != ".wav":
             fail(RtpulseError(f"recordings are WAV files: {path} should end in .wav"))
@@ -120,6 +124,7 @@ def live(
             rate=rate,
             blocksize=blocksize,
             latency=latency,
+            headroom_ms=headroom,
             duration=duration,
             record_in=record_in,
             record_out=record_out,

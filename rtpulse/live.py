@@ -105,7 +105,7 @@ class LivePipeline:
         in_channels: int = 1,
         out_channels: int = 1,
         dry: float = 0.0,
-        slack: int | None = None,
+        headroom: int | None = None,
         startup_s: float = 1.0,
     ) -> None:
         if not 0.0 <= dry <= 1.0:
@@ -119,8 +119,11 @@ class LivePipeline:
         self.hop_device = math.ceil(HOP * ratio)  # device samples per engine hop
         # restart grid: device samples that span a whole number of hops and resampler periods
         self.grid = HOP * self.down.down // math.gcd(self.down.up, HOP * self.down.down)
-        # slack: time the worker has to deliver a position before the callback needs it
-        self.slack = int(slack) if slack is not None else self.blocksize + 2 * self.hop_device
+        # slack: how far behind the input the callback reads the worker's output. One block is needed
+        # (a block's input arrives with the request for its output); the headroom (default 3 hops,
+        # 48 ms) absorbs compute hiccups and bursty callbacks without playing dry samples
+        self.headroom = int(headroom) if headroom is not None else 3 * self.hop_device
+        self.slack = self.blocksize + self.headroom
         self.delay = self.slack + self.system_delay
         need = 4 * (self.delay + self.blocksize + self.hop_device)
         cap = 1 << max(need, 2 * self.rate).bit_length()
@@ -428,6 +431,7 @@ class LiveOptions:
     rate: int | None = None  # device rate; None: the input device's default rate
     blocksize: int | None = None  # device frames per callback; None: one engine hop
     latency: float = 0.1
+    headroom_ms: float = 48.0
     duration: float | None = None
     record_in: Path | None = None
     record_out: Path | None = None
@@ -460,7 +464,8 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         raise RtpulseError(f"{names} cannot run at {rate} Hz ({e}); try --rate, or run `rtpulse devices`") from None
     engine = StreamingDenoiser(model, mask=opts.mask, floor_db=opts.floor_db)
     blocksize = opts.blocksize or math.ceil(HOP * rate / SAMPLE_RATE)
-    pipe = LivePipeline(engine, rate, blocksize, ch_in, ch_out, dry=opts.dry)
+    headroom = round(opts.headroom_ms * rate / 1000)
+    pipe = LivePipeline(engine, rate, blocksize, ch_in, ch_out, dry=opts.dry, headroom=headroom)
     recorders = []
     if opts.record_in:
         recorders.append(Recorder(opts.record_in, rate, pipe.in_ring, lambda: pipe.n_in))
@@ -505,7 +510,10 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
 
     try:
         with stream:
-            deadline = wall0 + opts.duration if opts.duration else math.inf
+            # --duration counts audio from the first callback (opening a stream can take seconds);
+            # the wall-clock guard ends a run whose device never starts
+            target = opts.duration * rate if opts.duration else math.inf
+            deadline = wall0 + opts.duration + 30 if opts.duration else math.inf
             next_status = wall0 + opts.status_every
             view = None
             if opts.dashboard:
@@ -514,8 +522,11 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
                 view = Live(render_dashboard(snapshot()), console=console, refresh_per_second=8, transient=False)
                 view.start()
             try:
-                while time.perf_counter() < deadline:
-                    time.sleep(0.1)
+                while pipe.n_read < target:
+                    time.sleep(0.05)
+                    if time.perf_counter() > deadline:
+                        error = f"{names} delivered no audio for {opts.duration:.0f} s; run `rtpulse devices`"
+                        break
                     if stopped.is_set() or not stream.active:
                         error = f"the audio stream stopped ({names}: device gone?); run `rtpulse devices`"
                         break
