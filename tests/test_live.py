@@ -264,3 +264,101 @@ def test_worker_thread_stops_promptly(model):
     worker.stop()
     assert not worker.thread.is_alive()
     assert threading.active_count() >= 1 and time.perf_counter() - t < 5
+
+
+FAKE_DEVICES = [
+    {
+        "index": 0,
+        "name": "Built-in Mic",
+        "hostapi": "ALSA",
+        "inputs": 2,
+        "outputs": 0,
+        "rate": 44100,
+        "default_input": True,
+        "default_output": False,
+    },
+    {
+        "index": 1,
+        "name": "USB Headset",
+        "hostapi": "ALSA",
+        "inputs": 1,
+        "outputs": 2,
+        "rate": 48000,
+        "default_input": False,
+        "default_output": True,
+    },
+]
+
+
+@pytest.fixture
+def fake_devices(monkeypatch):
+    import rtpulse.live
+
+    monkeypatch.setattr(rtpulse.live, "list_devices", lambda: [dict(d) for d in FAKE_DEVICES])
+
+
+def test_devices_resolve_by_index_name_substring_and_default(fake_devices):
+    from rtpulse.live import resolve_device
+
+    assert resolve_device(None, "input")["index"] == 0
+    assert resolve_device(None, "output")["index"] == 1
+    assert resolve_device("1", "input")["name"] == "USB Headset"
+    assert resolve_device("usb", "output")["index"] == 1
+    assert resolve_device("headset", "input")["index"] == 1
+
+
+@pytest.mark.parametrize(
+    "spec,kind,words",
+    [("7", "input", "index 7"), ("mic", "output", "'mic'"), ("0", "output", "no output channels")],
+)
+def test_device_errors_name_the_device_and_how_to_list(fake_devices, spec, kind, words):
+    from rtpulse.errors import RtpulseError
+    from rtpulse.live import resolve_device
+
+    with pytest.raises(RtpulseError) as e:
+        resolve_device(spec, kind)
+    assert words in str(e.value) and "rtpulse devices" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_live_cli_reports_bad_device_and_options_in_one_line(fake_devices, tmp_path, model):
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+    from rtpulse.model import save_model
+
+    save_model(model, tmp_path / "m.safetensors")
+    pytest.importorskip("sounddevice", exc_type=OSError)  # run_live loads PortAudio before the devices
+    runner = CliRunner()
+    r = runner.invoke(app, ["live", "--model", str(tmp_path / "m.safetensors"), "--input", "nosuch"])
+    assert r.exit_code == 1 and "nosuch" in r.output and "rtpulse devices" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, ["live", "--model", str(tmp_path / "m.safetensors"), "--dry", "1.5"])
+    assert r.exit_code == 1 and "--dry" in r.output
+    r = runner.invoke(
+        app, ["live", "--model", str(tmp_path / "m.safetensors"), "--record-out", str(tmp_path / "o.mp3")]
+    )
+    assert r.exit_code == 1 and ".wav" in r.output
+
+
+def test_dashboard_and_status_line_show_the_counters(model):
+    from rich.console import Console
+
+    from rtpulse.dashboard import render_dashboard, status_line
+
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK)
+    drive(pipe, noisy_input(0.3), BLOCK, on_block=lambda b: [None for _ in iter(pipe.work_once, False)])
+    pipe.counters.output_underflows = 3
+    s = {
+        **pipe.stats(),
+        "model": "m.safetensors",
+        "devices": "in 0 / out 1",
+        "device_latency_ms": 20.0,
+        "total_delay_ms": pipe.delay / RATE * 1e3 + 20.0,
+        "cpu_percent": 12.0,
+    }
+    console = Console(record=True, width=150)
+    console.print(render_dashboard(s))
+    text = console.export_text()
+    assert "m.safetensors" in text and "output underflows 3" in text and f"{s['total_delay_ms']:.0f} ms" in text
+    line = status_line(s)
+    assert "out 3" in line and "\n" not in line
