@@ -182,10 +182,11 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     from trainer.loop import run_epochs
 
     run_dir = cfg.run_dir
+    # every rank checks (read-only), so no rank is left waiting at a barrier when rank 0 refuses
+    if not resume and (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()):
+        raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()):
-            raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
     recipe, dev, split = build_data(cfg, d, console)
     model = build_model(cfg).to(d.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
