@@ -59,7 +59,9 @@ def train(
     method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
     preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3.")] = Preset.blocks2,
     lookahead: Annotated[int, typer.Option(help="Future frames the model sees (0 = causal; 16 ms each).")] = 0,
-    compress: Annotated[Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")] = Compress.linear,
+    compress: Annotated[
+        Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")
+    ] = Compress.linear,
     dropout: Annotated[float, typer.Option(help="Dropout after every conv but the last.")] = 0.2,
     clean: Annotated[Path | None, typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
     noise: Annotated[Path | None, typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
@@ -78,13 +80,19 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Clips per step per process (PU: this many U and as many P).")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
-    output_bias: Annotated[float | None, typer.Option(help="Initial bias of the last conv (<0: start at speech).")] = None,
+    output_bias: Annotated[
+        float | None, typer.Option(help="Initial bias of the last conv (<0: start at speech).")
+    ] = None,
     prior: Annotated[float, typer.Option(help="PU class prior π (fraction of noise bins in U).")] = 0.7,
-    risk: Annotated[Risk, typer.Option(help="nnpu (non-negative, Kiryo et al.) or upu (unbiased ablation).")] = Risk.nnpu,
+    risk: Annotated[
+        Risk, typer.Option(help="nnpu (non-negative, Kiryo et al.) or upu (unbiased ablation).")
+    ] = Risk.nnpu,
     beta: Annotated[float, typer.Option(help="nnPU β: correction fires when the U-side risk < −β.")] = 0.0,
     gamma: Annotated[float, typer.Option(help="nnPU γ: step size factor of the correction.")] = 1.0,
     weight_exponent: Annotated[float, typer.Option(help="Loss weight |X|^p (1 = PULSE, 0 = unweighted).")] = 1.0,
-    select_mask: Annotated[MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")] = MaskKind.binary,
+    select_mask: Annotated[
+        MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
+    ] = MaskKind.binary,
     seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
@@ -101,14 +109,39 @@ def train(
             if out is None:
                 raise RtpulseError("--out RUN_DIR is required (or --resume RUN_DIR)")
             cfg = TrainConfig(
-                out=str(out), method=method.value, preset=preset.value, lookahead=lookahead,
-                compress=compress.value, dropout=dropout, clean=_s(clean), noise=_s(noise), noisy=_s(noisy),
-                val_clean=_s(val_clean), val_noise=_s(val_noise), cache=_s(cache), dev_fraction=dev_fraction,
-                dev_count=dev_count, dev_seconds=dev_seconds, crop_seconds=crop_seconds, snr_min=snr_min,
-                snr_max=snr_max, epochs=epochs or 10, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-                lr=lr, warmup_steps=warmup_steps, output_bias=output_bias, prior=prior, risk=risk.value,
-                beta=beta, gamma=gamma, weight_exponent=weight_exponent, select_mask=select_mask.value,
-                seed=seed, device=device, command=command,
+                out=str(out),
+                method=method.value,
+                preset=preset.value,
+                lookahead=lookahead,
+                compress=compress.value,
+                dropout=dropout,
+                clean=_s(clean),
+                noise=_s(noise),
+                noisy=_s(noisy),
+                val_clean=_s(val_clean),
+                val_noise=_s(val_noise),
+                cache=_s(cache),
+                dev_fraction=dev_fraction,
+                dev_count=dev_count,
+                dev_seconds=dev_seconds,
+                crop_seconds=crop_seconds,
+                snr_min=snr_min,
+                snr_max=snr_max,
+                epochs=epochs or 10,
+                steps_per_epoch=steps_per_epoch,
+                batch_size=batch_size,
+                lr=lr,
+                warmup_steps=warmup_steps,
+                output_bias=output_bias,
+                prior=prior,
+                risk=risk.value,
+                beta=beta,
+                gamma=gamma,
+                weight_exponent=weight_exponent,
+                select_mask=select_mask.value,
+                seed=seed,
+                device=device,
+                command=command,
             )
         summary = run_training(cfg, resume=resume is not None, console=console)
     except RtpulseError as e:
