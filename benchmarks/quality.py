@@ -303,7 +303,9 @@ def _score_set(items: list[Item], systems: list[System], dnsmos, progress, label
             if dnsmos is not None:
                 row.update(dnsmos(est))
             rows[s.name].append(row)
-            if s.kind != "input":
+            silent = not np.any(est)
+            row["silent"] = silent  # e.g. a random-weight model's binary mask removes every bin
+            if s.kind != "input" and not silent:
                 lags[s.name].append(signed_lag(item.noisy, est, 512))
             if i == 0:
                 example[s.name] = est
@@ -316,7 +318,8 @@ def _score_set(items: list[Item], systems: list[System], dnsmos, progress, label
             "kind": s.kind,
             "note": s.note,
             "metrics": {m: v for m, v in metrics.items() if v["n"] > 0},
-            "residual_lag_samples_median": float(np.median(lags[s.name])) if lags[s.name] else 0.0,
+            "residual_lag_samples_median": float(np.median(lags[s.name])) if lags[s.name] else None,
+            "silent_outputs": sum(r["silent"] for r in rows[s.name]),
             "files": rows[s.name],
         }
     if items:
@@ -397,6 +400,12 @@ def _fmt(m: dict | None, digits: int) -> str:
     return f"{m['mean']:.{digits}f}{ci}"
 
 
+def _lag(s: dict) -> str:
+    lag = s["residual_lag_samples_median"]
+    text = "0" if s["kind"] == "input" else ("—" if lag is None else f"{lag:.0f}")
+    return text + (f" ({s['silent_outputs']} silent)" if s.get("silent_outputs") else "")
+
+
 def markdown(result: dict) -> str:
     ts = result["test_set"]
     lines = [
@@ -412,7 +421,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {_fmt(m.get('si_snri'), 2)} | {_fmt(m.get('si_snr'), 2)} | {_fmt(m.get('pesq_wb'), 2)}"
             f" | {_fmt(m.get('stoi'), 3)} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
-            f"{_fmt(m.get('dnsmos_bak'), 2)} | {s['residual_lag_samples_median']:.0f} |"
+            f"{_fmt(m.get('dnsmos_bak'), 2)} | {_lag(s)} |"
         )
     for name, why in result["skipped"].items():
         lines.append(f"| {name} | skipped: {why} | | | | | | | |")
