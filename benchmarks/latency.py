@@ -452,11 +452,18 @@ def write_latency(result: dict, hist: dict[str, np.ndarray], json_path: Path, pl
     md = json_path.with_suffix(".md")
     write_text(md, markdown(result))
     written = [json_path, md]
-    if plot and hist:
+    if plot and hist and have_matplotlib():
         png = json_path.with_name(json_path.stem + "_hops.png")
         plot_histogram(hist, png)
         written.append(png)
     return written
+
+
+def have_matplotlib() -> bool:
+    """Plots are optional (the ``[bench]`` extra); without matplotlib the JSON and tables are still written."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 if __name__ == "__main__":  # pragma: no cover

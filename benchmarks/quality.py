@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.align import signed_lag
-from benchmarks.latency import _save_fig, machine, write_text
+from benchmarks.latency import _save_fig, have_matplotlib, machine, write_text
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
 from rtpulse.metrics import si_snr_np
@@ -512,7 +512,7 @@ def write_quality(result: dict, example: dict, out: Path, plot: bool = True) -> 
     write_text(jpath, json.dumps(result, indent=2) + "\n")
     write_text(mpath, markdown(result))
     written = [jpath, mpath]
-    if plot:
+    if plot and have_matplotlib():
         bars = out / "quality_bars.png"
         plot_bars(result, bars)
         written.append(bars)
