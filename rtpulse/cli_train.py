@@ -37,6 +37,17 @@ class Compress(str, Enum):
 class Risk(str, Enum):
     nnpu = "nnpu"
     upu = "upu"
+    pvu = "pvu"
+
+
+class PLevel(str, Enum):
+    unit = "unit"
+    matched = "matched"
+
+
+class Init(str, Enum):
+    default = "default"
+    he = "he"
 
 
 class MaskKind(str, Enum):
@@ -85,11 +96,19 @@ def train(
     ] = None,
     prior: Annotated[float, typer.Option(help="PU class prior π (fraction of noise bins in U).")] = 0.7,
     risk: Annotated[
-        Risk, typer.Option(help="nnpu (non-negative, Kiryo et al.) or upu (unbiased ablation).")
+        Risk, typer.Option(help="nnpu (non-negative, Kiryo et al.), upu (unbiased ablation) or pvu (P-vs-U logistic).")
     ] = Risk.nnpu,
     beta: Annotated[float, typer.Option(help="nnPU β: correction fires when the U-side risk < −β.")] = 0.0,
     gamma: Annotated[float, typer.Option(help="nnPU γ: step size factor of the correction.")] = 1.0,
     weight_exponent: Annotated[float, typer.Option(help="Loss weight |X|^p (1 = PULSE, 0 = unweighted).")] = 1.0,
+    pvu_steps: Annotated[
+        int, typer.Option(help="First steps on the P-vs-U logistic warm start (risk pvu), then --risk.")
+    ] = 0,
+    p_level: Annotated[
+        PLevel, typer.Option(help="P clip level: unit std (paper) or matched to the noise inside a mixture.")
+    ] = PLevel.unit,
+    init: Annotated[Init, typer.Option(help="Weight init: default (PyTorch) or he (Kaiming normal).")] = Init.default,
+    clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     select_mask: Annotated[
         MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
     ] = MaskKind.binary,
@@ -138,6 +157,10 @@ def train(
                 beta=beta,
                 gamma=gamma,
                 weight_exponent=weight_exponent,
+                pvu_steps=pvu_steps,
+                p_level=p_level.value,
+                init=init.value,
+                clip_grad=clip_grad,
                 select_mask=select_mask.value,
                 seed=seed,
                 device=device,

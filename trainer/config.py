@@ -44,6 +44,10 @@ class TrainConfig:
     beta: float = 0.0
     gamma: float = 1.0
     weight_exponent: float = 1.0
+    pvu_steps: int = 0  # first steps on the P-vs-U logistic warm start (losses.pu_risk "pvu"), then `risk`
+    p_level: str = "unit"  # P clips: "unit" std (paper) or "matched" to the noise level inside a mixture
+    init: str = "default"  # "he": Kaiming-normal convs (the default init makes the output ignore the input)
+    clip_grad: float = 0.0  # max gradient norm (0: off)
     select_mask: str = "binary"
     seed: int = 0
     device: str | None = None
@@ -60,8 +64,14 @@ class TrainConfig:
             raise RtpulseError(f"--method {self.method} needs clean speech (--clean); --noisy trains PU only")
         if (self.val_clean is None) != (self.val_noise is None):
             raise RtpulseError("--val-clean and --val-noise go together")
-        if self.risk not in ("nnpu", "upu"):
-            raise RtpulseError(f"--risk must be nnpu or upu, got {self.risk!r}")
+        if self.risk not in ("nnpu", "upu", "pvu"):
+            raise RtpulseError(f"--risk must be nnpu, upu or pvu, got {self.risk!r}")
+        if self.p_level not in ("unit", "matched"):
+            raise RtpulseError(f"--p-level must be unit or matched, got {self.p_level!r}")
+        if self.init not in ("default", "he"):
+            raise RtpulseError(f"--init must be default or he, got {self.init!r}")
+        if self.pvu_steps < 0 or self.clip_grad < 0:
+            raise RtpulseError("--pvu-steps and --clip-grad must be ≥ 0")
         if not 0 < self.prior < 1:
             raise RtpulseError(f"--prior must be in (0, 1), got {self.prior}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "dev_count"):

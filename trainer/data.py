@@ -157,13 +157,14 @@ class Recipe:
 
     def __init__(
         self, method: str, noise: AudioBank, clean: AudioBank | None = None, noisy: AudioBank | None = None,
-        snr_range: tuple[float, float] = (-5.0, 10.0),
+        snr_range: tuple[float, float] = (-5.0, 10.0), p_level: str = "unit",
     ) -> None:
         if (clean is None) == (noisy is None):
             raise RtpulseError("give either clean speech (synthetic recipe) or noisy recordings (real), not both")
         if noisy is not None and method != "pu":
             raise RtpulseError(f"--method {method} needs clean speech (--clean); real noisy recordings train PU only")
         self.method, self.noise, self.clean, self.noisy, self.snr_range = method, noise, clean, noisy, snr_range
+        self.p_level = p_level
 
     def to(self, device) -> Recipe:
         for bank in (self.noise, self.clean, self.noisy):
@@ -189,6 +190,12 @@ class Recipe:
         # P clips / MixIT's second noise: fresh crops, never the noise inside the noisy clips.
         noise = standardise(self.noise.crops(n, length, gen))
         if self.method == "pu":
+            if self.p_level == "matched":
+                # the level noise has inside a unit-std mixture at an SNR from the same range: 1/√(1 + 10^(snr/10)).
+                # Needs no clean speech; without it the weighted loss sees P ~1.6× louder than the noise in U.
+                lo, hi = self.snr_range
+                snr = lo + (hi - lo) * torch.rand(n, device=noise.device, generator=gen)
+                noise = noise / torch.sqrt(1 + 10.0 ** (snr[:, None] / 10.0))
             return Batch(u=noisy, p=noise)
         mix = noisy + noise
         scale = mix.std(-1, keepdim=True) + STD_EPS

@@ -46,7 +46,7 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
             t0 = time.time()
             for i in range(cfg.steps_per_epoch):
                 batch = recipe.batch(cfg.batch_size, length, gen)
-                stats = train_step(net, optimizer, batch, cfg, scheduler)
+                stats = train_step(net, optimizer, batch, cfg, scheduler, state["step"])
                 sums += torch.stack([stats[k].float() for k in STAT_KEYS])
                 state["step"] += 1
                 if show and ((i + 1) % REFRESH_STEPS == 0 or i + 1 == cfg.steps_per_epoch or i < 3):

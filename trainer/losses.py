@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 EPS = 1e-7
-RISKS = ("nnpu", "upu")
+RISKS = ("nnpu", "upu", "pvu")
 
 
 def sigmoid_loss(margin: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,10 @@ def pu_risk(
     R_P^+ = mean_P w·σ(−f), R_P^- = mean_P w·σ(f), R_U^- = mean_U w·σ(f) (means over all bins).
     uPU: loss = π R_P^+ + (R_U^- − π R_P^-). nnPU (Kiryo et al. 2017, Algorithm 1): if
     R_U^- − π R_P^- < −β, step on −γ·(R_U^- − π R_P^-) instead.
+    pvu: the P-vs-U logistic warm start, loss = 2π·mean_P w·softplus(−f) + mean_U w·softplus(f). Its optimum
+    f = log(2π p_P / p_U) puts f = 0 on the same boundary as the PU Bayes rule (noise iff π p_P ≥ (1−π) p_N,
+    i.e. 2π p_P ≥ p_U), and unlike the sigmoid loss it never saturates while the net is still learning to
+    tell U from P. Uses only noisy + noise clips, like nnPU. risk_p / risk_u still report the sigmoid terms.
     """
     if risk not in RISKS:
         raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
@@ -64,6 +68,10 @@ def pu_risk(
     risk_u = (w_u * sigmoid_loss(-f_u)).mean() - prior * (w_p * sigmoid_loss(-f_p)).mean()
     if risk == "upu":
         return PURisk(risk_p + risk_u, risk_p, risk_u, torch.zeros((), device=f_p.device))
+    if risk == "pvu":
+        softplus = torch.nn.functional.softplus
+        loss = 2 * prior * (w_p * softplus(-f_p)).mean() + (w_u * softplus(f_u)).mean()
+        return PURisk(loss, risk_p, risk_u, torch.zeros((), device=f_p.device))
     fire = risk_u < -beta
     # torch.where keeps this sync-free: the gradient flows only through the branch that was taken.
     loss = torch.where(fire, -gamma * risk_u, risk_p + risk_u)

@@ -36,8 +36,11 @@ STAT_KEYS = ("loss", "risk_p", "risk_u", "corrected", "u_speech", "logit_mean", 
 # --- one step ------------------------------------------------------------------------------------------
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """Loss and diagnostics (0-dim tensors, no host sync). U = ``batch.u`` is what the model enhances."""
+def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
+    """Loss and diagnostics (0-dim tensors, no host sync). U = ``batch.u`` is what the model enhances.
+
+    ``step`` (steps done before this one) selects the P-vs-U warm start for the first ``cfg.pvu_steps``.
+    """
     cuda = batch.u.device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     zero = torch.zeros((), device=batch.u.device)
@@ -47,7 +50,8 @@ def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> tupl
         with autocast:
             f = model(mag)[:, 0].float()  # [2B, 513, M]
         w = bin_weight(mag, cfg.weight_exponent)
-        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, cfg.risk, cfg.beta, cfg.gamma)
+        risk = "pvu" if step < cfg.pvu_steps else cfg.risk
+        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma)
         loss, f_u, extra = r.loss, f[:n], {"risk_p": r.risk_p, "risk_u": r.risk_u, "corrected": r.corrected}
     elif cfg.method == "pn":
         spec = stft(torch.cat((batch.u, batch.clean)))
@@ -67,11 +71,13 @@ def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> tupl
     return loss, stats
 
 
-def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None) -> dict:
+def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None, step: int = 0) -> dict:
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss, stats = compute_loss(model, batch, cfg)
+    loss, stats = compute_loss(model, batch, cfg, step)
     loss.backward()
+    if cfg.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -86,6 +92,14 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
                      out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout)
     torch.manual_seed(cfg.seed)
     model = PulseCNN(mc)
+    if cfg.init == "he":
+        with torch.no_grad():  # keeps the logit spread at init (PyTorch's default shrinks it ~1e-4 over 7 layers)
+            for conv in model.convs[:-1]:
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                conv.bias.zero_()
+            last = model.convs[-1]
+            torch.nn.init.normal_(last.weight, std=last.in_channels**-0.5)
+            last.bias.zero_()
     if cfg.output_bias is not None:
         with torch.no_grad():  # e.g. negative: start by calling bins speech (f < 0)
             model.convs[-1].bias.fill_(cfg.output_bias)
@@ -117,7 +131,7 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
         console.print(f"decoding {n_all} files (cached in {cache}) …", highlight=False)
     banks = {"noise": load(no_train), speech_key: load(sp_train)}
     recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
-                    snr_range=(cfg.snr_min, cfg.snr_max)).to(d.device)
+                    snr_range=(cfg.snr_min, cfg.snr_max), p_level=cfg.p_level).to(d.device)
     gen = torch.Generator().manual_seed(cfg.seed + 7919)  # the dev set is fixed for the whole run
     length = round(cfg.dev_seconds * SAMPLE_RATE)
     dev = DevData()
@@ -127,7 +141,8 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
         dev.noisy, dev.clean = vr.noisy_clips(cfg.dev_count, length, gen)
     if sp_held and no_held:
         hr = Recipe("pu" if cfg.noisy else "pn", load(no_held), clean=load(sp_held) if cfg.clean else None,
-                    noisy=load(sp_held) if cfg.noisy else None, snr_range=(cfg.snr_min, cfg.snr_max))
+                    noisy=load(sp_held) if cfg.noisy else None, snr_range=(cfg.snr_min, cfg.snr_max),
+                    p_level=cfg.p_level)
         if cfg.noisy:
             b = hr.batch(cfg.dev_count, length, gen)
             dev.u, dev.p = b.u, b.p

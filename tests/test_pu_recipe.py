@@ -1,0 +1,101 @@
+"""The PU recipe knobs that make PULSE train on real recordings: P-vs-U warm start, matched P level, He init,
+gradient clipping. Tiny generated data only."""
+
+import math
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import AudioBank, Recipe
+from trainer.losses import pu_risk
+from trainer.train import build_model, compute_loss, train_step
+
+
+def test_pvu_loss_matches_hand_computed_values():
+    # f = 0 everywhere: softplus(0) = log 2, so loss = 2π·w̄_P·log2 + w̄_U·log2
+    z = torch.zeros(1, 2, 3)
+    r = pu_risk(z, z, torch.full_like(z, 2.0), torch.full_like(z, 3.0), prior=0.25, risk="pvu")
+    assert math.isclose(float(r.loss), (2 * 0.25 * 2.0 + 3.0) * math.log(2), rel_tol=1e-6)
+    # the sigmoid diagnostics are still the nnPU terms: π·w̄_P·σ(0), w̄_U·σ(0) − π·w̄_P·σ(0)
+    assert math.isclose(float(r.risk_p), 0.25 * 2.0 * 0.5, rel_tol=1e-6)
+    assert math.isclose(float(r.risk_u), 3.0 * 0.5 - 0.25 * 2.0 * 0.5, rel_tol=1e-6)
+    # f_p = 1, f_u = −2, w = 1, π = 0.5: loss = softplus(−1) + softplus(−2)
+    r = pu_risk(torch.ones(1, 1, 1), torch.full((1, 1, 1), -2.0), torch.ones(1, 1, 1), torch.ones(1, 1, 1), 0.5, "pvu")
+    assert math.isclose(float(r.loss), math.log1p(math.exp(-1)) + math.log1p(math.exp(-2)), rel_tol=1e-6)
+
+
+def test_pvu_optimum_sits_on_the_pu_bayes_boundary():
+    # one shared logit for P and U bins: the minimiser is f* = log(2π w̄_P / w̄_U), so f* = 0 exactly when
+    # 2π·(P mass) = (U mass) — the weighted PU decision boundary
+    w_p, w_u, prior = torch.full((1, 4, 4), 1.5), torch.full((1, 4, 4), 2.0), 0.4
+    f = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([f], max_iter=100, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = pu_risk(f.expand(1, 4, 4), f.expand(1, 4, 4), w_p, w_u, prior, "pvu").loss
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert abs(float(f.detach()) - math.log(2 * prior * 1.5 / 2.0)) < 1e-4
+
+
+def test_matched_p_clips_have_the_noise_level_of_a_mixture():
+    rng = np.random.default_rng(0)
+    speech = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["s"])
+    noise = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["n"])
+    gen = torch.Generator().manual_seed(0)
+    unit = Recipe("pu", noise, clean=speech).batch(64, 2000, gen)
+    matched = Recipe("pu", noise, clean=speech, p_level="matched", snr_range=(-5.0, 10.0)).batch(64, 2000, gen)
+    assert torch.allclose(unit.p.std(-1), torch.ones(64), atol=1e-3)
+    std = matched.p.std(-1)
+    lo, hi = 1 / math.sqrt(1 + 10 ** (10 / 10)), 1 / math.sqrt(1 + 10 ** (-5 / 10))  # SNR 10 dB … −5 dB
+    assert float(std.min()) >= lo - 1e-3 and float(std.max()) <= hi + 1e-3
+    assert float(std.max() - std.min()) > 0.3  # drawn per clip, not one constant
+    assert torch.allclose(matched.u.std(-1), torch.ones(64), atol=1e-3)  # U clips are untouched
+
+
+def _cfg(tmp_path, **kw):
+    base = {"out": str(tmp_path), "clean": "c", "noise": "n", "dropout": 0.0, "batch_size": 2, "device": "cpu"}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_he_init_makes_the_logits_depend_on_the_input(tmp_path):
+    mag = torch.rand(2, 513, 20) * 30
+    spreads = {}
+    for init in ("default", "he"):
+        model = build_model(_cfg(tmp_path, init=init)).eval()
+        spreads[init] = float(model(mag).std())
+    assert spreads["he"] > 30 * spreads["default"]
+    assert torch.all(build_model(_cfg(tmp_path, init="he")).convs[-1].bias == 0)
+
+
+def _batch(seed=0):
+    from trainer.data import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    return Batch(u=torch.randn(2, 4000, generator=g), p=0.5 * torch.randn(2, 4000, generator=g))
+
+
+def test_pvu_steps_switch_to_nnpu_afterwards(tmp_path):
+    cfg = _cfg(tmp_path, init="he", pvu_steps=1, prior=0.6)
+    model = build_model(cfg)
+    b = _batch()
+    cfg_pvu, cfg_nn = _cfg(tmp_path, risk="pvu", prior=0.6), _cfg(tmp_path, risk="nnpu", prior=0.6)
+    assert torch.equal(compute_loss(model, b, cfg, step=0)[0], compute_loss(model, b, cfg_pvu)[0])
+    assert torch.equal(compute_loss(model, b, cfg, step=1)[0], compute_loss(model, b, cfg_nn)[0])
+    assert not torch.equal(compute_loss(model, b, cfg_pvu)[0], compute_loss(model, b, cfg_nn)[0])
+
+
+def test_clip_grad_bounds_the_gradient_norm(tmp_path):
+    norms = {}
+    for clip in (0.0, 1e-3):
+        cfg = _cfg(tmp_path, init="he", clip_grad=clip)
+        model = build_model(cfg)
+        train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), _batch(), cfg)
+        norms[clip] = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+    assert norms[0.0] > 1e-2  # unclipped gradient is large…
+    assert norms[1e-3] <= 1e-3 * (1 + 1e-4)  # …and clipped to the bound
