@@ -71,11 +71,15 @@ class ModelConfig:
             raise RtpulseError(f"unknown compress {self.compress!r}; choose one of {', '.join(COMPRESSIONS)}")
         if self.method not in METHODS:
             raise RtpulseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not isinstance(self.lookahead, int):
+            raise RtpulseError(f"lookahead must be an integer, got {self.lookahead!r}")
         n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
-        if self.out_channels < 1:
-            raise RtpulseError(f"out_channels must be ≥ 1, got {self.out_channels}")
+        if not isinstance(self.out_channels, int) or not 1 <= self.out_channels <= 16:
+            raise RtpulseError(f"out_channels must be an integer 1…16, got {self.out_channels!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise RtpulseError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @property
     def layers(self) -> tuple[tuple[int, int, int], ...]:
@@ -253,16 +257,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
         config = ModelConfig.from_json(meta[_META_KEY])
     except (json.JSONDecodeError, TypeError) as e:
         raise RtpulseError(f"{path} has a broken config: {e}") from None
-    model = PulseCNN(config)
-    expected = model.state_dict()
+    # Check shapes against the config before building anything, so a hostile config cannot allocate much.
+    expected = {}
+    for i, (cin, cout, k) in enumerate(config.layers):
+        expected[f"convs.{i}.weight"], expected[f"convs.{i}.bias"] = (cout, cin, k, k), (cout,)
     if set(tensors) != set(expected):
         raise RtpulseError(f"{path}: weights do not match its config (preset {config.preset!r})")
     for k, v in tensors.items():
-        if v.shape != expected[k].shape:
-            raise RtpulseError(
-                f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {tuple(expected[k].shape)}"
-            )
-    model.load_state_dict(tensors)
+        if tuple(v.shape) != expected[k]:
+            raise RtpulseError(f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {expected[k]}")
+    model = PulseCNN(config)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model.to(device).eval()
 
 

@@ -43,17 +43,17 @@ OUTPUT_GAIN_BOUND = 27.42
 MIN_ABS = 1e-30
 
 
-def sanitize(x: np.ndarray) -> np.ndarray:
-    """Any float array → float32 copy with NaN/±Inf set to 0, values clipped to ±MAX_ABS, tiny values to 0.
+def sanitize(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Float array or tensor → a float32 copy (same kind, same device) with NaN/±Inf set to 0, values clipped to ±MAX_ABS, tiny values to 0.
 
     Why: one NaN or Inf would otherwise spread through the ring, the overlap-add and every layer cache
     (Inf − Inf = NaN in the FFT) and make the output NaN for a whole receptive field; offline it would
     poison the whole spectrogram frame. Elementwise, so offline and streaming still give the same samples.
     """
-    x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    np.clip(x, -MAX_ABS, MAX_ABS, out=x)
-    x[np.abs(x) < MIN_ABS] = 0.0
-    return x
+    if not isinstance(x, torch.Tensor):
+        return sanitize(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+    t = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_(-MAX_ABS, MAX_ABS)
+    return t.masked_fill_(t.abs() < MIN_ABS, 0.0)
 
 
 def delay_samples(lookahead: int) -> int:
@@ -73,7 +73,7 @@ def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: fl
     length = x.shape[-1]
     if length == 0:
         return x.clone()
-    batched = torch.from_numpy(sanitize(x.reshape(-1, length).detach().cpu().numpy())).to(x.device)
+    batched = sanitize(x.reshape(-1, length))  # stays on x's device
     spec = stft(batched, tail=_tail_for_lookahead(length, model.lookahead))  # [B, 513, M]
     logits = model(spec.abs())[:, 0]  # [B, 513, M]
     out = istft(spec * mask_gain(logits, mask, floor_db), length)  # [B, T]

@@ -129,7 +129,9 @@ def test_header_claiming_a_huge_size_is_a_one_line_error(tmp_path):
         (lambda c: {**c, "surprise": 1}, "unknown keys"),
         (lambda c: "{not json", "broken config"),
         (lambda c: "[1, 2]", "broken config"),
-        (lambda c: {**c, "lookahead": "2"}, "broken config"),
+        (lambda c: {**c, "lookahead": "2"}, "lookahead must be an integer"),
+        (lambda c: {**c, "dropout": "x"}, "dropout"),
+        (lambda c: {**c, "out_channels": 10**9}, "out_channels"),  # refused before anything is allocated
     ],
 )
 def test_config_that_disagrees_with_the_weights_is_a_one_line_error(tmp_path, edit, fragment):
