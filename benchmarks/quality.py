@@ -59,6 +59,7 @@ class QualityOptions:
     dnsmos: bool = True
     baselines: bool = True
     min_speech_seconds: float = MIN_SPEECH_S
+    level_dbfs: float = -26.0  # RMS of each noisy mixture (peak capped at 0.99)
 
 
 @dataclass
@@ -83,7 +84,9 @@ def paired_set(noisy_root: Path, clean_root: Path) -> list[Item]:
     return items
 
 
-def generated_set(data: Path, count: int, seconds: float, seed: int, min_seconds: float = MIN_SPEECH_S) -> list[Item]:
+def generated_set(
+    data: Path, count: int, seconds: float, seed: int, min_seconds: float = MIN_SPEECH_S, level_dbfs: float = -26.0
+) -> list[Item]:
     """``count`` seeded mixtures from ``data/speech/dev`` and ``data/noise/dev`` (speech files ≥ ``min_seconds``)."""
     from trainer.data import mix_at_snr
 
@@ -118,7 +121,8 @@ def generated_set(data: Path, count: int, seconds: float, seed: int, min_seconds
             torch.from_numpy(s[None]), torch.from_numpy(nz[off : off + s.size][None].copy()), torch.tensor([snr])
         )
         noisy, clean = noisy[0].numpy(), clean[0].numpy()
-        gain = min(TARGET_RMS / (noisy.std() + 1e-9), 0.99 / (np.abs(noisy).max() + 1e-9))
+        target = 10 ** (level_dbfs / 20)
+        gain = min(target / (noisy.std() + 1e-9), 0.99 / (np.abs(noisy).max() + 1e-9))
         items.append(
             Item(
                 f"mix-{len(items):03d}-{path.stem}",
@@ -345,7 +349,7 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
         source = {"noisy": str(opts.noisy), "clean": str(opts.clean)}
     else:
         data = opts.data or DEFAULT_DATA
-        items = generated_set(data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds)
+        items = generated_set(data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds, opts.level_dbfs)
         source = {
             "data": str(data),
             "count": opts.count,

@@ -103,6 +103,9 @@ def quality(
     streaming: Annotated[bool, typer.Option(help="Also score rtpulse models through the streaming engine.")] = True,
     peers: Annotated[bool, typer.Option(help="Include the peer denoisers.")] = True,
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS (torchmetrics + speechmos ONNX files).")] = True,
+    level_dbfs: Annotated[
+        float, typer.Option(help="RMS level of each generated noisy mixture in dBFS (peak capped at 0.99).")
+    ] = -26.0,
 ) -> None:
     """SI-SNRi, PESQ-WB, STOI and DNSMOS for rtpulse, peers and a Wiener baseline on one test set."""
     from benchmarks.quality import QualityOptions, markdown, run_quality, write_quality
@@ -120,6 +123,7 @@ def quality(
         streaming=streaming,
         peers=peers,
         dnsmos=dnsmos,
+        level_dbfs=level_dbfs,
     )
     try:
         with _progress() as progress:
