@@ -10,8 +10,9 @@ worker's timeline, and worker position j is the processed version of input sampl
 output k always belongs to input ``k − delay`` with ``delay = slack + system_delay`` — whatever happens:
 
 * the worker is late (slow hop, CPU contention): the callback plays the *dry* input of that same
-  instant for the positions that are not ready (``dropped_samples``); the worker, once back, drops
-  the stale input and restarts the engine at the callback's position (``late_restarts``);
+  instant for the positions that are not ready (``dropped_samples``); the worker, once back and more
+  than a hop behind, drops the stale input and restarts the engine at the callback's position
+  (``late_restarts``);
 * the model step raises: counted (``faults``), the engine restarts at the next needed position.
 
 After a restart the engine is fresh, so for ``system_delay`` samples (its start-up) the dry input is
@@ -37,6 +38,8 @@ import numpy as np
 from rtpulse.errors import RtpulseError
 from rtpulse.resampler import StreamResampler
 from rtpulse.stft import HOP, SAMPLE_RATE
+
+LAG_MARGIN = 32  # device samples of extra slack for the resamplers' hold-back (≤ ~6 samples at 48 kHz)
 
 
 class Engine(Protocol):
@@ -122,8 +125,9 @@ class LivePipeline:
         # slack: how far behind the input the callback reads the worker's output. One block is needed
         # (a block's input arrives with the request for its output); the headroom (default 3 hops,
         # 48 ms) absorbs compute hiccups and bursty callbacks without playing dry samples
+        # (+ LAG_MARGIN: the resamplers hold back up to a few samples until their next input arrives)
         self.headroom = int(headroom) if headroom is not None else 3 * self.hop_device
-        self.slack = self.blocksize + self.headroom
+        self.slack = self.blocksize + self.headroom + LAG_MARGIN
         self.delay = self.slack + self.system_delay
         need = 4 * (self.delay + self.blocksize + self.hop_device)
         cap = 1 << max(need, 2 * self.rate).bit_length()
@@ -219,7 +223,9 @@ class LivePipeline:
 
     def _work(self) -> bool:
         need = self.n_read - self.slack  # the next position the callback will read
-        if self.worker_out < need:  # fell behind: drop stale input, restart where the callback is
+        # fell behind by more than a hop: drop the stale input and restart where the callback is (a
+        # smaller lag heals itself: those few positions were played dry, the next ones will be ready)
+        if need - self.worker_out > self.hop_device:
             self.counters.late_restarts += 1
             self._restart(need, "late")
         avail = self.n_in - self.worker_in
