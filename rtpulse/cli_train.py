@@ -109,6 +109,9 @@ def train(
     ] = PLevel.unit,
     init: Annotated[Init, typer.Option(help="Weight init: default (PyTorch) or he (Kaiming normal).")] = Init.default,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this model file's weights (fine-tuning; same preset/compress/L).")
+    ] = None,
     select_mask: Annotated[
         MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
     ] = MaskKind.binary,
@@ -161,6 +164,7 @@ def train(
                 p_level=p_level.value,
                 init=init.value,
                 clip_grad=clip_grad,
+                init_from=_s(init_from),
                 select_mask=select_mask.value,
                 seed=seed,
                 device=device,

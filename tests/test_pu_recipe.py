@@ -99,3 +99,19 @@ def test_clip_grad_bounds_the_gradient_norm(tmp_path):
         norms[clip] = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
     assert norms[0.0] > 1e-2  # unclipped gradient is large…
     assert norms[1e-3] <= 1e-3 * (1 + 1e-4)  # …and clipped to the bound
+
+
+def test_init_from_starts_at_the_given_weights_and_refuses_another_shape(tmp_path):
+    import pytest
+
+    from rtpulse.errors import RtpulseError
+    from rtpulse.model import save_model
+
+    src = build_model(_cfg(tmp_path, init="he", seed=3))
+    save_model(src, tmp_path / "start.safetensors")
+    model = build_model(_cfg(tmp_path, seed=4, init_from=str(tmp_path / "start.safetensors")))
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    assert not torch.equal(build_model(_cfg(tmp_path, seed=4)).state_dict()["convs.0.weight"], src.state_dict()["convs.0.weight"])
+    with pytest.raises(RtpulseError, match="differ"):
+        build_model(_cfg(tmp_path, lookahead=1, init_from=str(tmp_path / "start.safetensors")))

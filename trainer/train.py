@@ -100,6 +100,15 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
             last = model.convs[-1]
             torch.nn.init.normal_(last.weight, std=last.in_channels**-0.5)
             last.bias.zero_()
+    if cfg.init_from:
+        from rtpulse.model import load_model
+
+        start = load_model(cfg.init_from)
+        if (start.config.preset, start.config.compress, start.config.lookahead, start.config.out_channels) != (
+            mc.preset, mc.compress, mc.lookahead, mc.out_channels
+        ):
+            raise RtpulseError(f"--init-from {cfg.init_from}: its preset/compress/lookahead/outputs differ from this run's")
+        model.load_state_dict(start.state_dict())
     if cfg.output_bias is not None:
         with torch.no_grad():  # e.g. negative: start by calling bins speech (f < 0)
             model.convs[-1].bias.fill_(cfg.output_bias)
