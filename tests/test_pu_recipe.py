@@ -112,6 +112,8 @@ def test_init_from_starts_at_the_given_weights_and_refuses_another_shape(tmp_pat
     model = build_model(_cfg(tmp_path, seed=4, init_from=str(tmp_path / "start.safetensors")))
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
-    assert not torch.equal(build_model(_cfg(tmp_path, seed=4)).state_dict()["convs.0.weight"], src.state_dict()["convs.0.weight"])
+    assert not torch.equal(
+        build_model(_cfg(tmp_path, seed=4)).state_dict()["convs.0.weight"], src.state_dict()["convs.0.weight"]
+    )
     with pytest.raises(RtpulseError, match="differ"):
         build_model(_cfg(tmp_path, lookahead=1, init_from=str(tmp_path / "start.safetensors")))
