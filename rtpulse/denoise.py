@@ -167,11 +167,11 @@ def _offline_blocks(
     """:func:`~rtpulse.stream.enhance` of the whole 16 kHz signal, ``HOP·chunk_frames`` samples at a time.
 
     Output samples [256a, 256b) need the masked frames [a, b+3); their logits need input frames
-    [a − (2·n3 − L), b + 3 + L) — the model's receptive field (n3 = number of 3×3 layers). Frames past
+    [a − model.past_frames, b + 3 + L) — the model's receptive field plus its level window. Frames past
     either end of the whole spectrogram are left out, so the model pads them with zeros as it does offline.
     """
     lookahead = model.lookahead
-    past = 2 * model.config.max_lookahead - lookahead
+    past = model.past_frames
     total_frames = n_frames(length, _tail_for_lookahead(length, lookahead))
     window = _Window((sanitize(b) for b in x16), length)
     out_frames = -(-length // HOP)

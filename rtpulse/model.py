@@ -42,6 +42,12 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
 }
 
 COMPRESSIONS = ("power", "linear", "log1p")
+
+# Level normalisation (config.level_frames > 0): mean |X|² of a frame of a unit-std signal is Σ w²
+# (Parseval) = 1024·(0.54² + 0.46²/2) for the periodic Hamming. Gains are capped at +60 dB so that
+# near-silence is not blown up to full scale.
+LEVEL_REF_POWER = 1024 * (0.54**2 + 0.46**2 / 2)
+LEVEL_MIN_POWER = LEVEL_REF_POWER * 1e-6
 METHODS = ("pu", "pn", "mixit")
 
 
@@ -54,6 +60,10 @@ class ModelConfig:
     lookahead: frames of future context, 0 (causal) … the preset's number of 3×3 layers.
     out_channels: 1 for PU/PN; MixIT's extra masks are extra output channels (channel 0 stays speech's
         complement, i.e. the noise logit).
+    level_frames: 0 = magnitudes go to the network as they are; K > 0 = they are first scaled by a causal
+        gain that brings the mean frame power of the last K frames to that of a unit-std signal — the level
+        the trainer's normalised mixtures have — so a quiet microphone and a loud file look alike to the
+        network. The mask still applies to the unscaled spectrum.
     """
 
     preset: str = "blocks2"
@@ -62,6 +72,7 @@ class ModelConfig:
     method: str = "pu"
     out_channels: int = 1
     dropout: float = 0.2
+    level_frames: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
     def __post_init__(self) -> None:
@@ -73,6 +84,8 @@ class ModelConfig:
             raise RtpulseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not isinstance(self.lookahead, int):
             raise RtpulseError(f"lookahead must be an integer, got {self.lookahead!r}")
+        if not isinstance(self.level_frames, int) or not 0 <= self.level_frames <= 1000:
+            raise RtpulseError(f"level_frames must be an integer 0…1000, got {self.level_frames!r}")
         n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
@@ -112,6 +125,7 @@ class StreamState:
     kernels[i]: layer i's weight folded for a one-column step — ``[C_out, C_in·k_t, k_f]``, the time taps
         moved into the channel axis so a step is one 1-D convolution over frequency (several times
         faster than a 2-D convolution on a 3-column input). A snapshot: re-init after changing weights.
+    level_powers, frames_seen: the level normaliser's memory (see ModelConfig.level_frames).
     warmup[i]: outputs layer i still has to swallow — a lookahead layer's first output belongs to
         frame −1, which offline never computes, so it must not reach the next layer's cache.
     """
@@ -119,6 +133,8 @@ class StreamState:
     caches: list[torch.Tensor]
     kernels: list[tuple[torch.Tensor, torch.Tensor | None]]
     warmup: list[int]
+    level_powers: torch.Tensor | None = None  # [B, K] mean |X|² of the last K frames (level_frames > 0)
+    frames_seen: int = 0
 
 
 class PulseCNN(nn.Module):
@@ -151,8 +167,33 @@ class PulseCNN(nn.Module):
         rf = 1 + sum(k - 1 for _, _, k in self.config.layers)
         return rf, rf
 
-    def features(self, mag: torch.Tensor) -> torch.Tensor:
-        """Compressed magnitudes: ``[B, F, T]`` → ``[B, 1, F, T]``."""
+    @property
+    def past_frames(self) -> int:
+        """Past frames one output frame depends on: 2 per causal 3×3 layer, 1 per lookahead layer, plus
+        the level normaliser's K − 1. Chunked processing needs this much context to be exact."""
+        level = self.config.level_frames - 1 if self.config.level_frames else 0
+        return 2 * self.config.max_lookahead - self.lookahead + level
+
+    def level_gain(self, mag: torch.Tensor) -> torch.Tensor:
+        """Causal level-normalising gain: magnitudes ``[B, F, T]`` → ``[B, 1, T]`` (ones when off).
+
+        Frame t's gain uses the mean power of frames t−K+1 … t that exist (frames before 0 do not count).
+        """
+        k = self.config.level_frames
+        if k == 0:
+            return torch.ones_like(mag[:, :1])
+        power = mag.square().mean(1, keepdim=True)  # [B, 1, T]
+        total = F.avg_pool1d(F.pad(power, (k - 1, 0)), k, stride=1) * k  # [B, 1, T] sum over the window
+        count = torch.arange(1, mag.shape[-1] + 1, device=mag.device).clamp_max(k)  # frames in the window
+        return self._gain_for(total / count)
+
+    @staticmethod
+    def _gain_for(mean_power: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(LEVEL_REF_POWER / mean_power.clamp_min(LEVEL_MIN_POWER))
+
+    def features(self, mag: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """Level-normalised, compressed magnitudes: ``[B, F, T]`` → ``[B, 1, F, T]``."""
+        mag = mag * (self.level_gain(mag) if gain is None else gain)
         c = self.config.compress
         if c == "power":
             x = mag.clamp_min(0).pow(1.0 / 15.0)
@@ -185,7 +226,9 @@ class PulseCNN(nn.Module):
             folded = w.permute(0, 1, 3, 2).reshape(c_out, c_in * k_t, k_f).contiguous()  # channel = c_in·k_t + t
             kernels.append((folded, None if conv.bias is None else conv.bias.detach().clone()))
         warmup = [future for _, future in self.time_pads]
-        return StreamState(caches, kernels, warmup)
+        k = self.config.level_frames
+        powers = torch.zeros(batch, k, device=caches[0].device) if k else None
+        return StreamState(caches, kernels, warmup, powers)
 
     @torch.no_grad()
     def step(self, mag_col: torch.Tensor, state: StreamState) -> torch.Tensor | None:
@@ -195,7 +238,13 @@ class PulseCNN(nn.Module):
         nothing is recomputed. Returns None for the first ``lookahead`` frames (output not yet defined).
         Dropout is not applied (call on a model in eval mode for parity with :meth:`forward`).
         """
-        x = self.features(mag_col.unsqueeze(-1))[..., 0]  # [B, 1, F]
+        gain = None
+        if state.level_powers is not None:
+            k = state.level_powers.shape[1]
+            state.level_powers[:, state.frames_seen % k] = mag_col.square().mean(1)  # ring of frame powers
+            gain = self._gain_for(state.level_powers.sum(1) / min(state.frames_seen + 1, k))[:, None, None]
+        state.frames_seen += 1
+        x = self.features(mag_col.unsqueeze(-1), gain)[..., 0]  # [B, 1, F]
         last = len(self.convs) - 1
         for i, (weight, bias) in enumerate(state.kernels):
             cache = state.caches[i]

@@ -60,6 +60,26 @@ def test_streaming_equals_offline(preset, lookahead, chunking):
     assert np.max(np.abs(off - x)) > 1e-2
 
 
+@pytest.mark.parametrize("lookahead", [0, 2])
+@pytest.mark.parametrize("chunking", [1, 256, "random"])
+def test_streaming_equals_offline_with_level_normalisation(lookahead, chunking):
+    x = noisy_signal(1.5, seed=3) * np.linspace(0.02, 1.5, 24000, dtype=np.float32)  # level changes 37 dB
+    m = random_model("blocks2", lookahead, level_frames=20)
+    off = enhance(m, torch.from_numpy(x), mask="soft").numpy()
+    engine = StreamingDenoiser(m, mask="soft")
+    y = run_stream(engine, x, chunking)
+    assert np.max(np.abs(y[engine.delay :] - off)) <= 1e-5
+
+
+def test_level_normalisation_makes_the_mask_independent_of_input_level():
+    x = noisy_signal(1.0, seed=4)
+    for level_frames, same in ((16, True), (0, False)):
+        m = random_model("blocks2", 0, level_frames=level_frames, compress="linear")
+        loud = enhance(m, torch.from_numpy(x * 10), mask="soft").numpy() / 10
+        quiet = enhance(m, torch.from_numpy(x * 0.1), mask="soft").numpy() / 0.1  # 40 dB quieter
+        assert (np.max(np.abs(loud - quiet)) < 1e-6) == same
+
+
 @pytest.mark.parametrize("preset, lookahead", [("blocks2", 0), ("blocks2", 1), ("paper", 8)])
 def test_impulse_comes_out_exactly_one_delay_later(preset, lookahead):
     m = pass_through_model(preset, lookahead)
