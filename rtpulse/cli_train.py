@@ -74,6 +74,9 @@ def train(
         Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")
     ] = Compress.linear,
     dropout: Annotated[float, typer.Option(help="Dropout after every conv but the last.")] = 0.2,
+    level_frames: Annotated[
+        int, typer.Option(help="Normalise the model's input level over the last N frames (0 = off; 125 ≈ 2 s).")
+    ] = 0,
     clean: Annotated[Path | None, typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
     noise: Annotated[Path | None, typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
     noisy: Annotated[Path | None, typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
@@ -137,6 +140,7 @@ def train(
                 lookahead=lookahead,
                 compress=compress.value,
                 dropout=dropout,
+                level_frames=level_frames,
                 clean=_s(clean),
                 noise=_s(noise),
                 noisy=_s(noisy),

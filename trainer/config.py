@@ -18,6 +18,7 @@ class TrainConfig:
     lookahead: int = 0
     compress: str = "linear"
     dropout: float = 0.2
+    level_frames: int = 0
     # data: synthetic (clean + noise) or real (noisy + noise); optional clean validation set
     clean: str | None = None
     noise: str | None = None

@@ -89,7 +89,8 @@ def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None,
 
 def build_model(cfg: TrainConfig) -> PulseCNN:
     mc = ModelConfig(preset=cfg.preset, compress=cfg.compress, lookahead=cfg.lookahead, method=cfg.method,
-                     out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout)
+                     out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout,
+                     level_frames=cfg.level_frames)
     torch.manual_seed(cfg.seed)
     model = PulseCNN(mc)
     if cfg.init == "he":
