@@ -34,7 +34,7 @@ from benchmarks.align import signed_lag
 from benchmarks.latency import _save_fig, have_matplotlib, machine, write_text
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
-from rtpulse.metrics import si_snr_np
+from rtpulse.metrics import perceptual_scores, si_snr_np
 from rtpulse.stft import SAMPLE_RATE
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -260,20 +260,7 @@ class Dnsmos:
 def intrusive(est: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
     out = {"si_snr": si_snr_np(est, clean)}
     out["si_snri"] = out["si_snr"] - si_snr_np(noisy, clean)
-    try:
-        from pesq import pesq
-
-        out["pesq_wb"] = float(pesq(SAMPLE_RATE, clean.astype(np.float64), est.astype(np.float64), "wb"))
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 — pesq raises on silent/odd input: a gap, not a crash
-        out["pesq_wb"] = None
-    try:
-        from pystoi import stoi
-
-        out["stoi"] = float(stoi(clean, est, SAMPLE_RATE, extended=False))
-    except ImportError:
-        pass
+    out.update(perceptual_scores(est, clean))
     return out
 
 

@@ -159,10 +159,10 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
         f"# Soak: {r['audio_seconds'] / 60:.0f} min of audio through StreamingDenoiser ({r['preset']}, L={r['lookahead']})",
         "",
         f"- wall time {r['wall_seconds']:.0f} s, real-time factor {r['real_time_factor']:.3f} (1 thread)",
-        f"- RSS {r['rss_mb_start']:.1f} → {r['rss_mb_end']:.1f} MB; tracemalloc {r['traced_mb_start']:.2f} → "
-        f"{r['traced_mb_end']:.2f} MB (peak {r['traced_mb_peak']:.2f} MB)",
-        f"- delay declared {r['declared_delay']} samples; measured at {len(r['impulses'])} impulses: "
-        f"{sorted({i['measured_delay'] for i in r['impulses']})}; constant: {r['delay_constant']}",
+        (f"- RSS {r['rss_mb_start']:.1f} → {r['rss_mb_end']:.1f} MB; tracemalloc {r['traced_mb_start']:.2f} → "
+         f"{r['traced_mb_end']:.2f} MB (peak {r['traced_mb_peak']:.2f} MB)"),
+        (f"- delay declared {r['declared_delay']} samples; measured at {len(r['impulses'])} impulses: "
+         f"{sorted({i['measured_delay'] for i in r['impulses']})}; constant: {r['delay_constant']}"),
         f"- max |stream − offline| at the impulses: {r['max_abs_diff']:.2e} (response peak {r['reference_peak']:.3f})",
         f"- non-finite output samples: {r['nonfinite_outputs']}; output peak {r['output_peak']:.3f}",
         "",
@@ -171,8 +171,7 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
         *(f"| {i['at_s']:.1f} | {i['measured_delay']} | {i['max_abs_diff_at_declared_delay']:.1e} |"
           for i in r["impulses"]),
         "",
-        "Command: `python -m benchmarks.soak --seconds "
-        f"{r['audio_seconds']:.0f}`",
+        f"Command: `python -m benchmarks.soak --seconds {r['audio_seconds']:.0f}`",
     ]
     md.write_text("\n".join(lines) + "\n")
     return js, md

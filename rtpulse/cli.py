@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -40,18 +40,18 @@ def fail(err: Exception) -> None:
     raise typer.Exit(1)
 
 
-def load_model_or_default(path: Optional[Path]):
+def load_model_or_default(path: Path | None):
     from rtpulse.model import load_default_model, load_model
 
     return load_model(path) if path is not None else load_default_model()
 
 
 ModelOpt = Annotated[
-    Optional[Path], typer.Option("--model", "-m", help="Model file (.safetensors). Default: the shipped model.")
+    Path | None, typer.Option("--model", "-m", help="Model file (.safetensors). Default: the shipped model.")
 ]
 MaskOpt = Annotated[Mask, typer.Option(help="binary: keep bins the model calls speech (the paper); soft: σ(−f).")]
 FloorOpt = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--floor-db", help="Minimum gain in dB (e.g. -30) so removed bins are attenuated, not zeroed."),
 ]
 

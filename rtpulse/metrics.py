@@ -28,3 +28,26 @@ def si_snr_np(estimate: np.ndarray, reference: np.ndarray) -> float:
 def si_snri(estimate: np.ndarray, noisy: np.ndarray, reference: np.ndarray) -> float:
     """SI-SNR improvement: SI-SNR(estimate) − SI-SNR(noisy input), both against the clean reference."""
     return si_snr_np(estimate, reference) - si_snr_np(noisy, reference)
+
+
+def perceptual_scores(estimate: np.ndarray, reference: np.ndarray, rate: int = 16_000) -> dict:
+    """PESQ-WB and STOI when the ``[eval]`` extra is installed; absent keys when it is not.
+
+    ``pesq_wb`` is None where pesq refuses the input (e.g. a silent estimate): a gap in the table, not a crash.
+    """
+    out: dict = {}
+    try:
+        from pesq import pesq
+
+        out["pesq_wb"] = float(pesq(rate, reference.astype(np.float64), estimate.astype(np.float64), "wb"))
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 — pesq raises its own error types on silent or odd input
+        out["pesq_wb"] = None
+    try:
+        from pystoi import stoi
+
+        out["stoi"] = float(stoi(reference, estimate, rate, extended=False))
+    except ImportError:
+        pass
+    return out

@@ -108,7 +108,7 @@ class ModelConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -297,7 +297,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 — safe_open is not a dict
     except (SafetensorError, OSError, ValueError) as e:
         raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {str(e).splitlines()[0]}") from None
     if _META_KEY not in meta:

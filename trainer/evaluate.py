@@ -12,7 +12,7 @@ import torch
 
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
-from rtpulse.metrics import si_snr_np, si_snri
+from rtpulse.metrics import perceptual_scores, si_snr_np, si_snri
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, SAMPLE_RATE
 from rtpulse.stream import enhance, stream_offline_equivalent
@@ -34,29 +34,10 @@ def enhance_signal(model: PulseCNN, x: np.ndarray, opts: EvalOptions) -> np.ndar
     return enhance(model, torch.from_numpy(x.astype(np.float32)), opts.mask, opts.floor_db).numpy()
 
 
-def _optional_scores(est: np.ndarray, ref: np.ndarray) -> dict:
-    out = {}
-    try:
-        from pesq import pesq
-
-        out["pesq_wb"] = float(pesq(SAMPLE_RATE, ref.astype(np.float64), est.astype(np.float64), "wb"))
-    except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 — pesq raises its own errors on silent input; record the gap, keep going
-        out["pesq_wb"] = None
-    try:
-        from pystoi import stoi
-
-        out["stoi"] = float(stoi(ref, est, SAMPLE_RATE, extended=False))
-    except ImportError:
-        pass
-    return out
-
-
 def score(model: PulseCNN, noisy: np.ndarray, clean: np.ndarray, opts: EvalOptions) -> dict:
     est = enhance_signal(model, noisy, opts)
     row = {"si_snr": si_snr_np(est, clean), "si_snr_noisy": si_snr_np(noisy, clean), "si_snri": si_snri(est, noisy, clean)}
-    row.update(_optional_scores(est, clean))
+    row.update(perceptual_scores(est, clean))
     return row
 
 
