@@ -1,13 +1,12 @@
 import numpy as np
 import soundfile as sf
 import torch
+from conftest import noisy_signal, random_model
 from typer.testing import CliRunner
 
 from rtpulse.cli import app
 from rtpulse.model import save_model
 from rtpulse.stream import enhance
-
-from conftest import noisy_signal, random_model
 
 runner = CliRunner()
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import random_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtpulse.errors import RtpulseError
 from rtpulse.model import ModelConfig, PulseCNN, count_parameters, load_model, save_model
-
-from conftest import random_model
 
 
 @pytest.mark.parametrize(

@@ -179,5 +179,5 @@ def test_short_soak_keeps_memory_flat_and_delay_exact(tmp_path):
     assert result["nonfinite_outputs"] == 0
     # the engine holds a fixed amount of state: Python-side allocations do not grow with audio played
     assert result["traced_mb_end"] - result["traced_mb_start"] < 1.0
-    js, md = write_results(result, tmp_path)
+    _, md = write_results(result, tmp_path)
     assert "delay declared 1024" in md.read_text()

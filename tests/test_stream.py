@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import noisy_signal, random_model
 
 from rtpulse.stream import StreamingDenoiser, enhance, mask_gain, stream_offline_equivalent
-
-from conftest import noisy_signal, random_model
 
 CHUNKINGS = [1, 100, 256, 1000, "random"]
 
