@@ -26,6 +26,7 @@ from rtpulse.stream import StreamingDenoiser, enhance
 
 RESULTS = Path(__file__).parent / "results"
 SEARCH = 300  # ± samples searched around the declared delay when measuring it
+PHASE = 100  # every impulse, planted and reference, sits this many samples into a hop: a response depends on it
 
 
 def rss_mb() -> float:
@@ -40,7 +41,7 @@ def rss_mb() -> float:
 def _impulse_plan(total: int, count: int, quiet: int) -> list[int]:
     """Impulse positions spread over the run, all at the same hop phase (so all responses are identical)."""
     spots = np.linspace(quiet + SAMPLE_RATE, total - quiet - SAMPLE_RATE, count).astype(int)
-    return [int(s - s % HOP + 100) for s in spots]
+    return [int(s - s % HOP + PHASE) for s in spots]
 
 
 def run_soak(
@@ -62,18 +63,19 @@ def run_soak(
         model = PulseCNN(ModelConfig(preset="blocks2")).eval()
     engine = StreamingDenoiser(model, mask="soft")  # soft: every bin passes a little, so impulses show
     delay, lookahead = engine.delay, model.lookahead
-    n3 = model.config.max_lookahead
-    # silence around each impulse: the receptive field (2·n3 frames) plus a frame on each side, with margin
-    quiet = 2 * (1024 + HOP * (2 * n3 + lookahead + 2))
+    # silence around each impulse: everything one output frame depends on (the receptive field and the level
+    # normaliser's window, model.past_frames) plus a frame on each side, with margin
+    quiet = 2 * (1024 + HOP * (model.past_frames + lookahead + 2))
     half_window = quiet // 4
     total = int(seconds * SAMPLE_RATE)
     spots = _impulse_plan(total, impulses, quiet)
 
     # the reference: offline enhancement of one impulse in silence (offline index k == stream index k + delay)
-    ref_in = np.zeros(2 * quiet + 1, np.float32)
-    ref_in[quiet] = 0.5
+    at = quiet - quiet % HOP + PHASE  # same hop phase as the planted impulses
+    ref_in = np.zeros(2 * quiet + HOP, np.float32)
+    ref_in[at] = 0.5
     ref = enhance(model, torch.from_numpy(ref_in), mask="soft").numpy()
-    ref_win = ref[quiet - half_window : quiet + half_window]
+    ref_win = ref[at - half_window : at + half_window]
 
     rng = np.random.default_rng(seed)
     grabs = {s: np.full(2 * (half_window + SEARCH), np.nan, np.float32) for s in spots}
