@@ -173,21 +173,20 @@ def rtpulse_systems(opts: QualityOptions) -> tuple[list[System], list[str]]:
     for label, path in runs:
         model = load_model(path)
         cfg = model.config
-        desc = f"{cfg.method.upper()}, {cfg.preset}, L={cfg.lookahead}, compress={cfg.compress}, binary mask"
-
-        def offline(x, model=model):
-            return enhance(model, torch.from_numpy(x)).numpy()
-
-        systems.append(System(f"{label} offline", "rtpulse", offline, desc))
+        desc = f"{cfg.method.upper()}, {cfg.preset}, L={cfg.lookahead}, compress={cfg.compress}"
+        for mask in ("soft", "binary"):  # soft σ(−f), and the paper's binary 1[f < 0]
+            suffix = "" if mask == "soft" else " binary"
+            systems.append(System(
+                f"{label} offline{suffix}", "rtpulse",
+                lambda x, model=model, mask=mask: enhance(model, torch.from_numpy(x), mask).numpy(),
+                f"{desc}, {mask} mask",
+            ))
         if opts.streaming:
-            systems.append(
-                System(
-                    f"{label} streaming",
-                    "rtpulse",
-                    lambda x, model=model: stream_offline_equivalent(model, x),
-                    desc + f"; streaming engine, {1024 + 256 * cfg.lookahead}-sample delay removed",
-                )
-            )
+            systems.append(System(
+                f"{label} streaming", "rtpulse",
+                lambda x, model=model: stream_offline_equivalent(model, x, mask="soft"),
+                f"{desc}, soft mask; streaming engine, {1024 + 256 * cfg.lookahead}-sample delay removed",
+            ))
     return systems, notes
 
 
