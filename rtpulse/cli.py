@@ -49,7 +49,18 @@ def load_model_or_default(path: Path | None):
 ModelOpt = Annotated[
     Path | None, typer.Option("--model", "-m", help="Model file (.safetensors). Default: the shipped model.")
 ]
-MaskOpt = Annotated[Mask, typer.Option(help="binary: keep bins the model calls speech (the paper); soft: σ(−f).")]
+MaskOpt = Annotated[
+    Mask | None,
+    typer.Option(
+        help="binary: keep bins the model calls speech (the paper); soft: σ(−f). "
+        "Default: the model's own choice (soft for the shipped model; binary for models that name none)."
+    ),
+]
+
+
+def mask_for(mask: Mask | str | None, model) -> str:
+    """The mask the user asked for, else the one the model file names."""
+    return model.config.mask if mask is None else str(getattr(mask, "value", mask))
 FloorOpt = Annotated[
     float | None,
     typer.Option("--floor-db", help="Minimum gain in dB (e.g. -30) so removed bins are attenuated, not zeroed."),
@@ -61,7 +72,7 @@ def denoise(
     inputs: Annotated[list[Path], typer.Argument(help="Audio files to denoise (wav, flac, ogg; any rate/channels).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or a directory for several inputs.")],
     model: ModelOpt = None,
-    mask: MaskOpt = Mask.binary,
+    mask: MaskOpt = None,
     floor_db: FloorOpt = None,
     engine: Annotated[
         Engine, typer.Option(help="offline: whole file at once; stream: the real-time engine (same samples).")
@@ -78,7 +89,7 @@ def denoise(
         pairs = plan_outputs(inputs, output, force)
     except RtpulseError as e:
         fail(e)
-    opts = DenoiseOptions(mask=mask.value, floor_db=floor_db, engine=engine.value)
+    opts = DenoiseOptions(mask=mask_for(mask, net), floor_db=floor_db, engine=engine.value)
     errors: list[str] = []
     seconds = 0.0
     with Progress(

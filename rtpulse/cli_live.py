@@ -50,7 +50,7 @@ def live(
         typer.Option("--output", "-o", help="Output device: index or name substring. Default: the system default."),
     ] = None,
     model: ModelOpt = None,
-    mask: MaskOpt = "binary",  # a Mask; a plain default avoids importing rtpulse.cli first
+    mask: MaskOpt = None,
     floor_db: FloorOpt = None,
     dry: Annotated[
         float,
@@ -98,7 +98,7 @@ def live(
     """Microphone → denoise → speaker, in real time, with a live dashboard. Ctrl-C stops."""
     from rich.console import Console
 
-    from rtpulse.cli import fail, load_model_or_default
+    from rtpulse.cli import fail, load_model_or_default, mask_for
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
 
@@ -118,7 +118,7 @@ def live(
         opts = LiveOptions(
             input=input,
             output=output,
-            mask=str(getattr(mask, "value", mask)),
+            mask=mask_for(mask, net),
             floor_db=floor_db,
             dry=dry,
             rate=rate,

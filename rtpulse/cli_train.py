@@ -198,7 +198,9 @@ def evaluate(
     count: Annotated[int, typer.Option(help="Number of generated mixtures (--synth).")] = 32,
     seconds: Annotated[float, typer.Option(help="Length of each generated mixture (--synth).")] = 3.125,
     engine: Annotated[EngineKind, typer.Option(help="offline or stream (the real-time engine).")] = EngineKind.offline,
-    mask: Annotated[MaskKind, typer.Option(help="binary (the paper) or soft σ(−f).")] = MaskKind.binary,
+    mask: Annotated[
+        MaskKind | None, typer.Option(help="binary (the paper) or soft σ(−f). Default: the model's own choice.")
+    ] = None,
     floor_db: Annotated[float | None, typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-file and mean scores here.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Decoded-audio cache for --synth.")] = None,
@@ -206,11 +208,11 @@ def evaluate(
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
-    opts = EvalOptions(engine=engine.value, mask=mask.value, floor_db=floor_db)
     try:
         from rtpulse.model import load_model
 
         net = load_model(model)
+        opts = EvalOptions(engine=engine.value, mask=mask.value if mask else net.config.mask, floor_db=floor_db)
         if synth:
             if clean is None or noise is None:
                 raise RtpulseError("--synth needs --clean DIR and --noise DIR")

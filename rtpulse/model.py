@@ -64,6 +64,8 @@ class ModelConfig:
         gain that brings the mean frame power of the last K frames to that of a unit-std signal — the level
         the trainer's normalised mixtures have — so a quiet microphone and a loud file look alike to the
         network. The mask still applies to the unscaled spectrum.
+    mask: the mask this model is meant to be used with when the user names none — "binary" (the paper's
+        1[f < 0]) or "soft" (σ(−f)); training decides which scores better.
     """
 
     preset: str = "blocks2"
@@ -73,6 +75,7 @@ class ModelConfig:
     out_channels: int = 1
     dropout: float = 0.2
     level_frames: int = 0
+    mask: str = "binary"
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
     def __post_init__(self) -> None:
@@ -84,6 +87,8 @@ class ModelConfig:
             raise RtpulseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not isinstance(self.lookahead, int):
             raise RtpulseError(f"lookahead must be an integer, got {self.lookahead!r}")
+        if self.mask not in ("binary", "soft"):
+            raise RtpulseError(f"mask must be 'binary' or 'soft', got {self.mask!r}")
         if not isinstance(self.level_frames, int) or not 0 <= self.level_frames <= 1000:
             raise RtpulseError(f"level_frames must be an integer 0…1000, got {self.level_frames!r}")
         n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)

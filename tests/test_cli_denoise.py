@@ -102,3 +102,26 @@ def test_help_for_every_command():
     for cmd in (["--help"], ["denoise", "--help"]):
         r = runner.invoke(app, cmd)
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_default_mask_is_the_models_own_and_the_option_overrides_it(tmp_path):
+    import dataclasses
+
+    from rtpulse.model import PulseCNN
+
+    base = random_model("blocks2", 0)
+    soft_model = PulseCNN(dataclasses.replace(base.config, mask="soft")).eval()
+    soft_model.load_state_dict(base.state_dict())
+    path = tmp_path / "soft.safetensors"
+    save_model(soft_model, path)
+    x = noisy_signal(0.5)
+    src = tmp_path / "in.wav"
+    sf.write(src, x, 16000, subtype="FLOAT")
+    outs = {}
+    for name, extra in (("default", []), ("binary", ["--mask", "binary"])):
+        r = runner.invoke(app, ["denoise", str(src), "-o", str(tmp_path / f"{name}.wav"), "-m", str(path), *extra])
+        assert r.exit_code == 0, r.output
+        outs[name], _ = sf.read(tmp_path / f"{name}.wav", dtype="float32")
+    xt = torch.from_numpy(x)
+    np.testing.assert_allclose(outs["default"], enhance(soft_model, xt, "soft").numpy(), atol=1e-6)
+    np.testing.assert_allclose(outs["binary"], enhance(soft_model, xt, "binary").numpy(), atol=1e-6)
