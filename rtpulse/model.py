@@ -44,8 +44,9 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
 COMPRESSIONS = ("power", "linear", "log1p")
 
 # Level normalisation (config.level_frames > 0): mean |X|² of a frame of a unit-std signal is Σ w²
-# (Parseval) = 1024·(0.54² + 0.46²/2) for the periodic Hamming. Gains are capped at +60 dB so that
-# near-silence is not blown up to full scale.
+# (Parseval) = 1024·(0.54² + 0.46²/2) for the periodic Hamming. Frames more than 60 dB below that are
+# silence: they do not count towards the level, and gains are capped at +60 dB, so near-silence is not
+# blown up to full scale.
 LEVEL_REF_POWER = 1024 * (0.54**2 + 0.46**2 / 2)
 LEVEL_MIN_POWER = LEVEL_REF_POWER * 1e-6
 METHODS = ("pu", "pn", "mixit")
@@ -138,7 +139,7 @@ class StreamState:
     caches: list[torch.Tensor]
     kernels: list[tuple[torch.Tensor, torch.Tensor | None]]
     warmup: list[int]
-    level_powers: torch.Tensor | None = None  # [B, K] mean |X|² of the last K frames (level_frames > 0)
+    level_powers: torch.Tensor | None = None  # [B, 2, K]: gated mean |X|² and loud flag of the last K frames
     frames_seen: int = 0
 
 
@@ -182,15 +183,22 @@ class PulseCNN(nn.Module):
     def level_gain(self, mag: torch.Tensor) -> torch.Tensor:
         """Causal level-normalising gain: magnitudes ``[B, F, T]`` → ``[B, 1, T]`` (ones when off).
 
-        Frame t's gain uses the mean power of frames t−K+1 … t that exist (frames before 0 do not count).
+        Frame t's gain uses the mean power of the frames among t−K+1 … t that are not silent (gated, like a
+        loudness meter): silence before a stream starts, or between phrases, must not inflate the gain.
         """
         k = self.config.level_frames
         if k == 0:
             return torch.ones_like(mag[:, :1])
-        power = mag.square().mean(1, keepdim=True)  # [B, 1, T]
-        total = F.avg_pool1d(F.pad(power, (k - 1, 0)), k, stride=1) * k  # [B, 1, T] sum over the window
-        count = torch.arange(1, mag.shape[-1] + 1, device=mag.device).clamp_max(k)  # frames in the window
-        return self._gain_for(total / count)
+        power, loud = self._gated_power(mag.square().mean(1, keepdim=True))  # [B, 1, T] each
+        total = F.avg_pool1d(F.pad(power, (k - 1, 0)), k, stride=1) * k  # sums over the window
+        count = F.avg_pool1d(F.pad(loud, (k - 1, 0)), k, stride=1) * k
+        return self._gain_for(total / count.round().clamp_min(1))
+
+    @staticmethod
+    def _gated_power(power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(power of the frames above the gate, else 0; 1 for those frames, else 0)."""
+        loud = (power >= LEVEL_MIN_POWER).to(power.dtype)
+        return power * loud, loud
 
     @staticmethod
     def _gain_for(mean_power: torch.Tensor) -> torch.Tensor:
@@ -232,7 +240,7 @@ class PulseCNN(nn.Module):
             kernels.append((folded, None if conv.bias is None else conv.bias.detach().clone()))
         warmup = [future for _, future in self.time_pads]
         k = self.config.level_frames
-        powers = torch.zeros(batch, k, device=caches[0].device) if k else None
+        powers = torch.zeros(batch, 2, k, device=caches[0].device) if k else None
         return StreamState(caches, kernels, warmup, powers)
 
     @torch.no_grad()
@@ -245,9 +253,12 @@ class PulseCNN(nn.Module):
         """
         gain = None
         if state.level_powers is not None:
-            k = state.level_powers.shape[1]
-            state.level_powers[:, state.frames_seen % k] = mag_col.square().mean(1)  # ring of frame powers
-            gain = self._gain_for(state.level_powers.sum(1) / min(state.frames_seen + 1, k))[:, None, None]
+            power, loud = self._gated_power(mag_col.square().mean(1))  # [B] each
+            ring = state.level_powers  # [B, 2, K]
+            ring[:, 0, state.frames_seen % ring.shape[2]] = power
+            ring[:, 1, state.frames_seen % ring.shape[2]] = loud
+            total, count = ring.sum(2).unbind(1)  # [B] each
+            gain = self._gain_for(total / count.clamp_min(1))[:, None, None]
         state.frames_seen += 1
         x = self.features(mag_col.unsqueeze(-1), gain)[..., 0]  # [B, 1, F]
         last = len(self.convs) - 1
