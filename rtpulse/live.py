@@ -10,9 +10,9 @@ worker's timeline, and worker position j is the processed version of input sampl
 output k always belongs to input ``k − delay`` with ``delay = slack + system_delay`` — whatever happens:
 
 * the worker is late (slow hop, CPU contention): the callback plays the *dry* input of that same
-  instant for the positions that are not ready (``dropped_samples``); the worker, once back and more
-  than a hop behind, drops the stale input and restarts the engine at the callback's position
-  (``late_restarts``);
+  instant for the positions that are not ready (``dropped_samples``); the worker, once back, catches
+  up if it is less than ``max_lag`` (250 ms) behind — bursty callbacks do that — and otherwise drops
+  the stale input and restarts the engine at the callback's position (``late_restarts``);
 * the model step raises: counted (``faults``), the engine restarts at the next needed position.
 
 After a restart the engine is fresh, so for ``system_delay`` samples (its start-up) the dry input is
@@ -110,6 +110,7 @@ class LivePipeline:
         dry: float = 0.0,
         headroom: int | None = None,
         startup_s: float = 1.0,
+        max_lag_s: float = 0.25,
     ) -> None:
         if not 0.0 <= dry <= 1.0:
             raise ValueError(f"dry must be within 0…1, got {dry}")
@@ -127,6 +128,9 @@ class LivePipeline:
         # 48 ms) absorbs compute hiccups and bursty callbacks without playing dry samples
         # (+ LAG_MARGIN: the resamplers hold back up to a few samples until their next input arrives)
         self.headroom = int(headroom) if headroom is not None else 3 * self.hop_device
+        # a worker up to max_lag behind catches up (the engine runs ~15x faster than real time) and keeps its
+        # state, so its output is exact again at once; further behind, it drops the stale input and restarts
+        self.max_lag = max(self.hop_device, round(max_lag_s * self.rate))
         self.slack = self.blocksize + self.headroom + LAG_MARGIN
         self.delay = self.slack + self.system_delay
         need = 4 * (self.delay + self.blocksize + self.hop_device)
@@ -223,9 +227,9 @@ class LivePipeline:
 
     def _work(self) -> bool:
         need = self.n_read - self.slack  # the next position the callback will read
-        # fell behind by more than a hop: drop the stale input and restart where the callback is (a
-        # smaller lag heals itself: those few positions were played dry, the next ones will be ready)
-        if need - self.worker_out > self.hop_device:
+        # fell far behind: drop the stale input and restart where the callback is (a smaller lag heals
+        # itself: those positions were played dry, the worker catches up and the next ones will be ready)
+        if need - self.worker_out > self.max_lag:
             self.counters.late_restarts += 1
             self._restart(need, "late")
         avail = self.n_in - self.worker_in

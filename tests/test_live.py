@@ -168,7 +168,7 @@ def test_late_worker_and_exception_keep_the_stream_whole_and_recover(model):
     """Fake clock: the worker skips 12 blocks (a 120 ms stall), later the model step raises once."""
     x = noisy_input(3.0)
     engine = FaultyEngine(model, fail={200})
-    pipe = LivePipeline(engine, RATE, BLOCK, in_channels=2, startup_s=0.2)
+    pipe = LivePipeline(engine, RATE, BLOCK, in_channels=2, startup_s=0.2, max_lag_s=0)  # restart when late
     stalled = set(range(60, 72))
 
     def worker(b):
@@ -210,13 +210,37 @@ def test_late_worker_and_exception_keep_the_stream_whole_and_recover(model):
     assert expect_dry.mean() < 0.5  # most of the output was the engine's
 
 
+def test_short_stall_is_caught_up_without_a_restart(model):
+    """Default max_lag: a 120 ms stall plays dry for the missed positions only; the engine keeps its state,
+    so every other sample is exactly the uninterrupted output."""
+    x = noisy_input(2.0)
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, startup_s=0.2)
+    stalled = set(range(60, 72))
+
+    def worker(b):
+        if b not in stalled:
+            while pipe.work_once():
+                pass
+
+    out = drive(pipe, x, BLOCK, on_block=worker)
+    c = pipe.counters
+    assert c.late_restarts == 0 and pipe.events == [] and c.dropped_samples > 0
+    uninterrupted = np.concatenate((np.zeros(pipe.slack, np.float32), fresh_output(model, pipe, x, 0)))[: out.size]
+    dry = np.concatenate((np.zeros(pipe.delay, np.float32), x))[: out.size]
+    missed = slice(73 * BLOCK - c.dropped_samples, 73 * BLOCK)
+    np.testing.assert_allclose(out[missed], dry[missed], atol=1e-6)
+    wet = np.ones(out.size, bool)
+    wet[missed] = False
+    np.testing.assert_allclose(out[wet], uninterrupted[wet], atol=1e-5)
+
+
 def test_real_time_stream_with_slow_hops_and_exceptions(model, tmp_path):
     """Worker thread + a simulated device clock at real-time pace (~2.5 s): the stream never stalls."""
     import soundfile as sf
 
     x = noisy_input(2.5)
     engine = FaultyEngine(model, slow={60: 0.15, 120: 0.05}, fail={90, 150})
-    pipe = LivePipeline(engine, RATE, BLOCK, startup_s=0.3)
+    pipe = LivePipeline(engine, RATE, BLOCK, startup_s=0.3, max_lag_s=0)
     rec_in = Recorder(tmp_path / "in.wav", RATE, pipe.in_ring, lambda: pipe.n_in)
     rec_out = Recorder(tmp_path / "out.wav", RATE, pipe.played_ring, lambda: pipe.n_read)
     worker = LiveWorker(pipe, on_idle=lambda: (rec_in.drain(), rec_out.drain())).start()
