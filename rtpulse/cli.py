@@ -6,13 +6,12 @@ that need them, so `rtpulse denoise` works without PortAudio and never loads tra
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from rtpulse.cli_common import Engine, Mask, console, fail
 from rtpulse.errors import RtpulseError
 
 app = typer.Typer(
@@ -21,25 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-
-
-class Mask(str, Enum):
-    binary = "binary"
-    soft = "soft"
-
-
-class Engine(str, Enum):
-    offline = "offline"
-    stream = "stream"
-
-
-def fail(err: Exception) -> None:
-    """Print a user error on one line and exit 1."""
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 def load_model_or_default(path: Path | None):
     from rtpulse.model import load_default_model, load_model
 

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from rtpulse.cli_common import Engine, Mask, console, fail
 from rtpulse.errors import RtpulseError
-
-console = Console(stderr=True)
 
 
 class Method(str, Enum):
@@ -48,21 +46,6 @@ class PLevel(str, Enum):
 class Init(str, Enum):
     default = "default"
     he = "he"
-
-
-class MaskKind(str, Enum):
-    binary = "binary"
-    soft = "soft"
-
-
-class EngineKind(str, Enum):
-    offline = "offline"
-    stream = "stream"
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 def train(
@@ -116,8 +99,8 @@ def train(
         Path | None, typer.Option(help="Start from this model file's weights (fine-tuning; same preset/compress/L).")
     ] = None,
     select_mask: Annotated[
-        MaskKind, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
-    ] = MaskKind.binary,
+        Mask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
+    ] = Mask.binary,
     seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
@@ -176,7 +159,7 @@ def train(
             )
         summary = run_training(cfg, resume=resume is not None, console=console)
     except RtpulseError as e:
-        _fail(e)
+        fail(e)
     console.print(
         f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s); "
         f"best epoch {summary['best_epoch']} → {summary['run_dir']}/best.safetensors",
@@ -197,9 +180,9 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the generated mixtures (--synth).")] = 0,
     count: Annotated[int, typer.Option(help="Number of generated mixtures (--synth).")] = 32,
     seconds: Annotated[float, typer.Option(help="Length of each generated mixture (--synth).")] = 3.125,
-    engine: Annotated[EngineKind, typer.Option(help="offline or stream (the real-time engine).")] = EngineKind.offline,
+    engine: Annotated[Engine, typer.Option(help="offline or stream (the real-time engine).")] = Engine.offline,
     mask: Annotated[
-        MaskKind | None, typer.Option(help="binary (the paper) or soft σ(−f). Default: the model's own choice.")
+        Mask | None, typer.Option(help="binary (the paper) or soft σ(−f). Default: the model's own choice.")
     ] = None,
     floor_db: Annotated[float | None, typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-file and mean scores here.")] = None,
@@ -225,4 +208,4 @@ def evaluate(
         if json_out is not None:
             write_json(result, json_out)
     except RtpulseError as e:
-        _fail(e)
+        fail(e)

@@ -43,6 +43,9 @@ class Dist:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
+            # every rank reaches here before any tears down: a gloo group destroyed while a peer still
+            # works aborts that peer ("terminate called without an active exception", SIGABRT)
+            dist.barrier()
             dist.destroy_process_group()
 
 
