@@ -25,3 +25,12 @@ def noisy_signal(seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> np.n
     phase = 2 * np.pi * np.cumsum(f0) / rate
     voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2)
     return (0.2 * voice + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Per-hop streaming work is many tiny ops: one thread is faster and does not fight other processes."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

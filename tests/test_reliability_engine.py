@@ -19,13 +19,7 @@ from rtpulse.stream import MAX_ABS, OUTPUT_GAIN_BOUND, StreamingDenoiser, enhanc
 HYPO = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many tiny per-hop ops: one thread is faster and keeps the suite from fighting other processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(lookahead: int = 0, compress: str = "linear", seed: int = 0) -> PulseCNN:

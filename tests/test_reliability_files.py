@@ -34,13 +34,7 @@ def _model(lookahead: int = 1) -> PulseCNN:
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Per-hop streaming work is many tiny ops: one thread is faster and does not fight other processes.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
