@@ -48,6 +48,11 @@ class Init(str, Enum):
     he = "he"
 
 
+class LrSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
 def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
     method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
@@ -77,6 +82,9 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Clips per step per process (PU: this many U and as many P).")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    lr_schedule: Annotated[
+        LrSchedule, typer.Option(help="After warm-up: constant, or cosine decay to 1 % of --lr at the last step.")
+    ] = LrSchedule.constant,
     output_bias: Annotated[
         float | None, typer.Option(help="Initial bias of the last conv (<0: start at speech).")
     ] = None,
@@ -96,7 +104,7 @@ def train(
     init: Annotated[Init, typer.Option(help="Weight init: default (PyTorch) or he (Kaiming normal).")] = Init.default,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     init_from: Annotated[
-        Path | None, typer.Option(help="Start from this model file's weights (fine-tuning; same preset/compress/L).")
+        Path | None, typer.Option(help="Start from this model file's weights (fine-tuning; same preset/compress; L may differ).")
     ] = None,
     select_mask: Annotated[
         Mask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
@@ -141,6 +149,7 @@ def train(
                 batch_size=batch_size,
                 lr=lr,
                 warmup_steps=warmup_steps,
+                lr_schedule=lr_schedule.value,
                 output_bias=output_bias,
                 prior=prior,
                 risk=risk.value,

@@ -115,5 +115,23 @@ def test_init_from_starts_at_the_given_weights_and_refuses_another_shape(tmp_pat
     assert not torch.equal(
         build_model(_cfg(tmp_path, seed=4)).state_dict()["convs.0.weight"], src.state_dict()["convs.0.weight"]
     )
+    # another lookahead only moves padding: the weights carry over; another compress does not
+    shifted = build_model(_cfg(tmp_path, lookahead=2, init_from=str(tmp_path / "start.safetensors")))
+    assert shifted.lookahead == 2 and torch.equal(shifted.state_dict()["convs.0.weight"], src.state_dict()["convs.0.weight"])
     with pytest.raises(RtpulseError, match="differ"):
-        build_model(_cfg(tmp_path, lookahead=1, init_from=str(tmp_path / "start.safetensors")))
+        build_model(_cfg(tmp_path, compress="log1p", init_from=str(tmp_path / "start.safetensors")))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_one_percent(tmp_path):
+    import math
+
+    from trainer.train import _lr_factor
+
+    cfg = _cfg(tmp_path, epochs=2, steps_per_epoch=55, warmup_steps=10, lr_schedule="cosine")
+    f = _lr_factor(cfg)
+    assert f(0) == 0.1 and f(9) == 1.0  # linear warm-up over 10 steps
+    assert f(10) == 1.0
+    assert math.isclose(f(10 + 50), 0.505)  # half-way through the 100 decay steps: (1 + 0.01) / 2
+    assert math.isclose(f(110), 0.01) and math.isclose(f(500), 0.01)  # floor after the last step
+    constant = _lr_factor(_cfg(tmp_path, epochs=2, steps_per_epoch=55, warmup_steps=10))
+    assert constant(60) == 1.0 and constant(500) == 1.0

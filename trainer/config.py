@@ -38,6 +38,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 3e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # or "cosine": decay to 1 % of lr at the last step
     output_bias: float | None = None
     # PU risk
     prior: float = 0.7
@@ -81,6 +82,8 @@ class TrainConfig:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.crop_seconds * 16000 < 1024 or self.dev_seconds * 16000 < 1024:
             raise RtpulseError("--crop-seconds and --dev-seconds must be at least 0.064 s (one STFT frame)")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise RtpulseError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.lr <= 0:
             raise RtpulseError("--lr must be > 0")
         if self.select_mask not in ("binary", "soft"):

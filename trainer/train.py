@@ -105,10 +105,11 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
         from rtpulse.model import load_model
 
         start = load_model(cfg.init_from)
-        if (start.config.preset, start.config.compress, start.config.lookahead, start.config.out_channels) != (
-            mc.preset, mc.compress, mc.lookahead, mc.out_channels
+        # lookahead only moves padding (same weight shapes), so an L = 0 model can start an L = 2 run
+        if (start.config.preset, start.config.compress, start.config.out_channels) != (
+            mc.preset, mc.compress, mc.out_channels
         ):
-            raise RtpulseError(f"--init-from {cfg.init_from}: its preset/compress/lookahead/outputs differ from this run's")
+            raise RtpulseError(f"--init-from {cfg.init_from}: its preset/compress/outputs differ from this run's")
         model.load_state_dict(start.state_dict())
     if cfg.output_bias is not None:
         with torch.no_grad():  # e.g. negative: start by calling bins speech (f < 0)
@@ -161,8 +162,19 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
     return recipe, dev, split
 
 
-def _warmup(steps: int):
-    return lambda step: 1.0 if steps <= 0 else min(1.0, (step + 1) / steps)
+def _lr_factor(cfg: TrainConfig):
+    """Linear warm-up, then constant or a cosine decay to 1 % of --lr at the last step."""
+    warm, total = cfg.warmup_steps, cfg.epochs * cfg.steps_per_epoch
+
+    def factor(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        done = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return factor
 
 
 def _write_line(path: Path, record: dict) -> None:
@@ -215,7 +227,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     recipe, dev, split = build_data(cfg, d, console)
     model = build_model(cfg).to(d.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0}
     if resume:
         loaded, state = load_checkpoint(run_dir, d.device)
