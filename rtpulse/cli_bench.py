@@ -133,3 +133,59 @@ def quality(
         _fail(e)
     typer.echo(markdown(result))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@bench_app.command()
+def training(
+    data: Annotated[Path, typer.Option(help="Data root with speech/{train,dev} and noise/{train,dev}.")],
+    out: Annotated[Path, typer.Option(help="Folder for runs/, rows/ and training_table.md/.json/.png.")] = (
+        _RESULTS / "training_table"
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per row.")] = 100,
+    steps_per_epoch: Annotated[int, typer.Option(min=1, help="Steps per epoch.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per step (PU: this many U and as many P).")] = 16,
+    crop_seconds: Annotated[float, typer.Option(help="Training clip length (s).")] = 3.125,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay to 1 %).")] = 3e-4,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")] = 100,
+    pvu_steps: Annotated[
+        int, typer.Option(min=0, help="P-vs-U warm start before nnPU/uPU rows (0 = the paper's method throughout).")
+    ] = 0,
+    preset: Annotated[
+        str | None, typer.Option(help="Replace `paper` in every row (e.g. blocks2 on a CPU); L is capped.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Run only this row (repeatable).")] = None,
+    count: Annotated[int, typer.Option(min=1, help="Test mixtures (the quality benchmark's set).")] = 20,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Length of each test mixture (s).")] = 6.0,
+    min_speech_seconds: Annotated[float, typer.Option(help="Shortest dev speech file used for a test mixture.")] = 4.0,
+    dev_count: Annotated[int, typer.Option(min=1, help="The trainer's dev clips (pick each run's best epoch).")] = 40,
+    dev_seconds: Annotated[float, typer.Option(help="Length of each dev clip (s).")] = 4.0,
+) -> None:
+    """Train and score the comparison table: PU (paper L=8, L=0), PN, MixIT, unweighted, uPU, both compress choices."""
+    from benchmarks.training_table import TableOptions, run_table
+
+    opts = TableOptions(
+        data=data,
+        out=out,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        crop_seconds=crop_seconds,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        pvu_steps=pvu_steps,
+        preset=preset,
+        device=device,
+        only=list(only or []),
+        count=count,
+        seconds=seconds,
+        min_speech_seconds=min_speech_seconds,
+        dev_count=dev_count,
+        dev_seconds=dev_seconds,
+    )
+    try:
+        result = run_table(opts)
+    except RtpulseError as e:
+        _fail(e)
+    typer.echo((out / "training_table.md").read_text())
+    console.print(f"{len(result['rows'])} rows in {out}", highlight=False)

@@ -1,0 +1,233 @@
+"""The issue's comparison table: PU (`paper`, L = 8 and L = 0), PN, MixIT, the unweighted and uPU ablations,
+both `compress` choices — each row one `rtpulse train` run from a shared recipe, scored on the quality
+benchmark's test set (dev split, unseen speakers and noise recordings, −26 dBFS, SNR U[−5, 10] dB).
+
+Rows run one after another as subprocesses (the command in the table is the command that ran); a row
+whose result file exists is not run again, so a killed table resumes, and `--only` splits the rows over
+several shells or machines that write into the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.latency import _save_fig, have_matplotlib, write_text
+from benchmarks.quality import MIN_SPEECH_S, generated_set
+from rtpulse.errors import RtpulseError
+from rtpulse.metrics import perceptual_scores, si_snri
+from rtpulse.model import ModelConfig, load_model
+from rtpulse.stream import enhance
+
+# name → (what it is, the row's flags on top of the shared recipe). nnPU rows are the paper's method
+# (weighted sigmoid loss); `pvu` is the P-vs-U logistic loss the shipped model was trained with.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "pu-paper-L8": ("PU (nnPU), paper, L=8 (non-causal)", ["--method", "pu", "--preset", "paper", "--lookahead", "8"]),
+    "pu-paper-L0": ("PU (nnPU), paper, L=0 (causal)", ["--method", "pu", "--preset", "paper", "--lookahead", "0"]),
+    "pvu-paper-L0": ("PU (P-vs-U logistic), paper, L=0", ["--method", "pu", "--preset", "paper", "--risk", "pvu"]),
+    "pn-paper-L0": ("PN (supervised), paper, L=0", ["--method", "pn", "--preset", "paper"]),
+    "mixit-paper-L0": ("MixIT, paper, L=0", ["--method", "mixit", "--preset", "paper"]),
+    "pu-unweighted-L0": (
+        "PU (nnPU) unweighted (p=0), paper, L=0",
+        ["--method", "pu", "--preset", "paper", "--weight-exponent", "0"],
+    ),
+    "upu-paper-L0": (
+        "uPU (no non-negative correction), paper, L=0",
+        ["--method", "pu", "--preset", "paper", "--risk", "upu"],
+    ),
+    "pu-power-L0": (
+        "PU (nnPU), compress power |X|^(1/15), paper, L=0",
+        ["--method", "pu", "--preset", "paper", "--compress", "power"],
+    ),
+}
+
+
+@dataclass
+class TableOptions:
+    data: Path
+    out: Path
+    epochs: int = 100
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    crop_seconds: float = 3.125
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    pvu_steps: int = 0  # P-vs-U warm start before nnPU/uPU (0 = the paper's method from the first step)
+    preset: str | None = None  # replaces `paper` in every row (e.g. blocks2 on a CPU); L is capped to its maximum
+    device: str | None = None
+    cache: Path | None = None  # decoded-audio cache (default: the trainer's, ~/.cache/rtpulse)
+    only: list[str] = field(default_factory=list)
+    count: int = 20  # test set: the quality benchmark's mixtures (same seed → the same files as quality.md)
+    seconds: float = 6.0
+    seed: int = 0
+    min_speech_seconds: float = MIN_SPEECH_S
+    dev_count: int = 40  # the trainer's own dev set, which picks each run's best checkpoint
+    dev_seconds: float = 4.0
+
+
+def row_args(name: str, opts: TableOptions) -> list[str]:
+    """The `rtpulse train` arguments of one row: shared recipe + the row's flags (+ the preset override)."""
+    flags = list(ROWS[name][1])
+    if opts.preset is not None:
+        flags[flags.index("--preset") + 1] = opts.preset
+    preset = flags[flags.index("--preset") + 1]
+    if "--lookahead" in flags:  # cap L to what the (overridden) preset has
+        i = flags.index("--lookahead") + 1
+        flags[i] = str(min(int(flags[i]), ModelConfig(preset=preset).max_lookahead))
+    d = opts.data
+    shared = {
+        "--out": opts.out / "runs" / name,
+        "--clean": d / "speech" / "train",
+        "--noise": d / "noise" / "train",
+        "--val-clean": d / "speech" / "dev",
+        "--val-noise": d / "noise" / "dev",
+        "--dev-count": opts.dev_count,
+        "--dev-seconds": opts.dev_seconds,
+        "--epochs": opts.epochs,
+        "--steps-per-epoch": opts.steps_per_epoch,
+        "--batch-size": opts.batch_size,
+        "--crop-seconds": opts.crop_seconds,
+        "--lr": opts.lr,
+        "--warmup-steps": opts.warmup_steps,
+        "--lr-schedule": "cosine",
+        "--clip-grad": 1,
+        "--init": "he",
+        "--p-level": "matched",
+        "--prior": 0.7,
+        "--dropout": 0,
+        "--level-frames": 125,
+        "--select-mask": "soft",
+        "--seed": opts.seed,
+    }
+    if "--compress" not in flags:
+        shared["--compress"] = "linear"
+    if opts.pvu_steps and flags[flags.index("--method") + 1] == "pu" and "pvu" not in flags:
+        shared["--pvu-steps"] = opts.pvu_steps
+    if opts.device:
+        shared["--device"] = opts.device
+    if opts.cache:
+        shared["--cache"] = opts.cache
+    return flags + [str(x) for kv in shared.items() for x in kv]
+
+
+def _train(name: str, opts: TableOptions) -> str:
+    run_dir = opts.out / "runs" / name
+    args = ["train", *row_args(name, opts)]
+    if (run_dir / "ckpt").is_dir():  # an interrupted row: continue it
+        args = ["train", "--resume", str(run_dir)]
+    proc = subprocess.run([sys.executable, "-m", "rtpulse.cli", *args], check=False)
+    if proc.returncode != 0:
+        raise RtpulseError(f"row {name}: rtpulse train exited with {proc.returncode}")
+    return "rtpulse train " + shlex.join(row_args(name, opts))
+
+
+def _cost(run_dir: Path) -> dict:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    seconds = sum(r.get("train_seconds", 0.0) for r in rows)
+    return {
+        "epochs": len(rows),
+        "steps": rows[-1]["step"] if rows else 0,
+        "train_seconds": seconds,
+        "clips_per_s": float(np.mean([r["clips_per_s"] for r in rows])) if rows else 0.0,
+        "best_epoch": rows[-1].get("best_epoch") if rows else None,
+    }
+
+
+def score_model(path: Path, items) -> dict:
+    """Mean SI-SNRi / PESQ-WB / STOI of one model file, soft and binary mask, offline engine."""
+    model = load_model(path).eval()
+    out = {}
+    for mask in ("soft", "binary"):
+        rows = []
+        for it in items:
+            with torch.no_grad():
+                est = enhance(model, torch.from_numpy(it.noisy), mask).numpy()
+            rows.append({"si_snri": si_snri(est, it.noisy, it.clean), **perceptual_scores(est, it.clean)})
+        out[mask] = {
+            k: float(np.mean([r[k] for r in rows if r.get(k) is not None]))
+            for k in rows[0]
+            if any(r.get(k) is not None for r in rows)
+        }
+    return out
+
+
+def run_table(opts: TableOptions) -> dict:
+    names = opts.only or list(ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise RtpulseError(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    items = generated_set(opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds)
+    (opts.out / "rows").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        done = opts.out / "rows" / f"{name}.json"
+        if done.exists():
+            continue
+        command = _train(name, opts)
+        run_dir = opts.out / "runs" / name
+        row = {
+            "name": name,
+            "what": ROWS[name][0],
+            "command": command,
+            "model": load_model(run_dir / "best.safetensors").config.to_json(),
+            "device": opts.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            **_cost(run_dir),
+            "scores": score_model(run_dir / "best.safetensors", items),
+        }
+        write_text(done, json.dumps(row, indent=1))
+    return write_table(opts.out, {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed})
+
+
+def write_table(out: Path, test_set: dict) -> dict:
+    """Table of every finished row in ``out/rows`` → training_table.md/.json (+ .png)."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
+    order = {n: i for i, n in enumerate(ROWS)}
+    rows.sort(key=lambda r: order.get(r["name"], len(order)))
+    result = {"test_set": test_set, "rows": rows}
+    lines = [
+        f"Training table — test set: {test_set['count']} dev-split mixtures ≤ {test_set['seconds']:g} s, seed "
+        + f"{test_set['seed']}, −26 dBFS, SNR U[−5, 10] dB (the files of quality.md); each run's best epoch by dev soft SI-SNRi",
+        "",
+        "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | steps | train min | clips/s | device |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cfg = json.loads(r["model"])
+        s, b = r["scores"]["soft"], r["scores"]["binary"]
+        lines.append(
+            f"| {r['what']} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
+            f"{b['si_snri']:+.2f} | {s.get('pesq_wb', float('nan')):.2f} | {s.get('stoi', float('nan')):.3f} | "
+            f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"
+        )
+    lines += ["", "Commands:", ""] + [f"- {r['name']}: `{r['command']}`" for r in rows]
+    write_text(out / "training_table.md", "\n".join(lines) + "\n")
+    write_text(out / "training_table.json", json.dumps(result, indent=1))
+    if rows and have_matplotlib():
+        _plot(rows, out / "training_table.png")
+    return result
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["scores"]["soft"]["si_snri"] for r in rows], height=0.4, label="soft mask", color="tab:red")
+    ax.barh(y + 0.2, [r["scores"]["binary"]["si_snri"] for r in rows], height=0.4, label="binary mask", color="0.6")
+    ax.set_yticks(y, [r["what"] for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", linewidth=0.5)
+    ax.set_xlabel("SI-SNRi (dB)")
+    ax.legend()
+    fig.tight_layout()
+    _save_fig(fig, path)
+    plt.close(fig)

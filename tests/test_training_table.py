@@ -1,0 +1,104 @@
+"""The comparison-table runner: row commands, scoring, resuming a half-done table. Tiny generated audio."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from benchmarks import training_table
+from benchmarks.quality import generated_set
+from benchmarks.training_table import ROWS, TableOptions, row_args, run_table, score_model
+from rtpulse.model import ModelConfig, PulseCNN, save_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(1)
+    t = np.arange(16000) / 16000
+    for split in ("train", "dev"):
+        (root / "speech" / split).mkdir(parents=True)
+        (root / "noise" / split).mkdir(parents=True)
+        for i in range(3):
+            voice = 0.3 * np.sin(2 * np.pi * (170 + 50 * i) * t) * (np.sin(2 * np.pi * 2 * t) > 0)
+            sf.write(root / "speech" / split / f"s{i}.wav", voice.astype(np.float32), 16000)
+            sf.write(root / "noise" / split / f"n{i}.wav", (0.1 * rng.standard_normal(20000)).astype(np.float32), 16000)
+    return root
+
+
+def _opts(data, out, **kw):
+    base = {
+        "data": data,
+        "out": out,
+        "epochs": 1,
+        "steps_per_epoch": 1,
+        "batch_size": 2,
+        "crop_seconds": 0.1,
+        "warmup_steps": 0,
+        "preset": "blocks2",
+        "device": "cpu",
+        "cache": out / "cache",
+        "count": 2,
+        "seconds": 1.0,
+        "min_speech_seconds": 0.5,
+        "dev_count": 2,
+        "dev_seconds": 0.25,
+    }
+    base.update(kw)
+    return TableOptions(**base)
+
+
+def test_row_commands_share_the_recipe_and_cap_the_lookahead(tmp_path):
+    paper = row_args("pu-paper-L8", _opts(tmp_path, tmp_path, preset=None))
+    assert paper[paper.index("--preset") + 1] == "paper" and paper[paper.index("--lookahead") + 1] == "8"
+    small = row_args("pu-paper-L8", _opts(tmp_path, tmp_path, pvu_steps=50))
+    assert small[small.index("--lookahead") + 1] == str(ModelConfig(preset="blocks2").max_lookahead)
+    assert small[small.index("--pvu-steps") + 1] == "50"  # the warm start goes to nnPU rows…
+    for name in ("pvu-paper-L0", "pn-paper-L0", "mixit-paper-L0"):
+        assert "--pvu-steps" not in row_args(name, _opts(tmp_path, tmp_path, pvu_steps=50))  # …not to the others
+    power = row_args("pu-power-L0", _opts(tmp_path, tmp_path))
+    assert power.count("--compress") == 1 and power[power.index("--compress") + 1] == "power"
+    for name in ROWS:  # every row names its output folder after itself
+        args = row_args(name, _opts(tmp_path, tmp_path))
+        assert args[args.index("--out") + 1] == str(tmp_path / "runs" / name)
+
+
+def test_a_model_that_keeps_every_bin_scores_zero_improvement(data, tmp_path):
+    model = PulseCNN(ModelConfig(preset="blocks2", compress="linear", dropout=0.0))
+    with torch.no_grad():
+        model.convs[-1].weight.zero_()
+        model.convs[-1].bias.fill_(-100.0)  # f ≪ 0: speech everywhere, soft and binary gain 1
+    save_model(model, tmp_path / "keep.safetensors")
+    items = generated_set(data, 2, 1.0, 0, min_seconds=0.5)
+    scores = score_model(tmp_path / "keep.safetensors", items)
+    for mask in ("soft", "binary"):
+        assert abs(scores[mask]["si_snri"]) < 1e-3  # the STFT round trip gives the input back
+
+
+def test_two_rows_train_score_and_a_finished_row_is_not_run_again(data, tmp_path, monkeypatch):
+    opts = _opts(data, tmp_path / "table", only=["pn-paper-L0", "upu-paper-L0"])
+    result = run_table(opts)
+    assert [r["name"] for r in result["rows"]] == ["pn-paper-L0", "upu-paper-L0"]
+    for r in result["rows"]:
+        assert r["command"] == "rtpulse train " + " ".join(row_args(r["name"], opts))
+        assert json.loads(r["model"])["preset"] == "blocks2" and r["steps"] == 1
+        assert np.isfinite(r["scores"]["soft"]["si_snri"]) and np.isfinite(r["scores"]["binary"]["si_snri"])
+    md = (tmp_path / "table" / "training_table.md").read_text()
+    assert ROWS["pn-paper-L0"][0] in md and "--risk upu" in md
+
+    def no_training(name, opts):
+        raise AssertionError(f"{name} was trained again")
+
+    monkeypatch.setattr(training_table, "_train", no_training)
+    before = (tmp_path / "table" / "rows" / "pn-paper-L0.json").read_text()
+    again = run_table(opts)
+    assert len(again["rows"]) == 2 and (tmp_path / "table" / "rows" / "pn-paper-L0.json").read_text() == before
+
+
+def test_an_unknown_row_is_a_one_line_error(data, tmp_path):
+    from rtpulse.errors import RtpulseError
+
+    with pytest.raises(RtpulseError, match="unknown row 'nope'"):
+        run_table(_opts(data, tmp_path, only=["nope"]))
