@@ -187,6 +187,11 @@ def run_table(opts: TableOptions) -> dict:
 def write_table(out: Path, test_set: dict) -> dict:
     """Table of every finished row in ``out/rows`` → training_table.md/.json (+ .png)."""
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
+    for r in rows:  # the dev curve's best and last epoch: does the method hold its best or drift away?
+        metrics = out / "runs" / r["name"] / "metrics.jsonl"
+        if metrics.exists():
+            dev = [json.loads(x)["dev_sisnri_soft"] for x in metrics.read_text().splitlines() if x.strip()]
+            r["dev_soft"] = {"best": max(dev), "best_epoch": 1 + int(np.argmax(dev)), "last": dev[-1]}
     order = {n: i for i, n in enumerate(ROWS)}
     rows.sort(key=lambda r: order.get(r["name"], len(order)))
     result = {"test_set": test_set, "rows": rows}
@@ -194,8 +199,9 @@ def write_table(out: Path, test_set: dict) -> dict:
         f"Training table — test set: {test_set['count']} dev-split mixtures ≤ {test_set['seconds']:g} s, seed "
         + f"{test_set['seed']}, −26 dBFS, SNR U[−5, 10] dB (the files of quality.md); each run's best epoch by dev soft SI-SNRi",
         "",
-        "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | steps | train min | clips/s | device |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | dev soft: best (epoch) / last |"
+        + " steps | train min | clips/s | device |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cfg = json.loads(r["model"])
@@ -203,6 +209,7 @@ def write_table(out: Path, test_set: dict) -> dict:
         lines.append(
             f"| {r['what']} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
             f"{b['si_snri']:+.2f} | {s.get('pesq_wb', float('nan')):.2f} | {s.get('stoi', float('nan')):.3f} | "
+            f"{_dev(r)} | "
             f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"
         )
     lines += ["", "Commands:", ""] + [f"- {r['name']}: `{r['command']}`" for r in rows]
@@ -211,6 +218,11 @@ def write_table(out: Path, test_set: dict) -> dict:
     if rows and have_matplotlib():
         _plot(rows, out / "training_table.png")
     return result
+
+
+def _dev(row: dict) -> str:
+    d = row.get("dev_soft")
+    return "—" if d is None else f"{d['best']:+.2f} ({d['best_epoch']}) / {d['last']:+.2f}"
 
 
 def _plot(rows: list[dict], path: Path) -> None:
