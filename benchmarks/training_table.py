@@ -26,24 +26,25 @@ from rtpulse.metrics import perceptual_scores, si_snri
 from rtpulse.model import ModelConfig, load_model
 from rtpulse.stream import enhance
 
-# name → (what it is, the row's flags on top of the shared recipe). nnPU rows are the paper's method
+# name → (what it is, the row's flags on top of the shared recipe; all rows use the paper preset unless --preset
+# overrides it). nnPU rows are the paper's method
 # (weighted sigmoid loss); `pvu` is the P-vs-U logistic loss the shipped model was trained with.
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "pu-paper-L8": ("PU (nnPU), paper, L=8 (non-causal)", ["--method", "pu", "--preset", "paper", "--lookahead", "8"]),
-    "pu-paper-L0": ("PU (nnPU), paper, L=0 (causal)", ["--method", "pu", "--preset", "paper", "--lookahead", "0"]),
-    "pvu-paper-L0": ("PU (P-vs-U logistic), paper, L=0", ["--method", "pu", "--preset", "paper", "--risk", "pvu"]),
-    "pn-paper-L0": ("PN (supervised), paper, L=0", ["--method", "pn", "--preset", "paper"]),
-    "mixit-paper-L0": ("MixIT, paper, L=0", ["--method", "mixit", "--preset", "paper"]),
+    "pu-paper-L8": ("PU (nnPU), L=8 (non-causal)", ["--method", "pu", "--preset", "paper", "--lookahead", "8"]),
+    "pu-paper-L0": ("PU (nnPU), L=0 (causal)", ["--method", "pu", "--preset", "paper", "--lookahead", "0"]),
+    "pvu-paper-L0": ("PU (P-vs-U logistic), L=0", ["--method", "pu", "--preset", "paper", "--risk", "pvu"]),
+    "pn-paper-L0": ("PN (supervised), L=0", ["--method", "pn", "--preset", "paper"]),
+    "mixit-paper-L0": ("MixIT, L=0", ["--method", "mixit", "--preset", "paper"]),
     "pu-unweighted-L0": (
-        "PU (nnPU) unweighted (p=0), paper, L=0",
+        "PU (nnPU) unweighted (p=0), L=0",
         ["--method", "pu", "--preset", "paper", "--weight-exponent", "0"],
     ),
     "upu-paper-L0": (
-        "uPU (no non-negative correction), paper, L=0",
+        "uPU (no non-negative correction), L=0",
         ["--method", "pu", "--preset", "paper", "--risk", "upu"],
     ),
     "pu-power-L0": (
-        "PU (nnPU), compress power |X|^(1/15), paper, L=0",
+        "PU (nnPU), compress power |X|^(1/15), L=0",
         ["--method", "pu", "--preset", "paper", "--compress", "power"],
     ),
 }
@@ -207,7 +208,7 @@ def write_table(out: Path, test_set: dict) -> dict:
         cfg = json.loads(r["model"])
         s, b = r["scores"]["soft"], r["scores"]["binary"]
         lines.append(
-            f"| {r['what']} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
+            f"| {ROWS[r['name']][0] if r['name'] in ROWS else r['what']} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
             f"{b['si_snri']:+.2f} | {s.get('pesq_wb', float('nan')):.2f} | {s.get('stoi', float('nan')):.3f} | "
             f"{_dev(r)} | "
             f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"
