@@ -44,7 +44,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ["--method", "pu", "--preset", "paper", "--risk", "upu"],
     ),
     "pu-power-L0": (
-        "PU (nnPU), compress power |X|^(1/15), L=0",
+        "PU (nnPU), compress power (magnitude^(1/15)), L=0",
         ["--method", "pu", "--preset", "paper", "--compress", "power"],
     ),
 }

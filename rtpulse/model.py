@@ -29,14 +29,30 @@ N_BINS = 513
 PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
     # The paper's 11 layers: 98,425 parameters, receptive field 17×17.
     "paper": (
-        (1, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 3), (16, 32, 3), (32, 32, 3), (32, 64, 3), (64, 64, 3),
-        (64, 128, 1), (128, 128, 1), (128, 1, 1),
+        (1, 8, 3),
+        (8, 8, 3),
+        (8, 16, 3),
+        (16, 16, 3),
+        (16, 32, 3),
+        (32, 32, 3),
+        (32, 64, 3),
+        (64, 64, 3),
+        (64, 128, 1),
+        (128, 128, 1),
+        (128, 1, 1),
     ),
     # Reference code `--blocks 2` (its PU default): 7 layers, 18,073 parameters, receptive field 13×13.
     "blocks2": ((1, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 3), (16, 32, 3), (32, 32, 3), (32, 1, 1)),
     # Reference code `--blocks 3` (its PN setting): 9 layers, receptive field 17×17.
     "blocks3": (
-        (1, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 3), (16, 32, 3), (32, 32, 3), (32, 64, 3), (64, 64, 3),
+        (1, 8, 3),
+        (8, 8, 3),
+        (8, 16, 3),
+        (16, 16, 3),
+        (16, 32, 3),
+        (32, 32, 3),
+        (32, 64, 3),
+        (64, 64, 3),
         (64, 1, 1),
     ),
 }
@@ -290,14 +306,15 @@ _META_KEY = "rtpulse_config"
 
 def save_model(model: PulseCNN, path: str | os.PathLike) -> None:
     """Write atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
-        save_file(tensors, str(tmp), metadata={_META_KEY: model.config.to_json(), "format": "pt"})
+        # bytes written by Python, not safetensors' save_file: that one creates the file 0600, ignoring the umask
+        tmp.write_bytes(save(tensors, metadata={_META_KEY: model.config.to_json(), "format": "pt"}))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -330,7 +347,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
         raise RtpulseError(f"{path}: weights do not match its config (preset {config.preset!r})")
     for k, v in tensors.items():
         if tuple(v.shape) != expected[k]:
-            raise RtpulseError(f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {expected[k]}")
+            raise RtpulseError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {expected[k]}"
+            )
     model = PulseCNN(config)
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model.to(device).eval()

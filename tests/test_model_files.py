@@ -4,8 +4,10 @@ errors, and every preset's config and outputs survive a save/load round trip."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import pickle
+import stat
 
 import pytest
 import torch
@@ -207,11 +209,22 @@ def test_save_is_atomic_and_replaces_an_old_model(tmp_path, monkeypatch):
     path = _saved(tmp_path)
     before = path.read_bytes()
 
-    def failing_save(*a, **k):
+    def disk_full_half_way(self, data):
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_full_half_way)
     with pytest.raises(OSError):
         save_model(PulseCNN(ModelConfig(preset="paper")), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_saved_model_has_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = _saved(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0666 & ~umask, like any file the user creates
