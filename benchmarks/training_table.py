@@ -208,7 +208,7 @@ def write_table(out: Path, test_set: dict) -> dict:
         cfg = json.loads(r["model"])
         s, b = r["scores"]["soft"], r["scores"]["binary"]
         lines.append(
-            f"| {ROWS[r['name']][0] if r['name'] in ROWS else r['what']} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
+            f"| {_what(r)} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
             f"{b['si_snri']:+.2f} | {s.get('pesq_wb', float('nan')):.2f} | {s.get('stoi', float('nan')):.3f} | "
             f"{_dev(r)} | "
             f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"
@@ -219,6 +219,10 @@ def write_table(out: Path, test_set: dict) -> dict:
     if rows and have_matplotlib():
         _plot(rows, out / "training_table.png")
     return result
+
+
+def _what(row: dict) -> str:
+    return ROWS[row["name"]][0] if row["name"] in ROWS else row["what"]
 
 
 def _dev(row: dict) -> str:
@@ -232,11 +236,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
     y = np.arange(len(rows))
     ax.barh(y - 0.2, [r["scores"]["soft"]["si_snri"] for r in rows], height=0.4, label="soft mask", color="tab:red")
     ax.barh(y + 0.2, [r["scores"]["binary"]["si_snri"] for r in rows], height=0.4, label="binary mask", color="0.6")
-    ax.set_yticks(y, [r["what"] for r in rows])
+    ax.set_yticks(
+        y, [f"{_what(r)}\n{json.loads(r['model'])['preset']} L={json.loads(r['model'])['lookahead']}" for r in rows]
+    )
     ax.invert_yaxis()
     ax.axvline(0, color="k", linewidth=0.5)
     ax.set_xlabel("SI-SNRi (dB)")
