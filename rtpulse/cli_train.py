@@ -104,11 +104,10 @@ def train(
     init: Annotated[Init, typer.Option(help="Weight init: default (PyTorch) or he (Kaiming normal).")] = Init.default,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     init_from: Annotated[
-        Path | None, typer.Option(help="Start from this model file's weights (fine-tuning; same preset/compress; L may differ).")
+        Path | None,
+        typer.Option(help="Start from this model file's weights (fine-tuning; same preset/compress; L may differ)."),
     ] = None,
-    select_mask: Annotated[
-        Mask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
-    ] = Mask.binary,
+    select_mask: Annotated[Mask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")] = Mask.binary,
     seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
@@ -181,8 +180,12 @@ def _s(p: Path | None) -> str | None:
 
 
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model file (.safetensors).")],
-    noisy: Annotated[Path | None, typer.Option(help="Noisy files (paired with --clean by file name).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Model file (.safetensors). Default: the shipped model.")
+    ] = None,
+    noisy: Annotated[
+        Path | None, typer.Option(help="Noisy file, or folder of files paired with --clean by file name.")
+    ] = None,
     clean: Annotated[Path | None, typer.Option(help="Clean references (or clean speech with --synth).")] = None,
     noise: Annotated[Path | None, typer.Option(help="Noise folder for --synth.")] = None,
     synth: Annotated[bool, typer.Option("--synth", help="Score on generated mixtures of --clean and --noise.")] = False,
@@ -201,9 +204,9 @@ def evaluate(
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
     try:
-        from rtpulse.model import load_model
+        from rtpulse.model import load_default_model, load_model
 
-        net = load_model(model)
+        net = load_model(model) if model is not None else load_default_model()
         opts = EvalOptions(engine=engine.value, mask=mask.value if mask else net.config.mask, floor_db=floor_db)
         if synth:
             if clean is None or noise is None:

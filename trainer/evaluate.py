@@ -36,13 +36,19 @@ def enhance_signal(model: PulseCNN, x: np.ndarray, opts: EvalOptions) -> np.ndar
 
 def score(model: PulseCNN, noisy: np.ndarray, clean: np.ndarray, opts: EvalOptions) -> dict:
     est = enhance_signal(model, noisy, opts)
-    row = {"si_snr": si_snr_np(est, clean), "si_snr_noisy": si_snr_np(noisy, clean), "si_snri": si_snri(est, noisy, clean)}
+    row = {
+        "si_snr": si_snr_np(est, clean),
+        "si_snr_noisy": si_snr_np(noisy, clean),
+        "si_snri": si_snri(est, noisy, clean),
+    }
     row.update(perceptual_scores(est, clean))
     return row
 
 
 def pair_files(noisy_root: Path, clean_root: Path) -> list[tuple[str, Path, Path]]:
-    """Pair by path relative to each root (falls back to the bare file name when that is unique)."""
+    """Pair by path relative to each root (falls back to the bare file name when that is unique); two files pair."""
+    if noisy_root.is_file() and clean_root.is_file():
+        return [(noisy_root.stem, noisy_root, clean_root)]
     noisy = find_audio_files(noisy_root)
     clean = find_audio_files(clean_root)
 
@@ -70,8 +76,17 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict) 
         vals = [r[k] for r in rows if r.get(k) is not None]
         if vals:
             mean[k] = float(np.mean(vals))
-    return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
-            "floor_db": opts.floor_db, **source, "count": len(rows), "mean": mean, "files": rows}
+    return {
+        "model": model.config.preset,
+        "lookahead": model.lookahead,
+        "engine": opts.engine,
+        "mask": opts.mask,
+        "floor_db": opts.floor_db,
+        **source,
+        "count": len(rows),
+        "mean": mean,
+        "files": rows,
+    }
 
 
 def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: EvalOptions) -> dict:
@@ -85,8 +100,16 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
     return _result(model, rows, opts, {"noisy": str(noisy_root), "clean": str(clean_root)})
 
 
-def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
-                   opts: EvalOptions, cache: Path | None = None) -> dict:
+def evaluate_synth(
+    model: PulseCNN,
+    clean_root: Path,
+    noise_root: Path,
+    seed: int,
+    count: int,
+    seconds: float,
+    opts: EvalOptions,
+    cache: Path | None = None,
+) -> dict:
     """Generated mixtures (the training recipe, seeded), scored in memory; nothing is written."""
     from trainer.data import AudioBank, Recipe, default_cache_dir, list_audio
 
