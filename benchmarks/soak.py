@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import time
 import tracemalloc
 from pathlib import Path
@@ -182,7 +183,7 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
         ),
         "",
         f"Command: `python -m benchmarks.soak --seconds {r['audio_seconds']:.0f}"
-        + (f" --model {r['model_file']}`" if r.get("model_file") else "`"),
+        + (f" --model {shlex.quote(r['model_file'])}`" if r.get("model_file") else "`"),
     ]
     md.write_text("\n".join(lines) + "\n")
     return js, md

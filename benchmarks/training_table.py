@@ -10,7 +10,7 @@ several shells or machines that write into the same folder.
 from __future__ import annotations
 
 import json
-import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -119,14 +119,17 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
 
 
 def _train(name: str, opts: TableOptions) -> str:
+    """Train one row (or continue it where a killed table left it); returns the command that trained it."""
     run_dir = opts.out / "runs" / name
     args = ["train", *row_args(name, opts)]
-    if (run_dir / "ckpt").is_dir():  # an interrupted row: continue it
+    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):  # an interrupted row continues with its own settings
         args = ["train", "--resume", str(run_dir)]
+    elif run_dir.exists():  # killed before its first checkpoint: nothing to keep
+        shutil.rmtree(run_dir)
     proc = subprocess.run([sys.executable, "-m", "rtpulse.cli", *args], check=False)
     if proc.returncode != 0:
         raise RtpulseError(f"row {name}: rtpulse train exited with {proc.returncode}")
-    return "rtpulse train " + shlex.join(row_args(name, opts))
+    return json.loads((run_dir / "config.json").read_text())["command"]  # what ran, also after a resume
 
 
 def _cost(run_dir: Path) -> dict:

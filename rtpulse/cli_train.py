@@ -83,7 +83,11 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
     lr_schedule: Annotated[
-        LrSchedule, typer.Option(help="After warm-up: constant, or cosine decay to 1 % of --lr at the last step.")
+        LrSchedule,
+        typer.Option(
+            help="After warm-up: constant, or cosine decay to 1 % of --lr at the last step (--resume with more"
+            " --epochs stretches the decay to the new total)."
+        ),
     ] = LrSchedule.constant,
     output_bias: Annotated[
         float | None, typer.Option(help="Initial bias of the last conv (<0: start at speech).")

@@ -94,6 +94,17 @@ def test_two_steps_change_weights_and_write_a_loadable_checkpoint(corpus, tmp_pa
     assert len(split["clean"]["held_out"]) == 1 and len(split["clean"]["train"]) == 2
 
 
+@pytest.mark.parametrize(("risk", "expected"), [("nnpu", 3), ("pvu", 1)])
+def test_warm_start_epochs_do_not_compete_for_best(corpus, tmp_path, monkeypatch, risk, expected):
+    # scores that fall every epoch: epoch 1 would win, but with --pvu-steps 2 (1 step per epoch) epochs 1–2 are
+    # the P-vs-U warm start of an nnPU run, so its best is the first epoch after it; a pure pvu run has no warm start
+    monkeypatch.setattr("trainer.loop._score", lambda record, cfg: -float(record["epoch"]))
+    cfg = tiny(corpus, tmp_path, epochs=4, steps_per_epoch=1, pvu_steps=2, risk=risk)
+    summary = run_training(cfg, progress=False)
+    assert summary["best_epoch"] == expected
+    assert load_model(tmp_path / "run" / "best.safetensors").config.extra["epoch"] == expected
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
     full = tiny(corpus, tmp_path, out=str(tmp_path / "full"), epochs=2, dropout=0.2)
     run_training(full, progress=False)

@@ -99,6 +99,25 @@ def test_two_rows_train_score_and_a_finished_row_is_not_run_again(data, tmp_path
     assert len(again["rows"]) == 2 and (tmp_path / "table" / "rows" / "pn-paper-L0.json").read_text() == before
 
 
+def test_a_killed_row_resumes_with_its_own_settings_and_records_them(data, tmp_path):
+    opts = _opts(data, tmp_path / "table", only=["pvu-paper-L0"])
+    run_table(opts)
+    run_dir = tmp_path / "table" / "runs" / "pvu-paper-L0"
+    original = json.loads((run_dir / "config.json").read_text())["command"]
+    (tmp_path / "table" / "rows" / "pvu-paper-L0.json").unlink()  # killed after training, before scoring
+    again = run_table(_opts(data, tmp_path / "table", only=["pvu-paper-L0"], epochs=3))
+    (row,) = again["rows"]
+    assert row["steps"] == 1 and row["command"] == original and "--epochs 1 " in row["command"]
+
+
+def test_a_row_killed_before_its_first_checkpoint_starts_again(data, tmp_path):
+    run_dir = tmp_path / "table" / "runs" / "pvu-paper-L0"
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "ckpt" / ".epoch-0001.safetensors.tmp-1").write_bytes(b"half")  # no complete checkpoint
+    result = run_table(_opts(data, tmp_path / "table", only=["pvu-paper-L0"]))
+    assert result["rows"][0]["steps"] == 1 and any((run_dir / "ckpt").glob("epoch-*.state.pt"))
+
+
 def test_an_unknown_row_is_a_one_line_error(data, tmp_path):
     from rtpulse.errors import RtpulseError
 

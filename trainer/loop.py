@@ -61,9 +61,16 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
             if d.main:
                 record.update(_validate(model, dev, cfg, d.device, dev_sisnri, dev_pu_risk))
                 score = _score(record, cfg)
-                best = score > state["best_score"] or state["best_epoch"] == 0
+                # epochs inside a P-vs-U warm start (--pvu-steps before nnPU/uPU) do not compete for best: a
+                # table row would otherwise score the warm start instead of its method. The first epoch is still
+                # kept as a placeholder (so best.safetensors always exists) until a post-warm-up epoch replaces it.
+                warm = cfg.method == "pu" and cfg.risk != "pvu" and state["step"] <= cfg.pvu_steps
+                if warm:
+                    best = state["best_epoch"] == 0
+                else:
+                    best = score > state["best_score"] or state["best_epoch"] == 0 or state.get("best_warm", False)
                 if best:
-                    state["best_score"], state["best_epoch"] = score, epoch
+                    state["best_score"], state["best_epoch"], state["best_warm"] = score, epoch, warm
                 record.update(score=score, best_epoch=state["best_epoch"])
                 state["epoch"] = epoch
                 save_epoch(run_dir, checkpoint_model(model, cfg, epoch, record), optimizer, scheduler, state, best)
