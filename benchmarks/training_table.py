@@ -191,11 +191,12 @@ def run_table(opts: TableOptions) -> dict:
 def write_table(out: Path, test_set: dict) -> dict:
     """Table of every finished row in ``out/rows`` → training_table.md/.json (+ .png)."""
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
-    for r in rows:  # the dev curve's best and last epoch: does the method hold its best or drift away?
+    for r in rows:  # the dev curve at the kept epoch and at the last: does the method hold its best or drift away?
         metrics = out / "runs" / r["name"] / "metrics.jsonl"
         if metrics.exists():
             dev = [json.loads(x)["dev_sisnri_soft"] for x in metrics.read_text().splitlines() if x.strip()]
-            r["dev_soft"] = {"best": max(dev), "best_epoch": 1 + int(np.argmax(dev)), "last": dev[-1]}
+            kept = r.get("best_epoch") or 1 + int(np.argmax(dev))
+            r["dev_soft"] = {"best": dev[kept - 1], "best_epoch": kept, "last": dev[-1], "peak": max(dev)}
     order = {n: i for i, n in enumerate(ROWS)}
     rows.sort(key=lambda r: order.get(r["name"], len(order)))
     result = {"test_set": test_set, "rows": rows}
@@ -203,7 +204,7 @@ def write_table(out: Path, test_set: dict) -> dict:
         f"Training table — test set: {test_set['count']} dev-split mixtures ≤ {test_set['seconds']:g} s, seed "
         + f"{test_set['seed']}, −26 dBFS, SNR U[−5, 10] dB (the files of quality.md); each run's best epoch by dev soft SI-SNRi",
         "",
-        "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | dev soft: best (epoch) / last |"
+        "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | dev soft: kept (epoch) / last |"
         + " steps | train min | clips/s | device |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

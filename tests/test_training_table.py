@@ -86,7 +86,8 @@ def test_two_rows_train_score_and_a_finished_row_is_not_run_again(data, tmp_path
         assert json.loads(r["model"])["preset"] == "blocks2" and r["steps"] == 1
         assert np.isfinite(r["scores"]["soft"]["si_snri"]) and np.isfinite(r["scores"]["binary"]["si_snri"])
         logged = json.loads((tmp_path / "table" / "runs" / r["name"] / "metrics.jsonl").read_text().splitlines()[-1])
-        assert r["dev_soft"] == {"best": logged["dev_sisnri_soft"], "best_epoch": 1, "last": logged["dev_sisnri_soft"]}
+        dev = logged["dev_sisnri_soft"]
+        assert r["dev_soft"] == {"best": dev, "best_epoch": 1, "last": dev, "peak": dev}
     md = (tmp_path / "table" / "training_table.md").read_text()
     assert ROWS["pn-paper-L0"][0] in md and "--risk upu" in md
 
