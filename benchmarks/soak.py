@@ -120,13 +120,11 @@ def run_soak(
         got = grabs[s]
         errs = [float(np.max(np.abs(got[k : k + ref_win.size] - ref_win))) for k in range(2 * SEARCH)]
         best = int(np.argmin(errs))
-        found.append(
-            {
-                "at_s": s / SAMPLE_RATE,
-                "measured_delay": delay - SEARCH + best,
-                "max_abs_diff_at_declared_delay": errs[SEARCH],
-            }
-        )
+        found.append({
+            "at_s": s / SAMPLE_RATE,
+            "measured_delay": delay - SEARCH + best,
+            "max_abs_diff_at_declared_delay": errs[SEARCH],
+        })
     # memory after the first sample (imports, first allocations) vs the end
     first, last = memory[min(1, len(memory) - 1)], memory[-1]
     return {
@@ -164,23 +162,17 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
         f"# Soak: {r['audio_seconds'] / 60:.0f} min of audio through StreamingDenoiser ({r['preset']}, L={r['lookahead']})",
         "",
         f"- wall time {r['wall_seconds']:.0f} s, real-time factor {r['real_time_factor']:.3f} (1 thread)",
-        (
-            f"- RSS {r['rss_mb_start']:.1f} → {r['rss_mb_end']:.1f} MB; tracemalloc {r['traced_mb_start']:.2f} → "
-            f"{r['traced_mb_end']:.2f} MB (peak {r['traced_mb_peak']:.2f} MB)"
-        ),
-        (
-            f"- delay declared {r['declared_delay']} samples; measured at {len(r['impulses'])} impulses: "
-            f"{sorted({i['measured_delay'] for i in r['impulses']})}; constant: {r['delay_constant']}"
-        ),
+        (f"- RSS {r['rss_mb_start']:.1f} → {r['rss_mb_end']:.1f} MB; tracemalloc {r['traced_mb_start']:.2f} → "
+         f"{r['traced_mb_end']:.2f} MB (peak {r['traced_mb_peak']:.2f} MB)"),
+        (f"- delay declared {r['declared_delay']} samples; measured at {len(r['impulses'])} impulses: "
+         f"{sorted({i['measured_delay'] for i in r['impulses']})}; constant: {r['delay_constant']}"),
         f"- max |stream − offline| at the impulses: {r['max_abs_diff']:.2e} (response peak {r['reference_peak']:.3f})",
         f"- non-finite output samples: {r['nonfinite_outputs']}; output peak {r['output_peak']:.3f}",
         "",
         "| impulse at (s) | measured delay | max abs diff |",
         "|---:|---:|---:|",
-        *(
-            f"| {i['at_s']:.1f} | {i['measured_delay']} | {i['max_abs_diff_at_declared_delay']:.1e} |"
-            for i in r["impulses"]
-        ),
+        *(f"| {i['at_s']:.1f} | {i['measured_delay']} | {i['max_abs_diff_at_declared_delay']:.1e} |"
+          for i in r["impulses"]),
         "",
         f"Command: `python -m benchmarks.soak --seconds {r['audio_seconds']:.0f}"
         + (f" --model {shlex.quote(r['model_file'])}`" if r.get("model_file") else "`"),
@@ -200,9 +192,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     model = load_model(args.model) if args.model else None
-    with Progress(
-        TextColumn("soak"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn()
-    ) as bar:
+    with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn()) as bar:
         task = bar.add_task("soak", total=1.0)
         result = run_soak(args.seconds, model, progress=lambda done, total: bar.update(task, completed=done / total))
     if args.model:

@@ -41,21 +41,8 @@ def pair(tmp_path):
 
 def run_eval(tmp_path, model, *extra):
     out = tmp_path / "scores.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "--model",
-            str(model),
-            "--noisy",
-            str(tmp_path / "noisy"),
-            "--clean",
-            str(tmp_path / "clean"),
-            "--json",
-            str(out),
-            *extra,
-        ],
-    )
+    res = CliRunner().invoke(app, ["eval", "--model", str(model), "--noisy", str(tmp_path / "noisy"),
+                                   "--clean", str(tmp_path / "clean"), "--json", str(out), *extra])
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text())
 
@@ -89,7 +76,7 @@ def test_pesq_and_stoi_when_installed(tmp_path):
     pytest.importorskip("pystoi")
     rng = np.random.default_rng(0)
     t = np.arange(3 * 16000) / 16000
-    speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0) + 0.01 * rng.standard_normal(t.size)
+    speech = (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0) + 0.01 * rng.standard_normal(t.size))
     for d in ("noisy", "clean"):
         (tmp_path / d).mkdir()
         sf.write(tmp_path / d / "x.wav", speech.astype(np.float32), 16000, subtype="FLOAT")
@@ -103,22 +90,8 @@ def test_synthetic_mixtures_are_seeded_and_not_written(pair, tmp_path):
     sf.write(tmp_path / "noise" / "n.wav", np.random.default_rng(1).standard_normal(20000).astype(np.float32), 16000)
     keep = constant_model(tmp_path / "keep.safetensors", -1.0)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    args = [
-        "eval",
-        "--model",
-        str(keep),
-        "--synth",
-        "--clean",
-        str(pair / "clean"),
-        "--noise",
-        str(tmp_path / "noise"),
-        "--count",
-        "3",
-        "--seconds",
-        "0.5",
-        "--cache",
-        str(tmp_path / "cache"),
-    ]
+    args = ["eval", "--model", str(keep), "--synth", "--clean", str(pair / "clean"), "--noise", str(tmp_path / "noise"),
+            "--count", "3", "--seconds", "0.5", "--cache", str(tmp_path / "cache")]
     a = CliRunner().invoke(app, [*args, "--seed", "1", "--json", str(tmp_path / "a.json")])
     b = CliRunner().invoke(app, [*args, "--seed", "1", "--json", str(tmp_path / "b.json")])
     c = CliRunner().invoke(app, [*args, "--seed", "2", "--json", str(tmp_path / "c.json")])
@@ -139,9 +112,7 @@ def test_eval_errors_are_one_line(tmp_path):
     sf.write(tmp_path / "n" / "x.wav", np.zeros(1600, np.float32), 16000)
     sf.write(tmp_path / "c" / "y.wav", np.zeros(1600, np.float32), 16000)
     keep = constant_model(tmp_path / "keep.safetensors", -1.0)
-    res = CliRunner().invoke(
-        app, ["eval", "--model", str(keep), "--noisy", str(tmp_path / "n"), "--clean", str(tmp_path / "c")]
-    )
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(tmp_path / "n"), "--clean", str(tmp_path / "c")])
     assert res.exit_code == 1 and "clean partner" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "missing.safetensors"), "--synth"])
     assert res.exit_code == 1 and "not found" in res.output

@@ -36,11 +36,7 @@ def enhance_signal(model: PulseCNN, x: np.ndarray, opts: EvalOptions) -> np.ndar
 
 def score(model: PulseCNN, noisy: np.ndarray, clean: np.ndarray, opts: EvalOptions) -> dict:
     est = enhance_signal(model, noisy, opts)
-    row = {
-        "si_snr": si_snr_np(est, clean),
-        "si_snr_noisy": si_snr_np(noisy, clean),
-        "si_snri": si_snri(est, noisy, clean),
-    }
+    row = {"si_snr": si_snr_np(est, clean), "si_snr_noisy": si_snr_np(noisy, clean), "si_snri": si_snri(est, noisy, clean)}
     row.update(perceptual_scores(est, clean))
     return row
 
@@ -76,17 +72,8 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict) 
         vals = [r[k] for r in rows if r.get(k) is not None]
         if vals:
             mean[k] = float(np.mean(vals))
-    return {
-        "model": model.config.preset,
-        "lookahead": model.lookahead,
-        "engine": opts.engine,
-        "mask": opts.mask,
-        "floor_db": opts.floor_db,
-        **source,
-        "count": len(rows),
-        "mean": mean,
-        "files": rows,
-    }
+    return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
+            "floor_db": opts.floor_db, **source, "count": len(rows), "mean": mean, "files": rows}
 
 
 def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: EvalOptions) -> dict:
@@ -100,16 +87,8 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
     return _result(model, rows, opts, {"noisy": str(noisy_root), "clean": str(clean_root)})
 
 
-def evaluate_synth(
-    model: PulseCNN,
-    clean_root: Path,
-    noise_root: Path,
-    seed: int,
-    count: int,
-    seconds: float,
-    opts: EvalOptions,
-    cache: Path | None = None,
-) -> dict:
+def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
+                   opts: EvalOptions, cache: Path | None = None) -> dict:
     """Generated mixtures (the training recipe, seeded), scored in memory; nothing is written."""
     from trainer.data import AudioBank, Recipe, default_cache_dir, list_audio
 
