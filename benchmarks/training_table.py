@@ -22,9 +22,8 @@ import torch
 from benchmarks.latency import _save_fig, have_matplotlib, write_text
 from benchmarks.quality import MIN_SPEECH_S, generated_set
 from rtpulse.errors import RtpulseError
-from rtpulse.metrics import perceptual_scores, si_snri
 from rtpulse.model import ModelConfig, load_model
-from rtpulse.stream import enhance
+from trainer.evaluate import EvalOptions, score
 
 # name → (what it is, the row's flags on top of the shared recipe; all rows use the paper preset unless --preset
 # overrides it). nnPU rows are the paper's method
@@ -149,16 +148,10 @@ def score_model(path: Path, items) -> dict:
     model = load_model(path).eval()
     out = {}
     for mask in ("soft", "binary"):
-        rows = []
-        for it in items:
-            with torch.no_grad():
-                est = enhance(model, torch.from_numpy(it.noisy), mask).numpy()
-            rows.append({"si_snri": si_snri(est, it.noisy, it.clean), **perceptual_scores(est, it.clean)})
-        out[mask] = {
-            k: float(np.mean([r[k] for r in rows if r.get(k) is not None]))
-            for k in rows[0]
-            if any(r.get(k) is not None for r in rows)
-        }
+        rows = [score(model, it.noisy, it.clean, EvalOptions(mask=mask)) for it in items]  # `rtpulse eval`'s scoring
+        keys = ("si_snri", "pesq_wb", "stoi")
+        out[mask] = {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys
+                     if any(r.get(k) is not None for r in rows)}
     return out
 
 
