@@ -135,3 +135,32 @@ def test_cosine_schedule_warms_up_then_decays_to_one_percent(tmp_path):
     assert math.isclose(f(110), 0.01) and math.isclose(f(500), 0.01)  # floor after the last step
     constant = _lr_factor(_cfg(tmp_path, epochs=2, steps_per_epoch=55, warmup_steps=10))
     assert constant(60) == 1.0 and constant(500) == 1.0
+
+
+def test_init_from_a_smaller_preset_grows_it_with_the_same_logits_and_room_to_learn(tmp_path):
+    import pytest
+
+    from rtpulse.errors import RtpulseError
+    from rtpulse.model import save_model
+
+    mag = torch.rand(2, 513, 40) * 300
+    small_path = tmp_path / "small.safetensors"
+    for small_preset, big_preset in (("blocks2", "blocks3"), ("blocks3", "paper"), ("blocks2", "paper")):
+        small = build_model(_cfg(tmp_path, preset=small_preset, lookahead=2, compress="linear", init="he", seed=3))
+        save_model(small, small_path)
+        big = build_model(
+            _cfg(tmp_path, preset=big_preset, lookahead=2, compress="linear", init="he", init_from=str(small_path))
+        )
+        assert len(big.convs) > len(small.convs)
+        with torch.no_grad():
+            want = small(mag)
+        got = big(mag)
+        assert want.abs().mean() > 0.1  # a net whose logits are not ~0, so equality means something
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # the added channels are live: the output layer's zero weights on them get a gradient
+        got.sum().backward()
+        c = small.convs[-1].in_channels
+        assert big.convs[-1].weight.grad[:, c:].abs().sum() > 0
+    save_model(build_model(_cfg(tmp_path, preset="paper", compress="linear", init="he")), small_path)
+    with pytest.raises(RtpulseError, match="cannot grow"):
+        build_model(_cfg(tmp_path, preset="blocks2", compress="linear", init_from=str(small_path)))

@@ -50,7 +50,7 @@ class TrainConfig:
     p_level: str = "unit"  # P clips: "unit" std (paper) or "matched" to the noise level inside a mixture
     init: str = "default"  # "he": Kaiming-normal convs (the default init makes the output ignore the input)
     clip_grad: float = 0.0  # max gradient norm (0: off)
-    init_from: str | None = None  # start from this model file's weights (same preset, compress; L may differ)
+    init_from: str | None = None  # start from this model file's weights (same compress; L may differ; a smaller preset grows)
     select_mask: str = "binary"
     seed: int = 0
     device: str | None = None

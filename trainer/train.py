@@ -106,11 +106,14 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
 
         start = load_model(cfg.init_from)
         # lookahead only moves padding (same weight shapes), so an L = 0 model can start an L = 2 run
-        if (start.config.preset, start.config.compress, start.config.out_channels) != (
-            mc.preset, mc.compress, mc.out_channels
-        ):
-            raise RtpulseError(f"--init-from {cfg.init_from}: its preset/compress/outputs differ from this run's")
-        model.load_state_dict(start.state_dict())
+        if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
+            raise RtpulseError(f"--init-from {cfg.init_from}: its compress/outputs differ from this run's")
+        if start.config.preset == mc.preset:
+            model.load_state_dict(start.state_dict())
+        else:  # a smaller preset grows into this one, computing the same logits at step 0
+            from trainer.grow import grow_into
+
+            grow_into(start, model)
     if cfg.output_bias is not None:
         with torch.no_grad():  # e.g. negative: start by calling bins speech (f < 0)
             model.convs[-1].bias.fill_(cfg.output_bias)
