@@ -1,0 +1,150 @@
+"""Pack a compact copy of the training data (and the wheels the GPU image lacks) for a device run.
+
+The device tool carries at most 64 MiB of working tree, the repository included, and its image has torch,
+scipy, typer and rich but not soundfile. ``../shared/data`` is 94 MB of Ogg/Opus, so this copies all of the
+noise and the dev speech and as much train speech as fits ``--budget-mib``, taken round-robin over the
+manifest's voice groups (so a subset keeps every language and corpus, not the first folders alphabetically).
+Files are copied as they are (Opus is already the compact form; re-encoding would add artefacts).
+
+    python -m benchmarks.gpu_pack --data ../shared/data --out .data/gpu
+    # then, with the device tool: carry [".data/gpu"], command:
+    #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .data/gpu/wheels/*.whl &&
+    #   PYTHONPATH=/tmp/site:$PWD python3 -m rtpulse.cli bench training --data .data/gpu/data --device cuda ...
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rtpulse.audio import find_audio_files
+from rtpulse.errors import RtpulseError
+
+# soundfile and its two pure-Python/cffi needs; the device image (Python 3.12) has everything else rtpulse uses.
+WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==2.23")
+DEVICE_PYTHON = "3.12"
+MIB = 1 << 20
+
+
+def _groups(data: Path, files: list[Path]) -> dict[str, list[Path]]:
+    """Train speech files by voice group: the manifest's ``group`` column, else the parent folder."""
+    by_path: dict[str, str] = {}
+    manifest = data / "manifest.csv"
+    if manifest.is_file():
+        with manifest.open(newline="") as f:
+            by_path = {row["path"]: row.get("group") or "" for row in csv.DictReader(f)}
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for p in files:
+        rel = p.relative_to(data).as_posix()
+        groups[by_path.get(rel) or p.parent.name].append(p)
+    return dict(sorted(groups.items()))
+
+
+def _manifest_seconds(data: Path) -> dict[str, float]:
+    manifest = data / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="") as f:
+        return {row["path"]: float(row.get("seconds") or 0) for row in csv.DictReader(f)}
+
+
+def choose_files(data: Path, budget_bytes: int, seed: int = 0) -> tuple[list[Path], dict]:
+    """Every noise and dev-speech file, then train speech round-robin over voice groups while it fits."""
+    parts = {name: data / name for name in ("noise/train", "noise/dev", "speech/dev", "speech/train")}
+    for d in parts.values():
+        if not d.is_dir():
+            raise RtpulseError(f"no {d}: --data must hold speech/{{train,dev}} and noise/{{train,dev}}")
+    fixed = [p for name in ("noise/train", "noise/dev", "speech/dev") for p in find_audio_files(parts[name])]
+    used = sum(p.stat().st_size for p in fixed)
+    if used > budget_bytes:
+        raise RtpulseError(f"noise and dev speech alone are {used / MIB:.1f} MiB, over the {budget_bytes / MIB:.1f} MiB budget")
+    rng = np.random.default_rng(seed)
+    queues = []
+    for files in _groups(data, find_audio_files(parts["speech/train"])).values():
+        order = rng.permutation(len(files))
+        queues.append([files[i] for i in order])
+    train: list[Path] = []
+    total_train = sum(len(q) for q in queues)
+    while any(queues):
+        for q in queues:
+            if q:
+                p = q.pop(0)
+                size = p.stat().st_size
+                if used + size <= budget_bytes:  # a file that does not fit is skipped; smaller ones may still
+                    train.append(p)
+                    used += size
+    stats = {"bytes": used, "fixed_files": len(fixed), "train_files": len(train), "train_files_available": total_train}
+    return fixed + sorted(train), stats
+
+
+def download_wheels(dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+           DEVICE_PYTHON, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+           "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *WHEELS]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RtpulseError(f"pip download failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+    return sorted(dest.glob("*.whl"))
+
+
+def pack(data: Path, out: Path, budget_mib: float, wheels: bool = True, seed: int = 0) -> dict:
+    """Write ``out/data/...`` (same layout as ``data``), ``out/wheels/`` and ``out/pack.json``; all or nothing."""
+    data = data.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise RtpulseError(f"{out} exists and is not empty; remove it or choose another --out")
+    wheel_room = 3 * MIB if wheels else 0  # the three wheels are ~1.9 MB
+    files, stats = choose_files(data, int(budget_mib * MIB) - wheel_room, seed)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for p in files:
+            dst = tmp / "data" / p.relative_to(data)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst)
+        if (data / "README.md").is_file():
+            shutil.copy2(data / "README.md", tmp / "data" / "README.md")  # the licences travel with the audio
+        stats["wheels"] = [w.name for w in download_wheels(tmp / "wheels")] if wheels else []
+        seconds = _manifest_seconds(data)
+        stats["train_hours"] = round(sum(seconds.get(p.relative_to(data).as_posix(), 0.0) for p in files
+                                         if p.is_relative_to(data / "speech" / "train")) / 3600, 2)
+        stats["mib"] = round(sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / MIB, 2)
+        stats["source"] = str(data)
+        (tmp / "pack.json").write_text(json.dumps(stats, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="root with speech/{train,dev} and noise/{train,dev}")
+    p.add_argument("--out", type=Path, default=Path(".data/gpu"), help="an ignored folder to carry (default .data/gpu)")
+    p.add_argument("--budget-mib", type=float, default=56.0, help="size of the pack, wheels included (default 56)")
+    p.add_argument("--no-wheels", action="store_true", help="do not download the soundfile wheels")
+    args = p.parse_args()
+    try:
+        stats = pack(args.data, args.out, args.budget_mib, wheels=not args.no_wheels)
+    except RtpulseError as e:
+        sys.exit(f"error: {e}")
+    print(
+        f"{args.out}: {stats['mib']} MiB — {stats['fixed_files']} noise/dev files, {stats['train_files']} of "
+        f"{stats['train_files_available']} train speech files ({stats['train_hours']} h), wheels: {', '.join(stats['wheels']) or 'none'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

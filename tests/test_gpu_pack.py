@@ -1,0 +1,53 @@
+"""The compact data pack for device runs: everything fixed, train speech round-robin by group, within budget."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from benchmarks.gpu_pack import MIB, pack
+from rtpulse.errors import RtpulseError
+
+
+def _tree(root):
+    rng = np.random.default_rng(0)
+    rows = ["path,kind,split,source,group,utterance_type,seconds,licence,licence_detail"]
+    def put(rel, seconds, group=""):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000, subtype="PCM_16")
+        rows.append(f"{rel},x,x,x,{group},,{seconds},x,")
+    put("noise/train/a.wav", 0.5)
+    put("noise/train/b.wav", 0.5)
+    put("noise/dev/c.wav", 0.5)
+    put("speech/dev/d.wav", 0.5)
+    # group "big" sorts first and has many files; "small" has two: a budget for four train files must take both
+    for i in range(6):
+        put(f"speech/train/corpus/big{i}.wav", 1.0, "big")
+    for i in range(2):
+        put(f"speech/train/corpus/small{i}.wav", 1.0, "small")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (root / "README.md").write_text("licences\n")
+    return root
+
+
+def test_pack_keeps_every_fixed_file_and_spreads_train_over_groups_within_budget(tmp_path):
+    data = _tree(tmp_path / "data")
+    fixed = sum((data / r).stat().st_size for r in ("noise/train/a.wav", "noise/train/b.wav", "noise/dev/c.wav", "speech/dev/d.wav"))
+    one = (data / "speech/train/corpus/big0.wav").stat().st_size
+    budget = fixed + 4 * one + 100
+    out = tmp_path / "pack"
+    stats = pack(data, out, budget / MIB, wheels=False)
+    copied = sorted(p.relative_to(out / "data").as_posix() for p in (out / "data").rglob("*.wav"))
+    train = [c for c in copied if c.startswith("speech/train/")]
+    assert {"noise/train/a.wav", "noise/train/b.wav", "noise/dev/c.wav", "speech/dev/d.wav"} <= set(copied)
+    assert len(train) == 4 == stats["train_files"]
+    assert sum("small" in t for t in train) == 2 and sum("big" in t for t in train) == 2  # round-robin, not alphabetical
+    assert stats["bytes"] <= budget and stats["train_hours"] == pytest.approx(4 / 3600, abs=0.01)
+    assert (out / "data/noise/train/a.wav").read_bytes() == (data / "noise/train/a.wav").read_bytes()
+    assert (out / "data/README.md").read_text() == "licences\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+    with pytest.raises(RtpulseError, match="not empty"):
+        pack(data, out, budget / MIB, wheels=False)
+    with pytest.raises(RtpulseError, match="over the"):
+        pack(data, tmp_path / "small", (fixed - 1) / MIB, wheels=False)
+    assert not (tmp_path / "small").exists()
