@@ -24,6 +24,7 @@ class Preset(str, Enum):
     paper = "paper"
     blocks2 = "blocks2"
     blocks3 = "blocks3"
+    blocks2f = "blocks2f"
 
 
 class Compress(str, Enum):
@@ -56,7 +57,7 @@ class LrSchedule(str, Enum):
 def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
     method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
-    preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3.")] = Preset.blocks2,
+    preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3; blocks2f = blocks2 dilated across frequency (65-bin view).")] = Preset.blocks2,
     lookahead: Annotated[int, typer.Option(help="Future frames the model sees (0 = causal; 16 ms each).")] = 0,
     compress: Annotated[
         Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")

@@ -41,6 +41,12 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
     ),
 }
 
+# Frequency dilation per layer (default 1): the same kernels and cost, a wider view across frequency. blocks2's
+# 13 bins (200 Hz) hold about one harmonic spacing of a voice; blocks2f sees 65 bins (1 kHz), several harmonics.
+# Time is never dilated, so the streaming caches stay (k − 1) frames per layer.
+PRESETS["blocks2f"] = PRESETS["blocks2"]
+FREQ_DILATIONS: dict[str, tuple[int, ...]] = {"blocks2f": (1, 2, 4, 8, 16, 1, 1)}
+
 COMPRESSIONS = ("power", "linear", "log1p")
 
 # Level normalisation (config.level_frames > 0): mean |X|² of a frame of a unit-std signal is Σ w²
@@ -107,6 +113,10 @@ class ModelConfig:
         return spec[:-1] + ((last_in, self.out_channels, last_k),)
 
     @property
+    def freq_dilations(self) -> tuple[int, ...]:
+        return FREQ_DILATIONS.get(self.preset, (1,) * len(PRESETS[self.preset]))
+
+    @property
     def max_lookahead(self) -> int:
         return sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
 
@@ -149,7 +159,9 @@ class PulseCNN(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.convs = nn.ModuleList(nn.Conv2d(cin, cout, k) for cin, cout, k in config.layers)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(cin, cout, k, dilation=(d, 1)) for (cin, cout, k), d in zip(config.layers, config.freq_dilations)
+        )
         self.dropout = nn.Dropout(config.dropout)
         # Time padding (past, future) per layer; the first `lookahead` 3×3 layers get one future frame.
         pads, budget = [], config.lookahead
@@ -170,8 +182,9 @@ class PulseCNN(nn.Module):
     @property
     def receptive_field(self) -> tuple[int, int]:
         """(frequency bins, time frames) that one output bin sees."""
-        rf = 1 + sum(k - 1 for _, _, k in self.config.layers)
-        return rf, rf
+        layers = self.config.layers
+        rf_f = 1 + sum((k - 1) * d for (_, _, k), d in zip(layers, self.config.freq_dilations))
+        return rf_f, 1 + sum(k - 1 for _, _, k in layers)
 
     @property
     def past_frames(self) -> int:
@@ -221,7 +234,7 @@ class PulseCNN(nn.Module):
         x = self.features(mag)
         last = len(self.convs) - 1
         for i, (conv, (past, future)) in enumerate(zip(self.convs, self.time_pads)):
-            fpad = conv.kernel_size[0] // 2
+            fpad = conv.dilation[0] * (conv.kernel_size[0] // 2)
             x = F.pad(x, (past, future, fpad, fpad))  # [B, C, F + 2fpad, T + past + future]
             x = conv(x)  # [B, C_out, F, T]
             if i < last:
@@ -262,13 +275,13 @@ class PulseCNN(nn.Module):
         state.frames_seen += 1
         x = self.features(mag_col.unsqueeze(-1), gain)[..., 0]  # [B, 1, F]
         last = len(self.convs) - 1
-        for i, (weight, bias) in enumerate(state.kernels):
+        for i, ((weight, bias), d) in enumerate(zip(state.kernels, self.config.freq_dilations)):
             cache = state.caches[i]
             if cache.shape[2] > 0:
                 window = torch.cat((cache, x.unsqueeze(2)), dim=2)  # [B, C_in, k_t, F], oldest column first
                 state.caches[i] = window[:, :, 1:]
                 x = window.reshape(x.shape[0], -1, x.shape[-1])  # [B, C_in·k_t, F]
-            x = F.conv1d(x, weight, bias, padding=weight.shape[-1] // 2)  # [B, C_out, F]
+            x = F.conv1d(x, weight, bias, padding=d * (weight.shape[-1] // 2), dilation=d)  # [B, C_out, F]
             if state.warmup[i] > 0:
                 state.warmup[i] -= 1
                 return None

@@ -8,13 +8,14 @@ from rtpulse.model import ModelConfig, PulseCNN, count_parameters, load_model, s
 
 
 @pytest.mark.parametrize(
-    "preset, params, rf, max_la",
-    [("paper", 98_425, 17, 8), ("blocks2", 18_073, 13, 6), ("blocks3", 73_529, 17, 8)],
+    "preset, params, rf_f, rf, max_la",
+    [("paper", 98_425, 17, 17, 8), ("blocks2", 18_073, 13, 13, 6), ("blocks3", 73_529, 17, 17, 8),
+     ("blocks2f", 18_073, 65, 13, 6)],
 )
-def test_preset_size_and_receptive_field(preset, params, rf, max_la):
+def test_preset_size_and_receptive_field(preset, params, rf_f, rf, max_la):
     model = PulseCNN(ModelConfig(preset=preset))
     assert count_parameters(model) == params
-    assert model.receptive_field == (rf, rf)
+    assert model.receptive_field == (rf_f, rf)
     assert model.config.max_lookahead == max_la
     # Measure the receptive field: perturb one input bin, see which outputs move (offline, L = max → symmetric).
     m = random_model(preset, lookahead=max_la)
@@ -24,7 +25,7 @@ def test_preset_size_and_receptive_field(preset, params, rf, max_la):
     bumped[0, 200, 20] += 5.0
     moved = (m(bumped) - base).abs()[0, 0] > 0
     f_idx, t_idx = moved.nonzero(as_tuple=True)
-    assert (f_idx.max() - f_idx.min() + 1, t_idx.max() - t_idx.min() + 1) == (rf, rf)
+    assert (f_idx.max() - f_idx.min() + 1, t_idx.max() - t_idx.min() + 1) == (rf_f, rf)
     assert (t_idx.min().item(), t_idx.max().item()) == (20 - (rf - 1) // 2, 20 + (rf - 1) // 2)
 
 

@@ -45,7 +45,7 @@ def test_identity_mask_reconstructs_input(lookahead):
 
 
 @pytest.mark.parametrize("preset, lookahead", [("paper", 0), ("paper", 2), ("paper", 8), ("blocks2", 0),
-                                               ("blocks2", 2), ("blocks2", 6)])
+                                               ("blocks2", 2), ("blocks2", 6), ("blocks2f", 2)])
 @pytest.mark.parametrize("chunking", CHUNKINGS)
 def test_streaming_equals_offline(preset, lookahead, chunking):
     x = noisy_signal(0.7, seed=lookahead)

@@ -22,7 +22,8 @@ def grow_into(small: PulseCNN, big: PulseCNN) -> None:
     shared = len(old) - 1
     c = old[-1].in_channels
     shapes_ok = len(new) > len(old) and all(
-        o.weight.shape == n.weight.shape for o, n in zip(list(old)[:shared], list(new)[:shared])
+        o.weight.shape == n.weight.shape and o.dilation == n.dilation
+        for o, n in zip(list(old)[:shared], list(new)[:shared])
     )
     added = list(new)[shared:-1]
     if not shapes_ok or any(m.in_channels < c or m.out_channels < c for m in added) or new[-1].in_channels < c:
