@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.latency import _save_fig, have_matplotlib, write_text
-from benchmarks.quality import MIN_SPEECH_S, generated_set
+from benchmarks.quality import MIN_SPEECH_S, REFERENCE_FLOOR_DB, generated_set
 from rtpulse.errors import RtpulseError
 from rtpulse.model import ModelConfig, load_model
 from trainer.evaluate import EvalOptions, score
@@ -68,6 +68,7 @@ class TableOptions:
     seconds: float = 6.0
     seed: int = 0
     min_speech_seconds: float = MIN_SPEECH_S
+    reference_floor_db: float = REFERENCE_FLOOR_DB
     dev_count: int = 40  # the trainer's own dev set, which picks each run's best checkpoint
     dev_seconds: float = 4.0
 
@@ -160,7 +161,9 @@ def run_table(opts: TableOptions) -> dict:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise RtpulseError(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
-    items = generated_set(opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds)
+    items = generated_set(
+        opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds, reference_floor_db=opts.reference_floor_db
+    )
     (opts.out / "rows").mkdir(parents=True, exist_ok=True)
     for name in names:
         done = opts.out / "rows" / f"{name}.json"
@@ -178,7 +181,10 @@ def run_table(opts: TableOptions) -> dict:
             "scores": score_model(run_dir / "best.safetensors", items),
         }
         write_text(done, json.dumps(row, indent=1))
-    return write_table(opts.out, {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed})
+    return write_table(
+        opts.out,
+        {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed, "reference_floor_db": opts.reference_floor_db},
+    )
 
 
 def write_table(out: Path, test_set: dict) -> dict:

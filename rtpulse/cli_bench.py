@@ -106,6 +106,13 @@ def quality(
     level_dbfs: Annotated[
         float, typer.Option(help="RMS level of each generated noisy mixture in dBFS (peak capped at 0.99).")
     ] = -26.0,
+    reference_floor_db: Annotated[
+        float,
+        typer.Option(
+            help="Skip dev speech whose quiet frames are louder than this relative to its loud ones (a background "
+            "in the reference penalises every denoiser that removes it); 0 keeps all."
+        ),
+    ] = -25.0,
 ) -> None:
     """SI-SNRi, PESQ-WB, STOI and DNSMOS for rtpulse, peers and a Wiener baseline on one test set."""
     from benchmarks.quality import QualityOptions, markdown, run_quality, write_quality
@@ -124,6 +131,7 @@ def quality(
         peers=peers,
         dnsmos=dnsmos,
         level_dbfs=level_dbfs,
+        reference_floor_db=reference_floor_db,
     )
     try:
         with _progress() as progress:
@@ -158,6 +166,9 @@ def training(
     count: Annotated[int, typer.Option(min=1, help="Test mixtures (the quality benchmark's set).")] = 20,
     seconds: Annotated[float, typer.Option(min=1.0, help="Length of each test mixture (s).")] = 6.0,
     min_speech_seconds: Annotated[float, typer.Option(help="Shortest dev speech file used for a test mixture.")] = 4.0,
+    reference_floor_db: Annotated[
+        float, typer.Option(help="Noise floor a test reference may have (as `bench quality`); 0 keeps all.")
+    ] = -25.0,
     dev_count: Annotated[int, typer.Option(min=1, help="The trainer's dev clips (pick each run's best epoch).")] = 40,
     dev_seconds: Annotated[float, typer.Option(help="Length of each dev clip (s).")] = 4.0,
 ) -> None:
@@ -180,6 +191,7 @@ def training(
         count=count,
         seconds=seconds,
         min_speech_seconds=min_speech_seconds,
+        reference_floor_db=reference_floor_db,
         dev_count=dev_count,
         dev_seconds=dev_seconds,
     )

@@ -230,3 +230,31 @@ def test_quality_run_scores_every_system(tmp_path):
     assert off == pytest.approx(stream, abs=1e-3)  # the streaming engine gives the offline samples
     assert systems["Wiener (DD)"]["residual_lag_samples_median"] == 0
     assert "| Wiener (DD) |" in markdown(result)
+
+
+def test_noise_floor_of_a_known_signal_and_the_test_set_skips_noisy_references(tmp_path):
+    from benchmarks.quality import generated_set
+    from rtpulse.audio import write_audio
+    from rtpulse.errors import RtpulseError
+    from trainer.data import noise_floor_db
+
+    # 60 frames of a full-scale tone (power 1/2 per 16 ms frame: whole cycles) and 140 of a tone with power 1e-4:
+    # p95 is loud, p10 quiet, floor = 10·log10(1e-4 / 0.5) = −36.99 dB
+    rng = np.random.default_rng(1)
+    tone = np.sin(2 * np.pi * 500 * np.arange(256 * 200) / SR)
+    x = tone * np.where(np.arange(tone.size) < 256 * 60, 1.0, np.sqrt(2e-4))
+    assert noise_floor_db(x) == pytest.approx(10 * np.log10(1e-4 / 0.5), abs=1e-6)
+    assert noise_floor_db(np.zeros(100)) == 0.0  # shorter than a frame: no quiet frames to speak of
+
+    _tiny_data(tmp_path)
+    clean_names = {p.stem for p in (tmp_path / "speech" / "dev").iterdir() if p.stem != "short"}
+    # one more reference with a steady hiss 12 dB under the voice: skipped by default, used with 0
+    hissy = _speechlike(5.0) + 0.05 * rng.standard_normal(5 * SR).astype(np.float32)
+    write_audio(tmp_path / "speech" / "dev" / "hissy.wav", hissy, SR)
+    assert noise_floor_db(hissy) > -25 > max(noise_floor_db(_speechlike(s)) for s in (4.0, 5.0))
+    names = {it.name.split("-", 2)[2] for it in generated_set(tmp_path, count=len(clean_names), seconds=4.0, seed=0)}
+    assert names == clean_names
+    everything = generated_set(tmp_path, count=len(clean_names) + 1, seconds=4.0, seed=0, reference_floor_db=0.0)
+    assert "hissy" in {it.name.split("-", 2)[2] for it in everything}
+    with pytest.raises(RtpulseError, match="noise floor"):
+        generated_set(tmp_path, count=len(clean_names) + 1, seconds=4.0, seed=0)
