@@ -103,6 +103,13 @@ def train(
     pvu_steps: Annotated[
         int, typer.Option(help="First steps on the P-vs-U logistic warm start (risk pvu), then --risk.")
     ] = 0,
+    speech_floor_db: Annotated[
+        float | None,
+        typer.Option(
+            help="Use only --clean/--val-clean files whose quiet frames are at least this far below their loud ones "
+            "(e.g. -25; speech recorded over a steady background would teach the model to keep it)."
+        ),
+    ] = None,
     p_level: Annotated[
         PLevel, typer.Option(help="P clip level: unit std (paper) or matched to the noise inside a mixture.")
     ] = PLevel.unit,
@@ -162,6 +169,7 @@ def train(
                 weight_exponent=weight_exponent,
                 pvu_steps=pvu_steps,
                 p_level=p_level.value,
+                speech_floor_db=speech_floor_db,
                 init=init.value,
                 clip_grad=clip_grad,
                 init_from=_s(init_from),

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from rtpulse.cli import app
+from rtpulse.errors import RtpulseError
 from rtpulse.model import load_model
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
@@ -94,6 +95,22 @@ def test_two_steps_change_weights_and_write_a_loadable_checkpoint(corpus, tmp_pa
     assert len(split["clean"]["held_out"]) == 1 and len(split["clean"]["train"]) == 2
 
 
+def test_speech_floor_keeps_only_speech_without_a_steady_background(corpus, tmp_path):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    rng = np.random.default_rng(1)
+    voice, _ = sf.read(corpus / "clean" / "sub" / "s0.wav", dtype="float32")  # gated: silent half the time
+    sf.write(clean / "quiet.wav", voice, 16000)
+    sf.write(clean / "hiss.wav", voice + 0.03 * rng.standard_normal(voice.size).astype(np.float32), 16000)
+    cfg = tiny(corpus, tmp_path, clean=str(clean), val_clean=str(clean), val_noise=str(corpus / "noise"),
+               speech_floor_db=-25.0, steps_per_epoch=1)
+    run_training(cfg, progress=False)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert [p.rsplit("/", 1)[1] for p in split["clean"]["train"] + split["val"]["clean"]] == ["quiet.wav", "quiet.wav"]
+    with pytest.raises(RtpulseError, match="raise --speech-floor-db"):
+        run_training(dataclasses.replace(cfg, out=str(tmp_path / "run2"), speech_floor_db=-200.0), progress=False)
+
+
 @pytest.mark.parametrize(("risk", "expected"), [("nnpu", 3), ("pvu", 1)])
 def test_warm_start_epochs_do_not_compete_for_best(corpus, tmp_path, monkeypatch, risk, expected):
     # scores that fall every epoch: epoch 1 would win, but with --pvu-steps 2 (1 step per epoch) epochs 1–2 are
@@ -172,6 +189,7 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--noise", "n"], "give --clean DIR"),
     (["--clean", "c", "--noisy", "u", "--noise", "n"], "exactly one"),
     (["--noisy", "u", "--noise", "n", "--method", "pn"], "trains PU only"),
+    (["--noisy", "u", "--noise", "n", "--speech-floor-db", "-25"], "not --noisy"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])

@@ -47,6 +47,7 @@ class TrainConfig:
     gamma: float = 1.0
     weight_exponent: float = 1.0
     pvu_steps: int = 0  # first steps on the P-vs-U logistic warm start (losses.pu_risk "pvu"), then `risk`
+    speech_floor_db: float | None = None  # keep only --clean/--val-clean files with data.noise_floor_db ≤ this
     p_level: str = "unit"  # P clips: "unit" std (paper) or "matched" to the noise level inside a mixture
     init: str = "default"  # "he": Kaiming-normal convs (the default init makes the output ignore the input)
     clip_grad: float = 0.0  # max gradient norm (0: off)
@@ -67,6 +68,8 @@ class TrainConfig:
             raise RtpulseError(f"--method {self.method} needs clean speech (--clean); --noisy trains PU only")
         if (self.val_clean is None) != (self.val_noise is None):
             raise RtpulseError("--val-clean and --val-noise go together")
+        if self.speech_floor_db is not None and self.noisy is not None:
+            raise RtpulseError("--speech-floor-db selects the speech the mixtures are made of (--clean), not --noisy")
         if self.risk not in ("nnpu", "upu", "pvu"):
             raise RtpulseError(f"--risk must be nnpu, upu or pvu, got {self.risk!r}")
         if self.p_level not in ("unit", "matched"):

@@ -62,6 +62,14 @@ def list_audio(root: Path, what: str) -> list[Path]:
     return files
 
 
+def quiet_floor_files(files: list[Path], floor_db: float, cache_dir: Path | None, what: str) -> list[Path]:
+    """The files whose :func:`noise_floor_db` is at most ``floor_db`` (speech without a steady background)."""
+    kept = [p for p in files if noise_floor_db(decode_cached(p, cache_dir)) <= floor_db]
+    if not kept:
+        raise RtpulseError(f"no {what} file has a noise floor ≤ {floor_db:g} dB; raise --speech-floor-db")
+    return kept
+
+
 def split_files(files: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Split by file with a fixed seed: (train, held_out). Held-out gets ≥ 1 file when there are ≥ 2."""
     if fraction <= 0 or len(files) < 2:

@@ -25,7 +25,16 @@ from rtpulse.model import ModelConfig, PulseCNN, save_model
 from rtpulse.stft import SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import AudioBank, Batch, Recipe, default_cache_dir, list_audio, split_files, write_split
+from trainer.data import (
+    AudioBank,
+    Batch,
+    Recipe,
+    default_cache_dir,
+    list_audio,
+    quiet_floor_files,
+    split_files,
+    write_split,
+)
 from trainer.ddp import Dist, init_distributed
 from trainer.losses import bin_weight, mixit_loss, pn_loss, pu_risk
 from trainer.validate import DevData
@@ -126,6 +135,8 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
     noise_files = list_audio(Path(cfg.noise), "--noise")
     speech_key, speech_root = ("clean", cfg.clean) if cfg.clean else ("noisy", cfg.noisy)
     speech_files = list_audio(Path(speech_root), f"--{speech_key}")
+    if cfg.speech_floor_db is not None:  # speech with a background the noise set lacks teaches "keep it"
+        speech_files = quiet_floor_files(speech_files, cfg.speech_floor_db, cache, "--clean")
     have_val = cfg.val_clean is not None
     # with a separate clean validation set, synthetic training keeps every file; real mode still holds
     # out P/U files for its risk.
@@ -134,8 +145,10 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
     no_train, no_held = split_files(noise_files, frac, cfg.seed + 1)
     split = {speech_key: {"train": sp_train, "held_out": sp_held}, "noise": {"train": no_train, "held_out": no_held}}
     if have_val:
-        split["val"] = {"clean": list_audio(Path(cfg.val_clean), "--val-clean"),
-                        "noise": list_audio(Path(cfg.val_noise), "--val-noise")}
+        val_clean = list_audio(Path(cfg.val_clean), "--val-clean")
+        if cfg.speech_floor_db is not None:
+            val_clean = quiet_floor_files(val_clean, cfg.speech_floor_db, cache, "--val-clean")
+        split["val"] = {"clean": val_clean, "noise": list_audio(Path(cfg.val_noise), "--val-noise")}
 
     def load(files: list[Path]) -> AudioBank | None:
         return AudioBank.from_files(files, cache) if files else None
