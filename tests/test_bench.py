@@ -258,3 +258,27 @@ def test_noise_floor_of_a_known_signal_and_the_test_set_skips_noisy_references(t
     assert "hissy" in {it.name.split("-", 2)[2] for it in everything}
     with pytest.raises(RtpulseError, match="noise floor"):
         generated_set(tmp_path, count=len(clean_names) + 1, seconds=4.0, seed=0)
+
+
+def test_reference_floor_groups_each_system_by_its_references_floor(tmp_path):
+    from benchmarks.quality import generated_set
+    from benchmarks.reference_floor import by_floor, floors_by_file, plot
+    from trainer.data import noise_floor_db
+
+    result = {"systems": {
+        "A": {"files": [{"file": "x", "si_snri": 6.0}, {"file": "y", "si_snri": 4.0}, {"file": "z", "si_snri": -10.0}]},
+        "B": {"files": [{"file": "x", "si_snri": 3.0}, {"file": "z", "si_snri": 2.0}]},
+    }}
+    floors = {"x": -40.0, "y": -25.0, "z": -16.0}  # -25 itself counts as quiet
+    table = by_floor(result, floors, -25.0)
+    assert table["A"] == {"quiet": 5.0, "background": -10.0, "n_quiet": 2, "n_background": 1}
+    assert table["B"]["quiet"] == 3.0 and table["B"]["background"] == 2.0
+    if importlib.util.find_spec("matplotlib"):
+        plot(result, floors, ["A", "B"], tmp_path / "f.png", -25.0)
+        assert (tmp_path / "f.png").stat().st_size > 1000
+
+    _tiny_data(tmp_path / "data")
+    run = {"test_set": {"count": 3, "seconds_max": 4.0, "seed": 0, "speech_min_seconds": 4.0}}
+    measured = floors_by_file(run, tmp_path / "data", 0.0)
+    items = generated_set(tmp_path / "data", 3, 4.0, 0, 4.0, reference_floor_db=0.0)
+    assert measured == {it.name: noise_floor_db(it.clean) for it in items}

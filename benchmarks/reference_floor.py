@@ -1,0 +1,84 @@
+"""SI-SNRi per file against the noise floor of its "clean" reference, for every system of a quality run.
+
+Why the quality benchmark skips references with a steady background (``REFERENCE_FLOOR_DB``): a denoiser that
+removes the background under the voice is scored as distorting the reference. This plots the evidence.
+
+    python -m benchmarks.reference_floor benchmarks/results/quality40/quality.json --reference-floor-db 0
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.latency import _save_fig, have_matplotlib
+from benchmarks.quality import DEFAULT_DATA, generated_set
+
+
+def floors_by_file(result: dict, data: Path, reference_floor_db: float) -> dict[str, float]:
+    """Regenerate a run's test set (its count, length and seed) and measure each reference's noise floor."""
+    from trainer.data import noise_floor_db
+
+    ts = result["test_set"]
+    items = generated_set(
+        data, ts["count"], ts["seconds_max"], ts["seed"], ts["speech_min_seconds"],
+        reference_floor_db=reference_floor_db,
+    )
+    return {it.name: noise_floor_db(it.clean) for it in items}
+
+
+def by_floor(result: dict, floors: dict[str, float], split_db: float) -> dict[str, dict[str, float]]:
+    """Mean SI-SNRi per system over files whose reference floor is ≤ / > ``split_db``."""
+    table = {}
+    for name, system in result["systems"].items():
+        rows = [(floors[f["file"]], f["si_snri"]) for f in system.get("files", []) if f["file"] in floors]
+        quiet = [v for fl, v in rows if fl <= split_db]
+        loud = [v for fl, v in rows if fl > split_db]
+        table[name] = {"quiet": float(np.mean(quiet)) if quiet else float("nan"),
+                       "background": float(np.mean(loud)) if loud else float("nan"),
+                       "n_quiet": len(quiet), "n_background": len(loud)}
+    return table
+
+
+def plot(result: dict, floors: dict[str, float], systems: list[str], path: Path, split_db: float) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in systems:
+        rows = sorted((floors[f["file"]], f["si_snri"]) for f in result["systems"][name]["files"] if f["file"] in floors)
+        ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, label=name)
+    ax.axvline(split_db, color="grey", ls="--", lw=1)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("noise floor of the clean reference (dB: quiet frames vs loud ones)")
+    ax.set_ylabel("SI-SNRi (dB)")
+    ax.set_title("A background in the reference penalises removing it")
+    ax.legend(fontsize=8)
+    _save_fig(fig, path)
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("quality_json", type=Path)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--reference-floor-db", type=float, default=0.0, help="the run's own filter (0 = none)")
+    p.add_argument("--split-db", type=float, default=-25.0)
+    p.add_argument("--systems", nargs="*", default=["rtpulse (shipped) offline", "RNNoise", "DeepFilterNet3"])
+    p.add_argument("--out", type=Path, default=None, help="PNG (default: reference_floor.png beside the JSON)")
+    args = p.parse_args()
+    result = json.loads(args.quality_json.read_text())
+    floors = floors_by_file(result, args.data, args.reference_floor_db)
+    for name, row in by_floor(result, floors, args.split_db).items():
+        print(f"{name:34s} floor ≤ {args.split_db:g} dB: {row['quiet']:+.2f} ({row['n_quiet']} files)   "
+              f"> {args.split_db:g} dB: {row['background']:+.2f} ({row['n_background']} files)")
+    if have_matplotlib():
+        out = args.out or args.quality_json.with_name("reference_floor.png")
+        plot(result, floors, [s for s in args.systems if s in result["systems"]], out, args.split_db)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
