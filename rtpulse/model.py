@@ -41,7 +41,7 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
     ),
 }
 
-# Frequency dilation per layer (default 1): the same kernels and cost, a wider view across frequency. blocks2's
+# Frequency dilation per layer (default 1): the same kernels and MACs, a wider view across frequency. blocks2's
 # 13 bins (200 Hz) hold about one harmonic spacing of a voice; blocks2f sees 65 bins (1 kHz), several harmonics.
 # Time is never dilated, so the streaming caches stay (k − 1) frames per layer.
 PRESETS["blocks2f"] = PRESETS["blocks2"]
