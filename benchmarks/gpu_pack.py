@@ -1,7 +1,7 @@
 """Pack a compact copy of the training data (and the wheels the GPU image lacks) for a device run.
 
 The device tool carries at most 64 MiB of working tree, the repository included, and its image has torch,
-scipy, typer and rich but not soundfile. ``../shared/data`` is 94 MB of Ogg/Opus, so this copies all of the
+numpy, scipy, typer, rich and safetensors but not soundfile. ``../shared/data`` is 94 MB of Ogg/Opus, so this copies all of the
 noise and the dev speech and as much train speech as fits ``--budget-mib``, taken round-robin over the
 manifest's voice groups (so a subset keeps every language and corpus, not the first folders alphabetically).
 Files are copied as they are (Opus is already the compact form; re-encoding would add artefacts).
@@ -36,24 +36,34 @@ MIB = 1 << 20
 
 def _groups(data: Path, files: list[Path]) -> dict[str, list[Path]]:
     """Train speech files by voice group: the manifest's ``group`` column, else the parent folder."""
-    by_path: dict[str, str] = {}
-    manifest = data / "manifest.csv"
-    if manifest.is_file():
-        with manifest.open(newline="") as f:
-            by_path = {row["path"]: row.get("group") or "" for row in csv.DictReader(f)}
+    by_path = {rel: row.get("group") or "" for rel, row in _manifest(data).items()}
     groups: dict[str, list[Path]] = defaultdict(list)
     for p in files:
         rel = p.relative_to(data).as_posix()
-        groups[by_path.get(rel) or p.parent.name].append(p)
+        groups[by_path.get(rel) or p.parent.relative_to(data).as_posix()].append(p)
     return dict(sorted(groups.items()))
 
 
-def _manifest_seconds(data: Path) -> dict[str, float]:
+def _manifest(data: Path) -> dict[str, dict]:
+    """``data/manifest.csv`` rows by path ({} without one)."""
     manifest = data / "manifest.csv"
     if not manifest.is_file():
         return {}
-    with manifest.open(newline="") as f:
-        return {row["path"]: float(row.get("seconds") or 0) for row in csv.DictReader(f)}
+    try:
+        with manifest.open(newline="") as f:
+            return {row["path"]: row for row in csv.DictReader(f)}
+    except (KeyError, csv.Error, UnicodeDecodeError) as e:
+        raise RtpulseError(f"{manifest}: not a manifest with a 'path' column ({e})") from None
+
+
+def _manifest_seconds(data: Path) -> dict[str, float]:
+    out = {}
+    for rel, row in _manifest(data).items():
+        try:
+            out[rel] = float(row.get("seconds") or 0)
+        except ValueError:
+            raise RtpulseError(f"{data / 'manifest.csv'}: seconds {row.get('seconds')!r} of {rel} is not a number") from None
+    return out
 
 
 def choose_files(data: Path, budget_bytes: int, seed: int = 0) -> tuple[list[Path], dict]:
@@ -92,19 +102,21 @@ def download_wheels(dest: Path) -> list[Path]:
            "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *WHEELS]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RtpulseError(f"pip download failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+        lines = done.stderr.strip().splitlines()
+        raise RtpulseError(f"pip download failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
     return sorted(dest.glob("*.whl"))
 
 
 def pack(data: Path, out: Path, budget_mib: float, wheels: bool = True, seed: int = 0) -> dict:
     """Write ``out/data/...`` (same layout as ``data``), ``out/wheels/`` and ``out/pack.json``; all or nothing."""
     data = data.resolve()
-    if out.exists() and any(out.iterdir()):
-        raise RtpulseError(f"{out} exists and is not empty; remove it or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RtpulseError(f"{out} exists and is not an empty folder; remove it or choose another --out")
     wheel_room = 3 * MIB if wheels else 0  # the three wheels are ~1.9 MB
     files, stats = choose_files(data, int(budget_mib * MIB) - wheel_room, seed)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         for p in files:
             dst = tmp / "data" / p.relative_to(data)
@@ -117,6 +129,8 @@ def pack(data: Path, out: Path, budget_mib: float, wheels: bool = True, seed: in
         stats["train_hours"] = round(sum(seconds.get(p.relative_to(data).as_posix(), 0.0) for p in files
                                          if p.is_relative_to(data / "speech" / "train")) / 3600, 2)
         stats["mib"] = round(sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / MIB, 2)
+        if stats["mib"] > budget_mib:  # the wheels had a fixed allowance; their real size decides
+            raise RtpulseError(f"the pack came to {stats['mib']} MiB, over --budget-mib {budget_mib:g}; lower the budget")
         stats["source"] = str(data)
         (tmp / "pack.json").write_text(json.dumps(stats, indent=1) + "\n")
         if out.exists():
@@ -138,7 +152,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         stats = pack(args.data, args.out, args.budget_mib, wheels=not args.no_wheels)
-    except RtpulseError as e:
+    except (RtpulseError, OSError) as e:
         sys.exit(f"error: {e}")
     print(
         f"{args.out}: {stats['mib']} MiB — {stats['fixed_files']} noise/dev files, {stats['train_files']} of "

@@ -3,30 +3,37 @@
 Why the quality benchmark skips references with a steady background (``REFERENCE_FLOOR_DB``): a denoiser that
 removes the background under the voice is scored as distorting the reference. This plots the evidence.
 
-    python -m benchmarks.reference_floor benchmarks/results/quality40/quality.json --reference-floor-db 0
+    python -m benchmarks.reference_floor benchmarks/results/quality40/quality.json
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.latency import _save_fig, have_matplotlib
 from benchmarks.quality import DEFAULT_DATA, generated_set
+from rtpulse.errors import RtpulseError
 
 
-def floors_by_file(result: dict, data: Path, reference_floor_db: float) -> dict[str, float]:
-    """Regenerate a run's test set (its count, length and seed) and measure each reference's noise floor."""
+def floors_by_file(result: dict, data: Path) -> dict[str, float]:
+    """Regenerate a run's test set (its count, length, seed and reference filter; runs from before the filter used
+    none) and measure each reference's noise floor. Refuses when the set does not match the run's files."""
     from trainer.data import noise_floor_db
 
     ts = result["test_set"]
     items = generated_set(
         data, ts["count"], ts["seconds_max"], ts["seed"], ts["speech_min_seconds"],
-        reference_floor_db=reference_floor_db,
+        reference_floor_db=ts.get("reference_floor_db", 0.0),
     )
-    return {it.name: noise_floor_db(it.clean) for it in items}
+    floors = {it.name: noise_floor_db(it.clean) for it in items}
+    scored = {f["file"] for system in result["systems"].values() for f in system.get("files", [])}
+    if scored - floors.keys():
+        raise RtpulseError(f"{len(scored - floors.keys())} scored files are not in the regenerated set: other --data?")
+    return floors
 
 
 def by_floor(result: dict, floors: dict[str, float], split_db: float) -> dict[str, dict[str, float]]:
@@ -47,7 +54,8 @@ def plot(result: dict, floors: dict[str, float], systems: list[str], path: Path,
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in systems:
-        rows = sorted((floors[f["file"]], f["si_snri"]) for f in result["systems"][name]["files"] if f["file"] in floors)
+        files = result["systems"][name].get("files", [])
+        rows = sorted((floors[f["file"]], f["si_snri"]) for f in files if f["file"] in floors)
         ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, label=name)
     ax.axvline(split_db, color="grey", ls="--", lw=1)
     ax.axhline(0, color="black", lw=0.5)
@@ -55,7 +63,9 @@ def plot(result: dict, floors: dict[str, float], systems: list[str], path: Path,
     ax.set_ylabel("SI-SNRi (dB)")
     ax.set_title("A background in the reference penalises removing it")
     ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     _save_fig(fig, path)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -64,13 +74,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("quality_json", type=Path)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--reference-floor-db", type=float, default=0.0, help="the run's own filter (0 = none)")
     p.add_argument("--split-db", type=float, default=-25.0)
     p.add_argument("--systems", nargs="*", default=["rtpulse (shipped) offline", "RNNoise", "DeepFilterNet3"])
     p.add_argument("--out", type=Path, default=None, help="PNG (default: reference_floor.png beside the JSON)")
     args = p.parse_args()
-    result = json.loads(args.quality_json.read_text())
-    floors = floors_by_file(result, args.data, args.reference_floor_db)
+    try:
+        result = json.loads(args.quality_json.read_text())
+        floors = floors_by_file(result, args.data)
+    except (OSError, ValueError, KeyError, RtpulseError) as e:
+        sys.exit(f"error: {args.quality_json}: {e}")
     for name, row in by_floor(result, floors, args.split_db).items():
         print(f"{name:34s} floor ≤ {args.split_db:g} dB: {row['quiet']:+.2f} ({row['n_quiet']} files)   "
               f"> {args.split_db:g} dB: {row['background']:+.2f} ({row['n_background']} files)")

@@ -164,13 +164,19 @@ def run_table(opts: TableOptions) -> dict:
     items = generated_set(
         opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds, reference_floor_db=opts.reference_floor_db
     )
+    test_set = {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed, "data": str(opts.data),
+                "reference_floor_db": opts.reference_floor_db}
     (opts.out / "rows").mkdir(parents=True, exist_ok=True)
     for name in names:
         done = opts.out / "rows" / f"{name}.json"
+        run_dir = opts.out / "runs" / name
         if done.exists():
+            row = json.loads(done.read_text())
+            if row.get("test_set") != test_set:  # finished under another test set: re-score, do not retrain
+                row.update(scores=score_model(run_dir / "best.safetensors", items), test_set=test_set)
+                write_text(done, json.dumps(row, indent=1))
             continue
         command = _train(name, opts)
-        run_dir = opts.out / "runs" / name
         row = {
             "name": name,
             "what": ROWS[name][0],
@@ -179,12 +185,10 @@ def run_table(opts: TableOptions) -> dict:
             "device": opts.device or ("cuda" if torch.cuda.is_available() else "cpu"),
             **_cost(run_dir),
             "scores": score_model(run_dir / "best.safetensors", items),
+            "test_set": test_set,
         }
         write_text(done, json.dumps(row, indent=1))
-    return write_table(
-        opts.out,
-        {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed, "reference_floor_db": opts.reference_floor_db},
-    )
+    return write_table(opts.out, test_set)
 
 
 def write_table(out: Path, test_set: dict) -> dict:
@@ -201,7 +205,9 @@ def write_table(out: Path, test_set: dict) -> dict:
     result = {"test_set": test_set, "rows": rows}
     lines = [
         f"Training table — test set: {test_set['count']} dev-split mixtures ≤ {test_set['seconds']:g} s, seed "
-        + f"{test_set['seed']}, −26 dBFS, SNR U[−5, 10] dB (the files of quality.md); each run's best epoch by dev soft SI-SNRi",
+        + f"{test_set['seed']}, references with a noise floor ≤ {test_set.get('reference_floor_db', 0):g} dB, −26 dBFS, "
+        + "SNR U[−5, 10] dB (as `rtpulse bench quality`); each run's best epoch by dev soft SI-SNRi; † = scored on "
+        + "another test set (a row not re-run under these settings)",
         "",
         "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | dev soft: kept (epoch) / last |"
         + " steps | train min | clips/s | device |",
@@ -211,7 +217,7 @@ def write_table(out: Path, test_set: dict) -> dict:
         cfg = json.loads(r["model"])
         s, b = r["scores"]["soft"], r["scores"]["binary"]
         lines.append(
-            f"| {_what(r)} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
+            f"| {_what(r)}{'' if r.get('test_set') == test_set else ' †'} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
             f"{b['si_snri']:+.2f} | {s.get('pesq_wb', float('nan')):.2f} | {s.get('stoi', float('nan')):.3f} | "
             f"{_dev(r)} | "
             f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"

@@ -117,7 +117,7 @@ def train(
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     init_from: Annotated[
         Path | None,
-        typer.Option(help="Start from this model file's weights (fine-tuning; same compress; L may differ; a smaller preset (blocks2 < blocks3 < paper) grows into this one with its logits unchanged)."),
+        typer.Option(help="Start from this model file's weights (fine-tuning; same compress; L may differ; a smaller preset (blocks2 < blocks3 < paper) grows into this one, its logits unchanged if L and --level-frames match)."),
     ] = None,
     select_mask: Annotated[Mask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")] = Mask.binary,
     seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,

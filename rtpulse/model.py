@@ -6,7 +6,7 @@ Channel 0 is the noise logit f: f ≥ 0 means the bin is noise (PU's positive cl
 Time padding is explicit per layer so that streaming and offline agree: a 3-wide time kernel is padded
 (2, 0) when causal and (1, 1) when it carries one frame of lookahead. The first ``lookahead`` 3×3 layers
 carry lookahead, so the model's output for frame t depends on input frames ≤ t + lookahead.
-Frequency is always 'same'-padded (1, 1).
+Frequency is always 'same'-padded: (d, d) for a 3-wide kernel with frequency dilation d (FREQ_DILATIONS).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
 # Time is never dilated, so the streaming caches stay (k − 1) frames per layer.
 PRESETS["blocks2f"] = PRESETS["blocks2"]
 FREQ_DILATIONS: dict[str, tuple[int, ...]] = {"blocks2f": (1, 2, 4, 8, 16, 1, 1)}
+assert all(len(d) == len(PRESETS[name]) for name, d in FREQ_DILATIONS.items()), "one dilation per layer"
 
 COMPRESSIONS = ("power", "linear", "log1p")
 

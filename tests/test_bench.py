@@ -263,6 +263,7 @@ def test_noise_floor_of_a_known_signal_and_the_test_set_skips_noisy_references(t
 def test_reference_floor_groups_each_system_by_its_references_floor(tmp_path):
     from benchmarks.quality import generated_set
     from benchmarks.reference_floor import by_floor, floors_by_file, plot
+    from rtpulse.errors import RtpulseError
     from trainer.data import noise_floor_db
 
     result = {"systems": {
@@ -277,8 +278,12 @@ def test_reference_floor_groups_each_system_by_its_references_floor(tmp_path):
         plot(result, floors, ["A", "B"], tmp_path / "f.png", -25.0)
         assert (tmp_path / "f.png").stat().st_size > 1000
 
+    # a run's own test set is rebuilt from its JSON, files checked against what it scored
     _tiny_data(tmp_path / "data")
-    run = {"test_set": {"count": 3, "seconds_max": 4.0, "seed": 0, "speech_min_seconds": 4.0}}
-    measured = floors_by_file(run, tmp_path / "data", 0.0)
-    items = generated_set(tmp_path / "data", 3, 4.0, 0, 4.0, reference_floor_db=0.0)
-    assert measured == {it.name: noise_floor_db(it.clean) for it in items}
+    items = generated_set(tmp_path / "data", 3, 4.0, 0, 4.0, reference_floor_db=-25.0)
+    run = {"test_set": {"count": 3, "seconds_max": 4.0, "seed": 0, "speech_min_seconds": 4.0, "reference_floor_db": -25.0},
+           "systems": {"A": {"files": [{"file": it.name, "si_snri": 1.0} for it in items]}}}
+    assert floors_by_file(run, tmp_path / "data") == {it.name: noise_floor_db(it.clean) for it in items}
+    run["systems"]["A"]["files"].append({"file": "mix-009-elsewhere", "si_snri": 0.0})
+    with pytest.raises(RtpulseError, match="not in the regenerated set"):
+        floors_by_file(run, tmp_path / "data")

@@ -25,6 +25,8 @@ def _tree(root):
         put(f"speech/train/corpus/big{i}.wav", 1.0, "big")
     for i in range(2):
         put(f"speech/train/corpus/small{i}.wav", 1.0, "small")
+    # the manifest's seconds (not the files') give the pack's hours: 900 s a train file
+    rows = [r.replace(",1.0,x,", ",900,x,") for r in rows]
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     (root / "README.md").write_text("licences\n")
     return root
@@ -42,12 +44,24 @@ def test_pack_keeps_every_fixed_file_and_spreads_train_over_groups_within_budget
     assert {"noise/train/a.wav", "noise/train/b.wav", "noise/dev/c.wav", "speech/dev/d.wav"} <= set(copied)
     assert len(train) == 4 == stats["train_files"]
     assert sum("small" in t for t in train) == 2 and sum("big" in t for t in train) == 2  # round-robin, not alphabetical
-    assert stats["bytes"] <= budget and stats["train_hours"] == pytest.approx(4 / 3600, abs=0.01)
+    assert stats["bytes"] <= budget and stats["train_hours"] == 1.0  # 4 files × 900 s
     assert (out / "data/noise/train/a.wav").read_bytes() == (data / "noise/train/a.wav").read_bytes()
     assert (out / "data/README.md").read_text() == "licences\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
-    with pytest.raises(RtpulseError, match="not empty"):
+    with pytest.raises(RtpulseError, match="not an empty folder"):
         pack(data, out, budget / MIB, wheels=False)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(RtpulseError, match="not an empty folder"):
+        pack(data, tmp_path / "a_file", budget / MIB, wheels=False)
     with pytest.raises(RtpulseError, match="over the"):
         pack(data, tmp_path / "small", (fixed - 1) / MIB, wheels=False)
     assert not (tmp_path / "small").exists()
+
+
+def test_pack_refuses_a_bad_manifest_in_one_line(tmp_path):
+    data = _tree(tmp_path / "data")
+    text = (data / "manifest.csv").read_text().replace(",900,", ",lots,", 1)
+    (data / "manifest.csv").write_text(text)
+    with pytest.raises(RtpulseError, match="is not a number"):
+        pack(data, tmp_path / "pack", 1.0, wheels=False)
+    assert not (tmp_path / "pack").exists()

@@ -1,5 +1,6 @@
 """The comparison-table runner: row commands, scoring, resuming a half-done table. Tiny generated audio."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,6 +99,12 @@ def test_two_rows_train_score_and_a_finished_row_is_not_run_again(data, tmp_path
     before = (tmp_path / "table" / "rows" / "pn-paper-L0.json").read_text()
     again = run_table(opts)
     assert len(again["rows"]) == 2 and (tmp_path / "table" / "rows" / "pn-paper-L0.json").read_text() == before
+    # another test set: the finished rows are re-scored on it (not retrained), and say which set scored them
+    other = dataclasses.replace(opts, count=1)
+    third = run_table(other)
+    assert all(r["test_set"]["count"] == 1 for r in third["rows"])
+    assert third["rows"][0]["command"] == again["rows"][0]["command"]
+    assert " † |" not in (tmp_path / "table" / "training_table.md").read_text()  # no row left on the old set
 
 
 def test_a_killed_row_resumes_with_its_own_settings_and_records_them(data, tmp_path):
