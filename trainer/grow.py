@@ -4,9 +4,9 @@
 The shared layers are copied; each added hidden layer passes the old features through unchanged on its first c
 channels (an identity kernel at the tap for "this frame"; ReLU of features that are already ≥ 0 is a no-op) and
 starts its other channels as initialised; the new output layer reads the old output layer's weights from those
-c channels and zero from the new ones. So the grown net gives the same logits as the small one at step 0 (given the same lookahead and level window;
-with dropout > 0 the added layers also drop the carried features in training), and training only has to find
-what the added capacity is good for.
+c channels and zero from the new ones. So the grown net gives the same logits as the small one at step 0 (given
+the same lookahead and level window; with dropout > 0 the added layers also drop the carried features in
+training), and training only has to find what the added capacity is good for.
 """
 
 from __future__ import annotations
