@@ -66,6 +66,9 @@ def train(
     level_frames: Annotated[
         int, typer.Option(help="Normalise the model's input level over the last N frames (0 = off; 125 ≈ 2 s).")
     ] = 0,
+    floor_frames: Annotated[
+        int, typer.Option(help="Add noise-floor inputs tracked over the last N frames (0 = off; 94 ≈ 1.5 s).")
+    ] = 0,
     clean: Annotated[Path | None, typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
     noise: Annotated[Path | None, typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
     noisy: Annotated[Path | None, typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
@@ -76,6 +79,9 @@ def train(
     dev_count: Annotated[int, typer.Option(help="Fixed validation clips.")] = 32,
     dev_seconds: Annotated[float, typer.Option(help="Length of each validation clip.")] = 3.125,
     crop_seconds: Annotated[float, typer.Option(help="Training clip length (shorter = faster on CPU).")] = 3.125,
+    context_seconds: Annotated[
+        float, typer.Option(help="Audio before each crop that only feeds the level/floor trackers (no loss on it).")
+    ] = 0.0,
     snr_min: Annotated[float, typer.Option(help="Lowest mixing SNR (dB).")] = -5.0,
     snr_max: Annotated[float, typer.Option(help="Highest mixing SNR (dB).")] = 10.0,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 10; with --resume: the new total).")] = None,
@@ -143,6 +149,7 @@ def train(
                 compress=compress.value,
                 dropout=dropout,
                 level_frames=level_frames,
+                floor_frames=floor_frames,
                 clean=_s(clean),
                 noise=_s(noise),
                 noisy=_s(noisy),
@@ -153,6 +160,7 @@ def train(
                 dev_count=dev_count,
                 dev_seconds=dev_seconds,
                 crop_seconds=crop_seconds,
+                context_seconds=context_seconds,
                 snr_min=snr_min,
                 snr_max=snr_max,
                 epochs=epochs or 10,

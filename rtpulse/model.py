@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,16 @@ LEVEL_REF_POWER = 1024 * (0.54**2 + 0.46**2 / 2)
 LEVEL_MIN_POWER = LEVEL_REF_POWER * 1e-6
 METHODS = ("pu", "pn", "mixit")
 
+# Noise-floor channels (config.floor_frames > 0): a minimum-statistics tracker per bin, min over the last K frames
+# of the power averaged over FLOOR_SMOOTH_FRAMES frames (averaging first: the min of a raw noise periodogram sits
+# far below its mean). The 13-frame view of blocks2 (~0.2 s) cannot tell a steady noise from a held vowel; this
+# gives every bin its own reference over K frames (~1.5 s at K = 94), which the network reads as two extra inputs:
+# the floor (compressed like |X|) and the log ratio of |X|² to it (a posteriori SNR). FLOOR_EPS (60 dB under the
+# unit level, per bin) keeps silence at ratio ≈ 1.
+FLOOR_SMOOTH_FRAMES = 4
+FLOOR_EPS = LEVEL_MIN_POWER
+FLOOR_RATIO_SCALE = 0.25  # log ratios of ±14 (±60 dB) → ±3.5, the range of the other inputs
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -74,6 +85,8 @@ class ModelConfig:
         network. The mask still applies to the unscaled spectrum.
     mask: the mask this model is meant to be used with when the user names none — "binary" (the paper's
         1[f < 0]) or "soft" (σ(−f)); training decides which scores better.
+    floor_frames: 0 = one input channel; K > 0 = two more, from a causal noise-floor tracker over the last K
+        frames (see FLOOR_SMOOTH_FRAMES).
     """
 
     preset: str = "blocks2"
@@ -84,6 +97,7 @@ class ModelConfig:
     dropout: float = 0.2
     level_frames: int = 0
     mask: str = "binary"
+    floor_frames: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
     def __post_init__(self) -> None:
@@ -99,6 +113,8 @@ class ModelConfig:
             raise RtpulseError(f"mask must be 'binary' or 'soft', got {self.mask!r}")
         if not isinstance(self.level_frames, int) or not 0 <= self.level_frames <= 1000:
             raise RtpulseError(f"level_frames must be an integer 0…1000, got {self.level_frames!r}")
+        if not isinstance(self.floor_frames, int) or not 0 <= self.floor_frames <= 1000:
+            raise RtpulseError(f"floor_frames must be an integer 0…1000, got {self.floor_frames!r}")
         n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
@@ -108,10 +124,14 @@ class ModelConfig:
             raise RtpulseError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @property
+    def in_channels(self) -> int:
+        return 3 if self.floor_frames else 1
+
+    @property
     def layers(self) -> tuple[tuple[int, int, int], ...]:
         spec = PRESETS[self.preset]
-        last_in, _, last_k = spec[-1]
-        return spec[:-1] + ((last_in, self.out_channels, last_k),)
+        (_, first_out, first_k), (last_in, _, last_k) = spec[0], spec[-1]
+        return ((self.in_channels, first_out, first_k),) + spec[1:-1] + ((last_in, self.out_channels, last_k),)
 
     @property
     def freq_dilations(self) -> tuple[int, ...]:
@@ -143,6 +163,8 @@ class StreamState:
         moved into the channel axis so a step is one 1-D convolution over frequency (several times
         faster than a 2-D convolution on a 3-column input). A snapshot: re-init after changing weights.
     level_powers, frames_seen: the level normaliser's memory (see ModelConfig.level_frames).
+    floor_powers, floor_smooth: the noise-floor tracker's memory — the last FLOOR_SMOOTH_FRAMES powers and the
+        last K smoothed powers per bin (+inf before the stream starts, as offline pads the min).
     warmup[i]: outputs layer i still has to swallow — a lookahead layer's first output belongs to
         frame −1, which offline never computes, so it must not reach the next layer's cache.
     """
@@ -152,6 +174,8 @@ class StreamState:
     warmup: list[int]
     level_powers: torch.Tensor | None = None  # [B, 2, K]: gated mean |X|² and loud flag of the last K frames
     frames_seen: int = 0
+    floor_powers: torch.Tensor | None = None  # [B, F, FLOOR_SMOOTH_FRAMES]
+    floor_smooth: torch.Tensor | None = None  # [B, F, K]
 
 
 class PulseCNN(nn.Module):
@@ -190,9 +214,11 @@ class PulseCNN(nn.Module):
     @property
     def past_frames(self) -> int:
         """Past frames one output frame depends on: 2 per causal 3×3 layer, 1 per lookahead layer, plus
-        the level normaliser's K − 1. Chunked processing needs this much context to be exact."""
+        the longer of the level normaliser's K − 1 and the floor tracker's. Chunked processing needs this much
+        context to be exact."""
         level = self.config.level_frames - 1 if self.config.level_frames else 0
-        return 2 * self.config.max_lookahead - self.lookahead + level
+        floor = self.config.floor_frames + FLOOR_SMOOTH_FRAMES - 2 if self.config.floor_frames else 0
+        return 2 * self.config.max_lookahead - self.lookahead + max(level, floor)
 
     def level_gain(self, mag: torch.Tensor) -> torch.Tensor:
         """Causal level-normalising gain: magnitudes ``[B, F, T]`` → ``[B, 1, T]`` (ones when off).
@@ -218,21 +244,48 @@ class PulseCNN(nn.Module):
     def _gain_for(mean_power: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(LEVEL_REF_POWER / mean_power.clamp_min(LEVEL_MIN_POWER))
 
-    def features(self, mag: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
-        """Level-normalised, compressed magnitudes: ``[B, F, T]`` → ``[B, 1, F, T]``."""
-        mag = mag * (self.level_gain(mag) if gain is None else gain)
+    def noise_floor(self, power: torch.Tensor) -> torch.Tensor:
+        """Causal noise floor per bin: powers ``[B, F, T]`` → ``[B, F, T]`` (see FLOOR_SMOOTH_FRAMES).
+
+        Frame t: min over frames t−K+1 … t of the mean power of frames t′−S+1 … t′ — each mean over the frames
+        that exist (a stream's first frames have less history), each min over the means that exist."""
+        s, k = FLOOR_SMOOTH_FRAMES, self.config.floor_frames
+        sums = F.avg_pool1d(F.pad(power, (s - 1, 0)), s, stride=1) * s
+        count = torch.arange(1, power.shape[-1] + 1, device=power.device, dtype=power.dtype).clamp_max(s)
+        smooth = sums / count
+        return -F.max_pool1d(F.pad(-smooth, (k - 1, 0), value=-math.inf), k, stride=1)
+
+    def _compress(self, mag: torch.Tensor) -> torch.Tensor:
         c = self.config.compress
         if c == "power":
-            x = mag.clamp_min(0).pow(1.0 / 15.0)
-        elif c == "linear":
-            x = mag / 15.0
-        else:
-            x = torch.log1p(mag)
-        return x.unsqueeze(1)
+            return mag.clamp_min(0).pow(1.0 / 15.0)
+        if c == "linear":
+            return mag / 15.0
+        return torch.log1p(mag)
 
-    def forward(self, mag: torch.Tensor) -> torch.Tensor:
-        """Whole spectrogram: magnitudes ``[B, F, T]`` → logits ``[B, C_out, F, T]``."""
-        x = self.features(mag)
+    def features(
+        self, mag: torch.Tensor, gain: torch.Tensor | None = None, floor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Level-normalised, compressed magnitudes (and floor channels): ``[B, F, T]`` → ``[B, C_in, F, T]``.
+
+        ``gain`` and ``floor`` (powers) are the streaming path's own; offline computes them here."""
+        gain = self.level_gain(mag) if gain is None else gain
+        channels = [self._compress(mag * gain)]
+        if self.config.floor_frames:
+            power = mag.square()
+            floor = self.noise_floor(power) if floor is None else floor
+            g2 = gain.square()
+            channels.append(self._compress(floor.sqrt() * gain))
+            ratio = torch.log((power * g2 + FLOOR_EPS) / (floor * g2 + FLOOR_EPS))
+            channels.append(ratio * FLOOR_RATIO_SCALE)
+        return torch.stack(channels, 1)
+
+    def forward(self, mag: torch.Tensor, context_frames: int = 0) -> torch.Tensor:
+        """Whole spectrogram: magnitudes ``[B, F, T]`` → logits ``[B, C_out, F, T − context_frames]``.
+
+        ``context_frames``: leading frames that only feed the level and floor trackers (training on short crops
+        with the trackers' history, without paying the network for it); the network starts after them."""
+        x = self.features(mag)[..., context_frames:]
         last = len(self.convs) - 1
         for i, (conv, (past, future)) in enumerate(zip(self.convs, self.time_pads)):
             fpad = conv.dilation[0] * (conv.kernel_size[0] // 2)
@@ -253,9 +306,13 @@ class PulseCNN(nn.Module):
             folded = w.permute(0, 1, 3, 2).reshape(c_out, c_in * k_t, k_f).contiguous()  # channel = c_in·k_t + t
             kernels.append((folded, None if conv.bias is None else conv.bias.detach().clone()))
         warmup = [future for _, future in self.time_pads]
-        k = self.config.level_frames
-        powers = torch.zeros(batch, 2, k, device=caches[0].device) if k else None
-        return StreamState(caches, kernels, warmup, powers)
+        k, dev = self.config.level_frames, caches[0].device
+        powers = torch.zeros(batch, 2, k, device=dev) if k else None
+        state = StreamState(caches, kernels, warmup, powers)
+        if self.config.floor_frames:
+            state.floor_powers = torch.zeros(batch, N_BINS, FLOOR_SMOOTH_FRAMES, device=dev)
+            state.floor_smooth = torch.full((batch, N_BINS, self.config.floor_frames), math.inf, device=dev)
+        return state
 
     @torch.no_grad()
     def step(self, mag_col: torch.Tensor, state: StreamState) -> torch.Tensor | None:
@@ -265,16 +322,21 @@ class PulseCNN(nn.Module):
         nothing is recomputed. Returns None for the first ``lookahead`` frames (output not yet defined).
         Dropout is not applied (call on a model in eval mode for parity with :meth:`forward`).
         """
-        gain = None
+        gain, floor, n = None, None, state.frames_seen
         if state.level_powers is not None:
             power, loud = self._gated_power(mag_col.square().mean(1))  # [B] each
             ring = state.level_powers  # [B, 2, K]
-            ring[:, 0, state.frames_seen % ring.shape[2]] = power
-            ring[:, 1, state.frames_seen % ring.shape[2]] = loud
+            ring[:, 0, n % ring.shape[2]] = power
+            ring[:, 1, n % ring.shape[2]] = loud
             total, count = ring.sum(2).unbind(1)  # [B] each
             gain = self._gain_for(total / count.clamp_min(1))[:, None, None]
+        if state.floor_smooth is not None:
+            s, k = FLOOR_SMOOTH_FRAMES, state.floor_smooth.shape[2]
+            state.floor_powers[:, :, n % s] = mag_col.square()
+            state.floor_smooth[:, :, n % k] = state.floor_powers.sum(2) / min(n + 1, s)
+            floor = state.floor_smooth.amin(2, keepdim=True)  # [B, F, 1]
         state.frames_seen += 1
-        x = self.features(mag_col.unsqueeze(-1), gain)[..., 0]  # [B, 1, F]
+        x = self.features(mag_col.unsqueeze(-1), gain, floor)[..., 0]  # [B, C_in, F]
         last = len(self.convs) - 1
         for i, ((weight, bias), d) in enumerate(zip(state.kernels, self.config.freq_dilations)):
             cache = state.caches[i]

@@ -246,10 +246,11 @@ def test_chunked_file_equals_whole_file(tmp_path, engine, lookahead, rate, chunk
     np.testing.assert_allclose(y, whole, atol=1e-6)
 
 
-def test_chunked_file_equals_whole_file_with_level_normalisation(tmp_path):
-    """The level normaliser looks K − 1 frames back: chunks need that much more context to stay exact."""
+@pytest.mark.parametrize("trackers", [{"level_frames": 12}, {"level_frames": 12, "floor_frames": 25}])
+def test_chunked_file_equals_whole_file_with_level_normalisation(tmp_path, trackers):
+    """The level normaliser and the floor tracker look back: chunks need that much more context to stay exact."""
     torch.manual_seed(5)
-    model = PulseCNN(ModelConfig(preset="blocks2", lookahead=1, level_frames=12)).eval()
+    model = PulseCNN(ModelConfig(preset="blocks2", lookahead=1, **trackers)).eval()
     data = _signal(16000, 1, seed=9) * np.linspace(0.05, 1.0, 16000, dtype=np.float32)[:, None]
     src = tmp_path / "in.wav"
     sf.write(src, data, 16000, subtype="FLOAT")

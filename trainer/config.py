@@ -19,6 +19,7 @@ class TrainConfig:
     compress: str = "linear"
     dropout: float = 0.2
     level_frames: int = 0
+    floor_frames: int = 0
     # data: synthetic (clean + noise) or real (noisy + noise); optional clean validation set
     clean: str | None = None
     noise: str | None = None
@@ -30,6 +31,7 @@ class TrainConfig:
     dev_count: int = 32
     dev_seconds: float = 3.125
     crop_seconds: float = 3.125
+    context_seconds: float = 0.0  # audio before each crop that only feeds the level/floor trackers
     snr_min: float = -5.0
     snr_max: float = 10.0
     # optimisation
@@ -85,6 +87,8 @@ class TrainConfig:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.crop_seconds * 16000 < 1024 or self.dev_seconds * 16000 < 1024:
             raise RtpulseError("--crop-seconds and --dev-seconds must be at least 0.064 s (one STFT frame)")
+        if not 0 <= self.context_seconds <= 60:
+            raise RtpulseError("--context-seconds must be 0…60")
         if self.lr_schedule not in ("constant", "cosine"):
             raise RtpulseError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.lr <= 0:

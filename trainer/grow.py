@@ -49,3 +49,16 @@ def grow_into(small: PulseCNN, big: PulseCNN) -> None:
         last.weight.zero_()
         last.weight[:, :c].copy_(old[-1].weight)
         last.bias.copy_(old[-1].bias)
+
+
+def widen_inputs(small: PulseCNN, big: PulseCNN) -> None:
+    """Copy ``small`` into ``big`` (same preset, more input channels), the added inputs' weights zero: the same
+    logits at step 0 (e.g. adding the noise-floor channels to a trained model)."""
+    with torch.no_grad():
+        for o, n in zip(small.convs, big.convs):
+            if o.weight.shape == n.weight.shape:
+                n.weight.copy_(o.weight)
+            else:
+                n.weight.zero_()
+                n.weight[:, : o.in_channels].copy_(o.weight)
+            n.bias.copy_(o.bias)

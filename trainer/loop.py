@@ -8,7 +8,7 @@ import time
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rtpulse.stft import SAMPLE_RATE
+from rtpulse.stft import HOP, SAMPLE_RATE
 from trainer.ddp import rank_seed
 
 REFRESH_STEPS = 10  # host syncs for the live line happen this often, not every step
@@ -22,11 +22,11 @@ def _live(avg: dict, cfg) -> str:
 
 
 def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show) -> dict:
-    from trainer.train import STAT_KEYS, _write_line, checkpoint_model, save_epoch, train_step
+    from trainer.train import STAT_KEYS, _write_line, checkpoint_model, context_frames, save_epoch, train_step
     from trainer.validate import dev_pu_risk, dev_sisnri
 
     net = d.wrap(model)
-    length = round(cfg.crop_seconds * SAMPLE_RATE)
+    length = round(cfg.crop_seconds * SAMPLE_RATE) + context_frames(cfg) * HOP  # context, then the crop
     run_dir = cfg.run_dir
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from rtpulse.errors import RtpulseError
 from rtpulse.model import ModelConfig, PulseCNN, save_model
-from rtpulse.stft import SAMPLE_RATE, stft
+from rtpulse.stft import HOP, SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -45,33 +45,42 @@ STAT_KEYS = ("loss", "risk_p", "risk_u", "corrected", "u_speech", "logit_mean", 
 # --- one step ------------------------------------------------------------------------------------------
 
 
+def context_frames(cfg: TrainConfig) -> int:
+    """Whole hops of --context-seconds: frames of each clip that only feed the model's level/floor trackers."""
+    return round(cfg.context_seconds * SAMPLE_RATE) // HOP
+
+
 def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
     """Loss and diagnostics (0-dim tensors, no host sync). U = ``batch.u`` is what the model enhances.
 
     ``step`` (steps done before this one) selects the P-vs-U warm start for the first ``cfg.pvu_steps``.
+    The clips' first ``context_frames(cfg)`` frames are history for the trackers: no logits, no loss.
     """
+    ctx = context_frames(cfg)
     cuda = batch.u.device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     zero = torch.zeros((), device=batch.u.device)
     if cfg.method == "pu":
         n = batch.u.shape[0]
-        mag = stft(torch.cat((batch.u, batch.p))).abs()  # [2B, 513, M]: U clips then P clips
+        full = stft(torch.cat((batch.u, batch.p))).abs()  # [2B, 513, ctx + M]: U clips then P clips
+        mag = full[..., ctx:]
         with autocast:
-            f = model(mag)[:, 0].float()  # [2B, 513, M]
+            f = model(full, ctx)[:, 0].float()  # [2B, 513, M]
         w = bin_weight(mag, cfg.weight_exponent)
         risk = "pvu" if step < cfg.pvu_steps else cfg.risk
         r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma)
         loss, f_u, extra = r.loss, f[:n], {"risk_p": r.risk_p, "risk_u": r.risk_u, "corrected": r.corrected}
     elif cfg.method == "pn":
-        spec = stft(torch.cat((batch.u, batch.clean)))
-        mag_u, mag_s = spec.abs().chunk(2)
+        full_u, mag_s = stft(torch.cat((batch.u, batch.clean))).abs().chunk(2)
+        mag_u, mag_s = full_u[..., ctx:], mag_s[..., ctx:]
         with autocast:
-            f_u = model(mag_u)[:, 0].float()
+            f_u = model(full_u, ctx)[:, 0].float()
         loss, extra = pn_loss(f_u, mag_u, mag_s), {}
     else:
-        mag_m, mag_u, mag_n = stft(torch.cat((batch.mix, batch.u, batch.noise))).abs().chunk(3)
+        full = stft(torch.cat((batch.mix, batch.u, batch.noise))).abs()
+        mag_m, mag_u, mag_n = full[..., ctx:].chunk(3)
         with autocast:
-            logits = model(mag_m).float()  # [B, 3, 513, M]
+            logits = model(full[: batch.mix.shape[0]], ctx).float()  # [B, 3, 513, M]
         loss, f_u, extra = mixit_loss(logits, mag_m, mag_u, mag_n), logits[:, 0], {}
     f_u = f_u.detach()
     stats = {"loss": loss.detach(), "risk_p": zero, "risk_u": zero, "corrected": zero,
@@ -99,7 +108,7 @@ def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None,
 def build_model(cfg: TrainConfig) -> PulseCNN:
     mc = ModelConfig(preset=cfg.preset, compress=cfg.compress, lookahead=cfg.lookahead, method=cfg.method,
                      out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout,
-                     level_frames=cfg.level_frames)
+                     level_frames=cfg.level_frames, floor_frames=cfg.floor_frames)
     torch.manual_seed(cfg.seed)
     model = PulseCNN(mc)
     if cfg.init == "he":
@@ -117,7 +126,15 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
         # lookahead only moves padding (same weight shapes), so an L = 0 model can start an L = 2 run
         if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
             raise RtpulseError(f"--init-from {cfg.init_from}: its compress/outputs differ from this run's")
-        if start.config.preset == mc.preset:
+        if start.config.in_channels != mc.in_channels:
+            if start.config.preset != mc.preset or start.config.in_channels > mc.in_channels:
+                raise RtpulseError(
+                    f"--init-from {cfg.init_from}: can add the floor inputs to a model of the same preset only"
+                )
+            from trainer.grow import widen_inputs
+
+            widen_inputs(start, model)
+        elif start.config.preset == mc.preset:
             model.load_state_dict(start.state_dict())
         else:  # a smaller preset grows into this one, computing the same logits at step 0
             from trainer.grow import grow_into

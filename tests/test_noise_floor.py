@@ -1,0 +1,112 @@
+"""The noise-floor inputs (ModelConfig.floor_frames): the tracker on hand-computed powers, stream = offline,
+growing a trained one-input model into one with the floor inputs, and training crops with tracker history."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import noisy_signal, random_model
+from test_stream import run_stream
+
+from rtpulse.errors import RtpulseError
+from rtpulse.model import FLOOR_EPS, FLOOR_RATIO_SCALE, ModelConfig, PulseCNN, load_model, save_model
+from rtpulse.stft import HOP
+from rtpulse.stream import StreamingDenoiser, enhance
+from trainer.config import TrainConfig
+from trainer.data import Batch
+from trainer.train import build_model, compute_loss, context_frames
+
+
+def test_floor_is_the_min_of_four_frame_means_over_the_last_k_frames():
+    m = PulseCNN(ModelConfig(floor_frames=3))
+    power = torch.tensor([[[4.0, 8.0, 0.0, 0.0, 12.0, 0.0]]])
+    # means over the ≤ 4 frames that exist: 4, 6, 4, 3, 5, 3; mins over the ≤ 3 latest means: 4, 4, 4, 3, 3, 3
+    assert m.noise_floor(power).tolist() == [[[4.0, 4.0, 4.0, 3.0, 3.0, 3.0]]]
+
+
+def test_floor_channels_are_the_compressed_floor_and_the_scaled_log_ratio():
+    m = PulseCNN(ModelConfig(floor_frames=3, compress="linear"))  # level normaliser off: gain 1
+    mag = torch.tensor([[[2.0, 8.0 ** 0.5, 0.0, 0.0, 12.0 ** 0.5, 0.0]]])
+    x = m.features(mag)  # [1, 3, 1, 6]
+    floor = torch.tensor([4.0, 4.0, 4.0, 3.0, 3.0, 3.0])
+    assert x.shape == (1, 3, 1, 6)
+    torch.testing.assert_close(x[0, 0, 0], mag[0, 0] / 15)
+    torch.testing.assert_close(x[0, 1, 0], floor.sqrt() / 15)
+    want = torch.log((mag[0, 0] ** 2 + FLOOR_EPS) / (floor + FLOOR_EPS)) * FLOOR_RATIO_SCALE
+    torch.testing.assert_close(x[0, 2, 0], want)
+    # 8 over a floor of 4 (FLOOR_EPS ≈ 4e-4 is negligible beside them)
+    assert x[0, 2, 0, 1].item() == pytest.approx(math.log(2.0) * FLOOR_RATIO_SCALE, rel=1e-4)
+
+
+def test_floor_frames_must_be_in_range():
+    with pytest.raises(RtpulseError, match="floor_frames"):
+        ModelConfig(floor_frames=-1)
+    assert ModelConfig(floor_frames=5).layers[0][0] == 3 and ModelConfig().layers[0][0] == 1
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+@pytest.mark.parametrize("chunking", [1, 256, "random"])
+def test_streaming_equals_offline_with_the_noise_floor(lookahead, chunking):
+    x = noisy_signal(3.0, seed=3) * np.linspace(0.02, 1.5, 48000, dtype=np.float32)  # level and floor move
+    m = random_model("blocks2", lookahead, level_frames=20, floor_frames=30)
+    off = enhance(m, torch.from_numpy(x), mask="soft").numpy()
+    engine = StreamingDenoiser(m, mask="soft")
+    y = run_stream(engine, x, chunking)
+    assert np.max(np.abs(y[engine.delay :] - off)) <= 1e-5
+    assert np.max(np.abs(off - x)) > 1e-2
+
+
+def test_the_floor_reaches_back_k_frames_and_no_further():
+    torch.manual_seed(0)
+    m = random_model("blocks2", 0, floor_frames=30)
+    mag = torch.rand(1, 513, 120) + 0.5
+    base = m(mag)
+    bumped = mag.clone()
+    bumped[:, :, 10] *= 0.01  # a quiet frame lowers the floor of the frames whose window holds it
+    moved = ((m(bumped) - base).abs()[0, 0] > 1e-6).any(0).nonzero().flatten()
+    # frame 10's 4-frame means are frames 10…13; their mins reach 29 frames on: frame 42; the convs add 12
+    assert moved.min().item() == 10 and moved.max().item() == 13 + 29 + 12
+    assert m.past_frames == 12 + 30 + 4 - 2
+
+
+def test_a_one_input_model_grows_the_floor_inputs_with_the_same_logits(tmp_path):
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "compress": "linear", "lookahead": 2,
+           "level_frames": 20, "init": "he", "dropout": 0.0}
+    small = build_model(TrainConfig(**cfg))
+    save_model(small, tmp_path / "small.safetensors")
+    big = build_model(TrainConfig(**cfg, floor_frames=30, init_from=str(tmp_path / "small.safetensors")))
+    assert big.convs[0].in_channels == 3
+    mag = torch.rand(2, 513, 80) * 3
+    with torch.no_grad():
+        want = small(mag)
+    got = big(mag)
+    assert want.abs().mean() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()
+    assert big.convs[0].weight.grad[:, 1:].abs().sum() > 0  # the zero weights on the new inputs will learn
+    save_model(big, tmp_path / "big.safetensors")
+    assert load_model(tmp_path / "big.safetensors").config.floor_frames == 30
+    with pytest.raises(RtpulseError, match="floor inputs"):  # and not back
+        build_model(TrainConfig(**cfg, init_from=str(tmp_path / "big.safetensors")))
+
+
+def test_context_frames_feed_the_trackers_but_carry_no_logits_and_no_loss():
+    torch.manual_seed(0)
+    mag = torch.rand(1, 513, 50) + 0.1
+    plain = random_model("blocks2", 1)
+    torch.testing.assert_close(plain(mag, 20), plain(mag[..., 20:]))  # no trackers: context is just dropped
+    tracked = random_model("blocks2", 1, floor_frames=30)
+    assert tracked(mag, 20).shape == (1, 1, 513, 30)
+    assert not torch.allclose(tracked(mag, 20), tracked(mag[..., 20:]))  # the floor remembers the context
+    # a trainer batch: zero context in front of the clips gives exactly the loss of the clips alone
+    cfg = TrainConfig(out="r", clean="c", noise="n", context_seconds=0.3, dropout=0.0, weight_exponent=1.0)
+    ctx = context_frames(cfg)
+    assert ctx == 4800 // HOP
+    rng = np.random.default_rng(1)
+    u, p = (torch.from_numpy(rng.standard_normal((2, 4000)).astype(np.float32)) for _ in range(2))
+    pad = torch.zeros(2, ctx * HOP)
+    model = random_model("blocks2", 0)
+    with_ctx, _ = compute_loss(model, Batch(u=torch.cat((pad, u), 1), p=torch.cat((pad, p), 1)), cfg)
+    alone, _ = compute_loss(model, Batch(u=u, p=p), TrainConfig(out="r", clean="c", noise="n", dropout=0.0))
+    torch.testing.assert_close(with_ctx, alone)
