@@ -44,6 +44,11 @@ class PLevel(str, Enum):
     matched = "matched"
 
 
+class PGain(str, Enum):
+    own = "own"
+    u = "u"
+
+
 class Init(str, Enum):
     default = "default"
     he = "he"
@@ -119,6 +124,9 @@ def train(
     p_level: Annotated[
         PLevel, typer.Option(help="P clip level: unit std (paper) or matched to the noise inside a mixture.")
     ] = PLevel.unit,
+    p_gain: Annotated[
+        PGain, typer.Option(help="Level gain for P clips: their own, or the U clip's beside them (noise at a mixture's level).")
+    ] = PGain.own,
     init: Annotated[Init, typer.Option(help="Weight init: default (PyTorch) or he (Kaiming normal).")] = Init.default,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     init_from: Annotated[
@@ -177,6 +185,7 @@ def train(
                 weight_exponent=weight_exponent,
                 pvu_steps=pvu_steps,
                 p_level=p_level.value,
+                p_gain=p_gain.value,
                 speech_floor_db=speech_floor_db,
                 init=init.value,
                 clip_grad=clip_grad,

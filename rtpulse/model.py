@@ -280,12 +280,14 @@ class PulseCNN(nn.Module):
             channels.append(ratio * FLOOR_RATIO_SCALE)
         return torch.stack(channels, 1)
 
-    def forward(self, mag: torch.Tensor, context_frames: int = 0) -> torch.Tensor:
+    def forward(self, mag: torch.Tensor, context_frames: int = 0, gain: torch.Tensor | None = None) -> torch.Tensor:
         """Whole spectrogram: magnitudes ``[B, F, T]`` → logits ``[B, C_out, F, T − context_frames]``.
 
         ``context_frames``: leading frames that only feed the level and floor trackers (training on short crops
-        with the trackers' history, without paying the network for it); the network starts after them."""
-        x = self.features(mag)[..., context_frames:]
+        with the trackers' history, without paying the network for it); the network starts after them.
+        ``gain`` ``[B, 1, T]``: a level gain to use instead of the input's own (training: noise clips shown at
+        the gain of a mixture, see TrainConfig.p_gain)."""
+        x = self.features(mag, gain)[..., context_frames:]
         last = len(self.convs) - 1
         for i, (conv, (past, future)) in enumerate(zip(self.convs, self.time_pads)):
             fpad = conv.dilation[0] * (conv.kernel_size[0] // 2)

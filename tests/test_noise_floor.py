@@ -15,7 +15,7 @@ from rtpulse.stft import HOP
 from rtpulse.stream import StreamingDenoiser, enhance
 from trainer.config import TrainConfig
 from trainer.data import Batch
-from trainer.train import build_model, compute_loss, context_frames
+from trainer.train import build_model, compute_loss, context_frames, pu_logits
 
 
 def test_floor_is_the_min_of_four_frame_means_over_the_last_k_frames():
@@ -110,3 +110,19 @@ def test_context_frames_feed_the_trackers_but_carry_no_logits_and_no_loss():
     with_ctx, _ = compute_loss(model, Batch(u=torch.cat((pad, u), 1), p=torch.cat((pad, p), 1)), cfg)
     alone, _ = compute_loss(model, Batch(u=u, p=p), TrainConfig(out="r", clean="c", noise="n", dropout=0.0))
     torch.testing.assert_close(with_ctx, alone)
+
+
+def test_p_clips_can_take_the_level_gain_of_the_u_clips():
+    model = build_model(TrainConfig(out="r", clean="c", noise="n", level_frames=30, init="he", dropout=0.0))
+    mag_u = torch.rand(2, 513, 40) + 0.2
+    mag_p = 0.5 * mag_u  # a noise clip at half the level of the mixture beside it
+    mag = torch.cat((mag_u, mag_p))
+    own = pu_logits(model, mag, TrainConfig(out="r", clean="c", noise="n"))
+    # its own gain brings the P clip back to full level: the level normaliser hides the 6 dB
+    torch.testing.assert_close(own[2:], own[:2])
+    with_u = pu_logits(model, mag, TrainConfig(out="r", clean="c", noise="n", p_gain="u"))
+    torch.testing.assert_close(with_u[:2], own[:2])  # U clips are unchanged
+    torch.testing.assert_close(with_u[2:], model(mag_p, 0, model.level_gain(mag_u))[:, 0])
+    assert (with_u[2:] - own[2:]).abs().mean() > 0.1  # and the P clip is seen 6 dB down, as inside a mixture
+    with pytest.raises(RtpulseError, match="p-gain"):
+        TrainConfig(out="r", clean="c", noise="n", p_gain="x").validate()

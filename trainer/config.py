@@ -51,6 +51,9 @@ class TrainConfig:
     pvu_steps: int = 0  # first steps on the P-vs-U logistic warm start (losses.pu_risk "pvu"), then `risk`
     speech_floor_db: float | None = None  # keep only --clean/--val-clean files with data.noise_floor_db ≤ this
     p_level: str = "unit"  # P clips: "unit" std (paper) or "matched" to the noise level inside a mixture
+    # P clips through the level normaliser: "own" gain (brings a noise clip to full level, louder than noise ever is
+    # inside a normalised mixture: a level cue that tells P from U) or "u", the gain of the U clip beside it
+    p_gain: str = "own"
     init: str = "default"  # "he": Kaiming-normal convs (the default init makes the output ignore the input)
     clip_grad: float = 0.0  # max gradient norm (0: off)
     init_from: str | None = None  # start from this model file's weights (same compress; L may differ; a smaller preset grows)
@@ -76,6 +79,8 @@ class TrainConfig:
             raise RtpulseError(f"--risk must be nnpu, upu or pvu, got {self.risk!r}")
         if self.p_level not in ("unit", "matched"):
             raise RtpulseError(f"--p-level must be unit or matched, got {self.p_level!r}")
+        if self.p_gain not in ("own", "u"):
+            raise RtpulseError(f"--p-gain must be own or u, got {self.p_gain!r}")
         if self.init not in ("default", "he"):
             raise RtpulseError(f"--init must be default or he, got {self.init!r}")
         if self.pvu_steps < 0 or self.clip_grad < 0:

@@ -50,6 +50,17 @@ def context_frames(cfg: TrainConfig) -> int:
     return round(cfg.context_seconds * SAMPLE_RATE) // HOP
 
 
+def pu_logits(model: torch.nn.Module, mag: torch.Tensor, cfg: TrainConfig, ctx: int = 0) -> torch.Tensor:
+    """Noise logits ``[2B, F, T − ctx]`` of U clips then P clips (``mag`` ``[2B, F, T]``, same order).
+
+    With ``cfg.p_gain == "u"`` P clip i goes through the level normaliser at U clip i's gain (a no-op without it)."""
+    gain = None
+    if cfg.p_gain == "u":
+        g_u = getattr(model, "module", model).level_gain(mag[: mag.shape[0] // 2])  # DDP wraps the model
+        gain = torch.cat((g_u, g_u))
+    return model(mag, ctx, gain)[:, 0].float()
+
+
 def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
     """Loss and diagnostics (0-dim tensors, no host sync). U = ``batch.u`` is what the model enhances.
 
@@ -65,7 +76,7 @@ def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: i
         full = stft(torch.cat((batch.u, batch.p))).abs()  # [2B, 513, ctx + M]: U clips then P clips
         mag = full[..., ctx:]
         with autocast:
-            f = model(full, ctx)[:, 0].float()  # [2B, 513, M]
+            f = pu_logits(model, full, cfg, ctx)  # [2B, 513, M]
         w = bin_weight(mag, cfg.weight_exponent)
         risk = "pvu" if step < cfg.pvu_steps else cfg.risk
         r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma)
