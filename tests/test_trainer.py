@@ -191,6 +191,8 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--clean", "c", "--noisy", "u", "--noise", "n"], "exactly one"),
     (["--noisy", "u", "--noise", "n", "--method", "pn"], "trains PU only"),
     (["--noisy", "u", "--noise", "n", "--speech-floor-db", "-25"], "not --noisy"),
+    (["--clean", "c", "--noise", "n", "--floor-frames", "-3"], "--floor-frames must be 0…1000"),
+    (["--clean", "c", "--noise", "n", "--context-seconds", "-1"], "--context-seconds must be 0…60"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])

@@ -92,6 +92,9 @@ class TrainConfig:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.crop_seconds * 16000 < 1024 or self.dev_seconds * 16000 < 1024:
             raise RtpulseError("--crop-seconds and --dev-seconds must be at least 0.064 s (one STFT frame)")
+        for name in ("level_frames", "floor_frames"):  # checked here too, before any audio is decoded
+            if not 0 <= getattr(self, name) <= 1000:
+                raise RtpulseError(f"--{name.replace('_', '-')} must be 0…1000")
         if not 0 <= self.context_seconds <= 60:
             raise RtpulseError("--context-seconds must be 0…60")
         if self.lr_schedule not in ("constant", "cosine"):
