@@ -167,7 +167,7 @@ def _offline_blocks(
     """:func:`~rtpulse.stream.enhance` of the whole 16 kHz signal, ``HOP·chunk_frames`` samples at a time.
 
     Output samples [256a, 256b) need the masked frames [a, b+3); their logits need input frames
-    [a − model.past_frames, b + 3 + L) — the model's receptive field plus its level window. Frames past
+    [a − model.past_frames, b + 3 + L) — the model's receptive field plus its level/floor window. Frames past
     either end of the whole spectrogram are left out, so the model pads them with zeros as it does offline.
     """
     lookahead = model.lookahead

@@ -40,8 +40,9 @@ def test_floor_channels_are_the_compressed_floor_and_the_scaled_log_ratio():
 
 
 def test_floor_frames_must_be_in_range():
-    with pytest.raises(RtpulseError, match="floor_frames"):
-        ModelConfig(floor_frames=-1)
+    for bad in (-1, 1001, 2.5):
+        with pytest.raises(RtpulseError, match="floor_frames"):
+            ModelConfig(floor_frames=bad)
     assert ModelConfig(floor_frames=5).layers[0][0] == 3 and ModelConfig().layers[0][0] == 1
 
 
@@ -67,7 +68,7 @@ def test_the_floor_reaches_back_k_frames_and_no_further():
     moved = ((m(bumped) - base).abs()[0, 0] > 1e-6).any(0).nonzero().flatten()
     # frame 10's 4-frame means are frames 10…13; their mins reach 29 frames on: frame 42; the convs add 12
     assert moved.min().item() == 10 and moved.max().item() == 13 + 29 + 12
-    assert m.past_frames == 12 + 30 + 4 - 2
+    assert m.past_frames == 12 + 30 + 4 - 2 == moved.max() - moved.min()  # chunked files need exactly this much
 
 
 def test_a_one_input_model_grows_the_floor_inputs_with_the_same_logits(tmp_path):
@@ -87,7 +88,7 @@ def test_a_one_input_model_grows_the_floor_inputs_with_the_same_logits(tmp_path)
     assert big.convs[0].weight.grad[:, 1:].abs().sum() > 0  # the zero weights on the new inputs will learn
     save_model(big, tmp_path / "big.safetensors")
     assert load_model(tmp_path / "big.safetensors").config.floor_frames == 30
-    with pytest.raises(RtpulseError, match="floor inputs"):  # and not back
+    with pytest.raises(RtpulseError, match="give --floor-frames"):  # and not back
         build_model(TrainConfig(**cfg, init_from=str(tmp_path / "big.safetensors")))
 
 
@@ -100,13 +101,13 @@ def test_context_frames_feed_the_trackers_but_carry_no_logits_and_no_loss():
     assert tracked(mag, 20).shape == (1, 1, 513, 30)
     assert not torch.allclose(tracked(mag, 20), tracked(mag[..., 20:]))  # the floor remembers the context
     # a trainer batch: zero context in front of the clips gives exactly the loss of the clips alone
-    cfg = TrainConfig(out="r", clean="c", noise="n", context_seconds=0.3, dropout=0.0, weight_exponent=1.0)
+    cfg = TrainConfig(out="r", clean="c", noise="n", context_seconds=0.3, dropout=0.0, level_frames=10)
     ctx = context_frames(cfg)
     assert ctx == 4800 // HOP
     rng = np.random.default_rng(1)
     u, p = (torch.from_numpy(rng.standard_normal((2, 4000)).astype(np.float32)) for _ in range(2))
     pad = torch.zeros(2, ctx * HOP)
-    model = random_model("blocks2", 0)
+    model = random_model("blocks2", 0)  # no trackers of its own: the zeros must change nothing
     with_ctx, _ = compute_loss(model, Batch(u=torch.cat((pad, u), 1), p=torch.cat((pad, p), 1)), cfg)
     alone, _ = compute_loss(model, Batch(u=u, p=p), TrainConfig(out="r", clean="c", noise="n", dropout=0.0))
     torch.testing.assert_close(with_ctx, alone)
@@ -124,5 +125,6 @@ def test_p_clips_can_take_the_level_gain_of_the_u_clips():
     torch.testing.assert_close(with_u[:2], own[:2])  # U clips are unchanged
     torch.testing.assert_close(with_u[2:], model(mag_p, 0, model.level_gain(mag_u))[:, 0])
     assert (with_u[2:] - own[2:]).abs().mean() > 0.1  # and the P clip is seen 6 dB down, as inside a mixture
-    with pytest.raises(RtpulseError, match="p-gain"):
-        TrainConfig(out="r", clean="c", noise="n", p_gain="x").validate()
+    for bad in ({"p_gain": "x"}, {"p_gain": "u"}, {"p_gain": "u", "level_frames": 30, "method": "pn"}):
+        with pytest.raises(RtpulseError, match="p-gain"):
+            TrainConfig(out="r", clean="c", noise="n", **bad).validate()

@@ -97,6 +97,12 @@ class TrainConfig:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be 0…1000")
         if not 0 <= self.context_seconds <= 60:
             raise RtpulseError("--context-seconds must be 0…60")
+        if 0 < self.context_seconds < 256 / 16000:
+            raise RtpulseError("--context-seconds must be 0 or at least one hop (0.016 s)")
+        if self.context_seconds > 0 and not (self.level_frames or self.floor_frames):
+            raise RtpulseError("--context-seconds feeds the level/floor trackers: give --level-frames or --floor-frames")
+        if self.p_gain == "u" and (self.method != "pu" or not self.level_frames):
+            raise RtpulseError("--p-gain u is the level gain of PU's P clips: it needs --method pu and --level-frames")
         if self.lr_schedule not in ("constant", "cosine"):
             raise RtpulseError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.lr <= 0:

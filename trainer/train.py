@@ -138,7 +138,9 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
         if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
             raise RtpulseError(f"--init-from {cfg.init_from}: its compress/outputs differ from this run's")
         if start.config.in_channels != mc.in_channels:
-            if start.config.preset != mc.preset or start.config.in_channels > mc.in_channels:
+            if start.config.in_channels > mc.in_channels:
+                raise RtpulseError(f"--init-from {cfg.init_from}: it has the floor inputs; give --floor-frames")
+            if start.config.preset != mc.preset:
                 raise RtpulseError(
                     f"--init-from {cfg.init_from}: can add the floor inputs to a model of the same preset only"
                 )

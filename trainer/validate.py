@@ -42,13 +42,15 @@ def dev_sisnri(model: PulseCNN, noisy: torch.Tensor, clean: torch.Tensor, device
 @torch.no_grad()
 def dev_pu_risk(model: PulseCNN, u: torch.Tensor, p: torch.Tensor, cfg, device) -> dict[str, float]:
     """Held-out nnPU risk π R_P^+ + max(0, R_U^- − π R_P^-) (lower is better) and the U speech fraction."""
+    from trainer.train import pu_logits  # train imports this module
+
     model.eval()
     tot = {"risk_p": 0.0, "risk_u": 0.0, "speech": 0.0}
     n = 0
     for i in range(0, u.shape[0], EVAL_BATCH):
         mu = stft(u[i : i + EVAL_BATCH].to(device)).abs()
         mp = stft(p[i : i + EVAL_BATCH].to(device)).abs()
-        fu, fp = model(mu)[:, 0], model(mp)[:, 0]
+        fu, fp = pu_logits(model, torch.cat((mu, mp)), cfg).chunk(2)  # P at the U gain under --p-gain u
         r = pu_risk(fp, fu, bin_weight(mp, cfg.weight_exponent), bin_weight(mu, cfg.weight_exponent),
                     cfg.prior, "upu")
         tot["risk_p"] += float(r.risk_p)
