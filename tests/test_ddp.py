@@ -1,7 +1,10 @@
-"""Two CPU processes (gloo) on half a batch each = one process on the whole batch (PN loss, no dropout)."""
+"""Two CPU processes (gloo) on half a batch each = one process on the whole batch (PN loss, and the PU P-vs-U loss
+with every tracker option, whose model calls go through the DDP wrapper; no dropout)."""
 
+import dataclasses
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -11,31 +14,39 @@ from trainer.ddp import Dist, init_distributed, rank_seed
 from trainer.train import build_model, train_step
 
 CFG = TrainConfig(out="unused", method="pn", clean="c", noise="n", dropout=0.0, seed=3)
+# P-vs-U is a mean over U bins plus a mean over P bins: halves of equal size average to the whole batch's loss
+PU_CFG = dataclasses.replace(CFG, method="pu", risk="pvu", level_frames=8, floor_frames=6, p_gain="u",
+                             context_seconds=0.032, init="he")
 
 
-def fixed_batch() -> Batch:
+def fixed_batch(cfg: TrainConfig = CFG) -> Batch:
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(4, 2048, generator=g)
-    return Batch(u=clean + torch.randn(4, 2048, generator=g), clean=clean)
+    noisy = clean + torch.randn(4, 2048, generator=g)
+    if cfg.method == "pu":
+        return Batch(u=noisy, p=0.5 * torch.randn(4, 2048, generator=g))
+    return Batch(u=noisy, clean=clean)
 
 
-def one_step(model, batch: Batch, d: Dist):
+def half_batch(batch: Batch, rank: int) -> Batch:
+    return Batch(**{k: None if v is None else v[2 * rank : 2 * rank + 2] for k, v in vars(batch).items()})
+
+
+def one_step(model, batch: Batch, d: Dist, cfg: TrainConfig = CFG):
     net = d.wrap(model)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)  # SGD: the update is proportional to the gradient
-    train_step(net, opt, batch, CFG)
+    train_step(net, opt, batch, cfg)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, cfg: TrainConfig) -> None:
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     d = init_distributed("cpu")
     try:
-        full = fixed_batch()
-        half = Batch(u=full.u[2 * rank : 2 * rank + 2], clean=full.clean[2 * rank : 2 * rank + 2])
-        params = one_step(build_model(CFG), half, d)
+        params = one_step(build_model(cfg), half_batch(fixed_batch(cfg), rank), d, cfg)
         if d.main:
             torch.save(params, out)
     finally:
@@ -48,12 +59,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path):
+@pytest.mark.parametrize("cfg", [CFG, PU_CFG], ids=["pn", "pu-trackers"])
+def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path, cfg):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(out), cfg), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
-    single = one_step(build_model(CFG), fixed_batch(), Dist())
-    half_only = one_step(build_model(CFG), Batch(u=fixed_batch().u[:2], clean=fixed_batch().clean[:2]), Dist())
+    single = one_step(build_model(cfg), fixed_batch(cfg), Dist(), cfg)
+    half_only = one_step(build_model(cfg), half_batch(fixed_batch(cfg), 0), Dist(), cfg)
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], atol=1e-6, rtol=1e-5)
     # the check can fail: rank 0's half batch alone gives different parameters
