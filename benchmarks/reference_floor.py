@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.latency import _save_fig, have_matplotlib
-from benchmarks.quality import DEFAULT_DATA, generated_set
+from benchmarks.quality import DEFAULT_DATA, REFERENCE_FLOOR_DB, generated_set
 from rtpulse.errors import RtpulseError
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("quality_json", type=Path)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--split-db", type=float, default=-25.0)
+    p.add_argument("--split-db", type=float, default=REFERENCE_FLOOR_DB)
     p.add_argument("--systems", nargs="*", default=["rtpulse (shipped) offline", "RNNoise", "DeepFilterNet3"])
     p.add_argument("--out", type=Path, default=None, help="PNG (default: reference_floor.png beside the JSON)")
     args = p.parse_args()

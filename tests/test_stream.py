@@ -59,11 +59,12 @@ def test_streaming_equals_offline(preset, lookahead, chunking):
     assert np.max(np.abs(off - x)) > 1e-2
 
 
+@pytest.mark.parametrize("trackers", [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}])
 @pytest.mark.parametrize("lookahead", [0, 2])
 @pytest.mark.parametrize("chunking", [1, 256, "random"])
-def test_streaming_equals_offline_with_level_normalisation(lookahead, chunking):
-    x = noisy_signal(1.5, seed=3) * np.linspace(0.02, 1.5, 24000, dtype=np.float32)  # level changes 37 dB
-    m = random_model("blocks2", lookahead, level_frames=20)
+def test_streaming_equals_offline_with_level_normalisation(lookahead, chunking, trackers):
+    x = noisy_signal(1.5, seed=3) * np.linspace(0.02, 1.5, 24000, dtype=np.float32)  # level (and floor) move 37 dB
+    m = random_model("blocks2", lookahead, **trackers)
     off = enhance(m, torch.from_numpy(x), mask="soft").numpy()
     engine = StreamingDenoiser(m, mask="soft")
     y = run_stream(engine, x, chunking)
