@@ -42,6 +42,7 @@ class Risk(str, Enum):
 class PLevel(str, Enum):
     unit = "unit"
     matched = "matched"
+    mixed = "mixed"
 
 
 class PGain(str, Enum):
@@ -122,8 +123,17 @@ def train(
         ),
     ] = None,
     p_level: Annotated[
-        PLevel, typer.Option(help="P clip level: unit std (paper) or matched to the noise inside a mixture.")
+        PLevel,
+        typer.Option(
+            help="P clips: unit std (paper), matched to the noise inside a mixture, or mixed: added to another noisy "
+            "clip, the bins where that noise dominates being the P bins (they then have speech beside them, as "
+            "noise bins in a recording do)."
+        ),
     ] = PLevel.unit,
+    p_mix_margin_db: Annotated[
+        float | None,
+        typer.Option(help="With --p-level mixed: by how much the added noise must dominate a bin to count as P (dB, default 10)."),
+    ] = None,
     p_gain: Annotated[
         PGain, typer.Option(help="Level gain for P clips: their own, or the U clip's beside them (noise at a mixture's level).")
     ] = PGain.own,
@@ -185,6 +195,7 @@ def train(
                 weight_exponent=weight_exponent,
                 pvu_steps=pvu_steps,
                 p_level=p_level.value,
+                p_mix_margin_db=p_mix_margin_db,
                 p_gain=p_gain.value,
                 speech_floor_db=speech_floor_db,
                 init=init.value,

@@ -168,3 +168,73 @@ def test_init_from_a_smaller_preset_grows_it_with_the_same_logits_and_room_to_le
     save_model(build_model(_cfg(tmp_path, preset="blocks2f", compress="linear", init="he")), small_path)
     with pytest.raises(RtpulseError, match="cannot grow"):
         build_model(_cfg(tmp_path, preset="blocks3", compress="linear", init_from=str(small_path)))
+
+
+def test_mixed_p_clips_are_another_u_clip_plus_noise_at_the_mix_levels():
+    from trainer.data import P_MIX_DB
+
+    rng = np.random.default_rng(1)
+    speech = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["s"])
+    noise = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["n"])
+    b = Recipe("pu", noise, clean=speech, p_level="mixed").batch(32, 2000, torch.Generator().manual_seed(0))
+    host = b.p - b.p_noise
+    # the host of P clip i is U clip i − 1, scaled: correlation 1, never U clip i itself
+    for i in range(32):
+        c = np.corrcoef(host[i].numpy(), b.u[i - 1].numpy())[0, 1]
+        assert c > 0.9999
+        assert abs(np.corrcoef(host[i].numpy(), b.u[i].numpy())[0, 1]) < 0.2
+    assert torch.allclose(b.p.std(-1), torch.ones(32), atol=1e-3)
+    level = 20 * torch.log10(b.p_noise.std(-1) / host.std(-1))
+    assert float(level.min()) >= P_MIX_DB[0] - 0.1 and float(level.max()) <= P_MIX_DB[1] + 0.1
+    assert float(level.max() - level.min()) > 8  # drawn per clip
+
+
+def test_mixed_p_bins_are_where_the_added_noise_dominates_by_the_margin():
+    from trainer.data import Batch
+    from trainer.train import mixed_p_bins
+
+    t = torch.arange(16000) / 16000
+
+    def tone(hz, amp):
+        return amp * torch.sin(2 * math.pi * hz * t)[None]  # hz / 15.625 = the bin
+
+    host = tone(500, 1.0) + tone(6250, 0.5)  # bins 32 and 400
+    added = tone(3000, 1.0) + tone(6250, 1.0)  # bins 192 and 400, where it leads the host by 6 dB
+    b = Batch(u=host, p=host + added, p_noise=added)
+    for margin, at_400 in ((10.0, 0.0), (3.0, 1.0)):
+        bins = mixed_p_bins(b, 0, margin)[0].mean(-1)  # share of frames in which each bin is P
+        assert float(bins[192]) == 1.0 and float(bins[32]) == 0.0 and float(bins[400]) == at_400
+    assert mixed_p_bins(Batch(u=host, p=added), 0, 10.0) is None  # plain P clips: every bin is P
+
+
+def test_p_bins_restrict_the_p_means_to_the_selected_bins():
+    g = torch.Generator().manual_seed(3)
+    f_p, f_u = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    w_p, w_u = torch.rand(2, 5, 7, generator=g) + 0.5, torch.rand(2, 5, 7, generator=g) + 0.5
+    sel = torch.rand(2, 5, 7, generator=g) > 0.6
+    for risk in ("pvu", "upu", "nnpu"):
+        masked = pu_risk(f_p, f_u, w_p, w_u, 0.7, risk, p_bins=sel.float())
+        # the same as the P term over just those bins (a [1, 1, K] tensor), U unchanged
+        k = int(sel.sum())
+        subset = pu_risk(f_p[sel].view(1, 1, k), f_u, w_p[sel].view(1, 1, k), w_u, 0.7, risk)
+        for a, b in ((masked.loss, subset.loss), (masked.risk_p, subset.risk_p), (masked.risk_u, subset.risk_u)):
+            assert math.isclose(float(a), float(b), rel_tol=1e-5)
+        assert not math.isclose(float(masked.loss), float(pu_risk(f_p, f_u, w_p, w_u, 0.7, risk).loss), rel_tol=1e-3)
+
+
+def test_mixed_p_level_trains_and_its_misuse_is_refused(tmp_path):
+    import pytest
+
+    from rtpulse.errors import RtpulseError
+
+    rng = np.random.default_rng(2)
+    speech = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["s"])
+    noise = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["n"])
+    cfg = _cfg(tmp_path, method="pu", risk="pvu", p_level="mixed", p_mix_margin_db=6.0).validate()
+    batch = Recipe("pu", noise, clean=speech, p_level="mixed").batch(2, 4000, torch.Generator().manual_seed(0))
+    loss, _ = compute_loss(build_model(cfg), batch, cfg)
+    assert math.isfinite(float(loss)) and loss.requires_grad
+    for bad in ({"p_level": "mixed", "method": "pn"}, {"p_level": "mixed", "p_gain": "u", "level_frames": 8},
+                {"p_mix_margin_db": 6.0}, {"p_level": "loud"}):
+        with pytest.raises(RtpulseError):
+            _cfg(tmp_path, **bad).validate()

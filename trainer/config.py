@@ -50,7 +50,10 @@ class TrainConfig:
     weight_exponent: float = 1.0
     pvu_steps: int = 0  # first steps on the P-vs-U logistic warm start (losses.pu_risk "pvu"), then `risk`
     speech_floor_db: float | None = None  # keep only --clean/--val-clean files with data.noise_floor_db ≤ this
-    p_level: str = "unit"  # P clips: "unit" std (paper) or "matched" to the noise level inside a mixture
+    # P clips: "unit" std (paper), "matched" to the noise level inside a mixture, or "mixed": added to another U clip,
+    # the bins where that noise dominates by p_mix_margin_db (default 10) being the P bins (data.P_MIX_DB)
+    p_level: str = "unit"
+    p_mix_margin_db: float | None = None
     # P clips through the level normaliser: "own" gain (brings a noise clip to full level, louder than noise ever is
     # inside a normalised mixture: a level cue that tells P from U) or "u", the gain of the U clip beside it
     p_gain: str = "own"
@@ -77,8 +80,12 @@ class TrainConfig:
             raise RtpulseError("--speech-floor-db selects the speech the mixtures are made of (--clean), not --noisy")
         if self.risk not in ("nnpu", "upu", "pvu"):
             raise RtpulseError(f"--risk must be nnpu, upu or pvu, got {self.risk!r}")
-        if self.p_level not in ("unit", "matched"):
-            raise RtpulseError(f"--p-level must be unit or matched, got {self.p_level!r}")
+        if self.p_level not in ("unit", "matched", "mixed"):
+            raise RtpulseError(f"--p-level must be unit, matched or mixed, got {self.p_level!r}")
+        if self.p_level == "mixed" and (self.method != "pu" or self.p_gain != "own"):
+            raise RtpulseError("--p-level mixed makes PU's P clips from U clips: it needs --method pu and --p-gain own")
+        if self.p_mix_margin_db is not None and self.p_level != "mixed":
+            raise RtpulseError("--p-mix-margin-db picks the P bins of --p-level mixed: give --p-level mixed")
         if self.p_gain not in ("own", "u"):
             raise RtpulseError(f"--p-gain must be own or u, got {self.p_gain!r}")
         if self.init not in ("default", "he"):
@@ -110,6 +117,10 @@ class TrainConfig:
         if self.select_mask not in ("binary", "soft"):
             raise RtpulseError("--select-mask must be binary or soft")
         return self
+
+    @property
+    def p_mix_margin(self) -> float:
+        return 10.0 if self.p_mix_margin_db is None else self.p_mix_margin_db
 
     @property
     def run_dir(self) -> Path:

@@ -25,6 +25,10 @@ from rtpulse.errors import RtpulseError
 from rtpulse.stft import SAMPLE_RATE
 
 STD_EPS = 1e-5
+# --p-level mixed: a P clip's noise is added to another U clip of the batch at this level (dB re the U clip's std).
+# Only the bins where the added noise dominates are P bins; their neighbours hold the U clip's speech, as the
+# neighbours of a noise-dominated bin inside a noisy recording do.
+P_MIX_DB = (-10.0, 5.0)
 
 
 def default_cache_dir() -> Path:
@@ -161,7 +165,8 @@ def mix_at_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor):
 class Batch:
     """Waveforms ``[B, T]`` for one step. Which fields are set depends on the method.
 
-    pu: ``u`` (noisy), ``p`` (separate noise clips). pn: ``u`` (noisy), ``clean``.
+    pu: ``u`` (noisy), ``p`` (separate noise clips; under ``--p-level mixed`` another U clip plus a noise clip, the
+    noise part scaled like ``p`` in ``p_noise``). pn: ``u`` (noisy), ``clean``.
     mixit: ``mix`` (noisy + noise, normalised), ``u`` (noisy) and ``noise`` scaled like ``mix``.
     """
 
@@ -170,6 +175,7 @@ class Batch:
     clean: torch.Tensor | None = None
     mix: torch.Tensor | None = None
     noise: torch.Tensor | None = None
+    p_noise: torch.Tensor | None = None
 
 
 class Recipe:
@@ -216,6 +222,13 @@ class Recipe:
                 lo, hi = self.snr_range
                 snr = lo + (hi - lo) * torch.rand(n, device=noise.device, generator=gen)
                 noise = noise / torch.sqrt(1 + 10.0 ** (snr[:, None] / 10.0))
+            elif self.p_level == "mixed":
+                lo, hi = P_MIX_DB
+                level = lo + (hi - lo) * torch.rand(n, device=noise.device, generator=gen)
+                added = noise * 10.0 ** (level[:, None] / 20.0)
+                mixed = noisy.roll(1, 0) + added  # the host is the batch's next U clip, not the one beside it
+                scale = mixed.std(-1, keepdim=True) + STD_EPS
+                return Batch(u=noisy, p=mixed / scale, p_noise=added / scale)
             return Batch(u=noisy, p=noise)
         mix = noisy + noise
         scale = mix.std(-1, keepdim=True) + STD_EPS

@@ -50,6 +50,7 @@ def pu_risk(
     risk: str = "nnpu",
     beta: float = 0.0,
     gamma: float = 1.0,
+    p_bins: torch.Tensor | None = None,
 ) -> PURisk:
     """Weighted sigmoid PU risk over bins: P = noise clips (logits ``f_p``), U = noisy clips (``f_u``).
 
@@ -60,17 +61,22 @@ def pu_risk(
     f = log(2π p_P / p_U) puts f = 0 on the same boundary as the PU Bayes rule (noise iff π p_P ≥ (1−π) p_N,
     i.e. 2π p_P ≥ p_U), and unlike the sigmoid loss it never saturates while the net is still learning to
     tell U from P. Uses only noisy + noise clips, like nnPU. risk_p / risk_u still report the sigmoid terms.
+    p_bins (0/1, shaped like ``f_p``): only these bins of the P clips are P data; the P means run over them.
     """
     if risk not in RISKS:
         raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
     f_p, f_u, w_p, w_u = f_p.float(), f_u.float(), w_p.float(), w_u.float()
-    risk_p = prior * (w_p * sigmoid_loss(f_p)).mean()
-    risk_u = (w_u * sigmoid_loss(-f_u)).mean() - prior * (w_p * sigmoid_loss(-f_p)).mean()
+
+    def mean_p(x: torch.Tensor) -> torch.Tensor:
+        return x.mean() if p_bins is None else (x * p_bins).sum() / p_bins.sum().clamp_min(1)
+
+    risk_p = prior * mean_p(w_p * sigmoid_loss(f_p))
+    risk_u = (w_u * sigmoid_loss(-f_u)).mean() - prior * mean_p(w_p * sigmoid_loss(-f_p))
     if risk == "upu":
         return PURisk(risk_p + risk_u, risk_p, risk_u, torch.zeros((), device=f_p.device))
     if risk == "pvu":
         softplus = torch.nn.functional.softplus
-        loss = 2 * prior * (w_p * softplus(-f_p)).mean() + (w_u * softplus(f_u)).mean()
+        loss = 2 * prior * mean_p(w_p * softplus(-f_p)) + (w_u * softplus(f_u)).mean()
         return PURisk(loss, risk_p, risk_u, torch.zeros((), device=f_p.device))
     fire = risk_u < -beta
     # torch.where keeps this sync-free: the gradient flows only through the branch that was taken.

@@ -61,6 +61,15 @@ def pu_logits(model: torch.nn.Module, mag: torch.Tensor, cfg: TrainConfig, ctx: 
     return model(mag, ctx, gain)[:, 0].float()
 
 
+def mixed_p_bins(batch: Batch, ctx: int, margin_db: float) -> torch.Tensor | None:
+    """0/1 ``[B, F, M]``: the bins of ``--p-level mixed`` P clips where the added noise dominates the host U clip
+    by ``margin_db`` (None for plain P clips). The STFT is linear, so the host's part is ``p − p_noise``."""
+    if batch.p_noise is None:
+        return None
+    added, host = stft(torch.cat((batch.p_noise, batch.p - batch.p_noise)))[..., ctx:].abs().chunk(2)
+    return (added >= host * 10.0 ** (margin_db / 20.0)).float()
+
+
 def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
     """Loss and diagnostics (0-dim tensors, no host sync). U = ``batch.u`` is what the model enhances.
 
@@ -79,7 +88,8 @@ def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: i
             f = pu_logits(model, full, cfg, ctx)  # [2B, 513, M]
         w = bin_weight(mag, cfg.weight_exponent)
         risk = "pvu" if step < cfg.pvu_steps else cfg.risk
-        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma)
+        p_bins = mixed_p_bins(batch, ctx, cfg.p_mix_margin)
+        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma, p_bins)
         loss, f_u, extra = r.loss, f[:n], {"risk_p": r.risk_p, "risk_u": r.risk_u, "corrected": r.corrected}
     elif cfg.method == "pn":
         full_u, mag_s = stft(torch.cat((batch.u, batch.clean))).abs().chunk(2)
