@@ -233,7 +233,7 @@ def test_mixed_p_level_trains_and_its_misuse_is_refused(tmp_path):
     cfg = _cfg(tmp_path, method="pu", risk="pvu", p_level="mixed", p_mix_margin_db=6.0).validate()
     batch = Recipe("pu", noise, clean=speech, p_level="mixed").batch(2, 4000, torch.Generator().manual_seed(0))
     loss, _ = compute_loss(build_model(cfg), batch, cfg)
-    assert math.isfinite(float(loss)) and loss.requires_grad
+    assert math.isfinite(float(loss.detach())) and loss.requires_grad
     for bad in ({"p_level": "mixed", "method": "pn"}, {"p_level": "mixed", "p_gain": "u", "level_frames": 8},
                 {"p_mix_margin_db": 6.0}, {"p_level": "loud"}):
         with pytest.raises(RtpulseError):
