@@ -3,10 +3,10 @@
 For each test mixture (the quality benchmark's set) it scores, with the project's one SI-SNR:
 - ``soft``: the model's mask σ(−f), as shipped;
 - ``posterior``: 1 − e^f/2, the PU posterior of speech when f is the P-vs-U optimum log(2π p_P / p_U);
-- ``monotone``: the best mask that is a function of f alone (a least-squares gain per f quantile, fitted with the
-  clean references of these same files: an upper bound for any remapping of this model's logits);
+- ``f_map``: the best mask that is a function of f alone — a least-squares gain per f quantile (GROUPS of them),
+  fitted in-sample with the clean references of these same files: what any remapping of f could reach, roughly;
 - ``irm``: the ideal ratio mask |S|² / (|S|² + |N|²) on the same STFT (the ceiling of any magnitude mask).
-If ``monotone`` sits near ``soft``, no post-processing of f helps: the classifier must rank bins better.
+If ``f_map`` sits near ``soft``, no post-processing of f helps: the classifier must rank bins better.
 It also reports the mean mask (|X|-weighted) on noise-dominated bins (local SNR < −10 dB) and on speech-dominated
 bins (> +10 dB).
 
@@ -26,13 +26,14 @@ from rtpulse.errors import RtpulseError
 from rtpulse.metrics import si_snr
 from rtpulse.model import load_model
 from rtpulse.stft import istft, stft
+from rtpulse.stream import sanitize, tail_for_lookahead
 
-MASKS = ("soft", "posterior", "monotone", "irm")
-GROUPS = 40  # f quantiles of the monotone map
+MASKS = ("soft", "posterior", "f_map", "irm")
+GROUPS = 40  # f quantiles of the f_map (one gain each)
 DOMINANT_DB = 10.0
 
 
-def fit_monotone_map(logits: list[torch.Tensor], mixes: list[torch.Tensor], cleans: list[torch.Tensor],
+def fit_f_map(logits: list[torch.Tensor], mixes: list[torch.Tensor], cleans: list[torch.Tensor],
                      groups: int = GROUPS) -> tuple[torch.Tensor, torch.Tensor]:
     """(edges, gains): the gain per f quantile that minimises Σ |g·X − S|² over all bins (clipped to [0, 1]).
     Shapes: each entry ``[F, T]`` (f real, X and S complex)."""
@@ -52,7 +53,7 @@ def masks_for(f: torch.Tensor, x: torch.Tensor, s: torch.Tensor, edges: torch.Te
     return {
         "soft": torch.sigmoid(-f),
         "posterior": (1 - torch.exp(f) / 2).clamp(0, 1),
-        "monotone": gains[torch.bucketize(f, edges)],
+        "f_map": gains[torch.bucketize(f, edges)],
         "irm": s.abs().square() / (s.abs().square() + n.abs().square()).clamp_min(1e-20),
     }
 
@@ -62,11 +63,12 @@ def headroom(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> dict:
     xs, ss, fs = [], [], []
     with torch.no_grad():
         for x, s in zip(noisy, clean):
-            spec = stft(torch.from_numpy(x)[None])
+            tail = tail_for_lookahead(x.size, model.lookahead)  # the frames rtpulse.stream.enhance computes
+            spec = stft(sanitize(torch.from_numpy(x))[None], tail=tail)
             fs.append(model(spec.abs())[0, 0])
             xs.append(spec[0])
-            ss.append(stft(torch.from_numpy(s)[None])[0])
-    edges, gains = fit_monotone_map(fs, xs, ss)
+            ss.append(stft(torch.from_numpy(s)[None], tail=tail)[0])
+    edges, gains = fit_f_map(fs, xs, ss)
     scores = {m: [] for m in MASKS}
     on = {"noise": [0.0, 0.0], "speech": [0.0, 0.0]}
     for f, x, s, x_wave, s_wave in zip(fs, xs, ss, noisy, clean):
@@ -94,9 +96,14 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.count < 1 or not args.seconds > 0:
+        p.error("--count must be ≥ 1 and --seconds > 0")
     try:
+        models = [(path, load_model(path).eval()) for path in args.model]  # before minutes of decoding
+        for part in ("speech", "noise"):
+            if not (args.data / part / "dev").is_dir():
+                raise RtpulseError(f"no {args.data / part / 'dev'}: give --data ROOT with speech/dev and noise/dev")
         items = generated_set(args.data, args.count, args.seconds, args.seed)
-        models = [(path, load_model(path).eval()) for path in args.model]
     except (RtpulseError, OSError) as e:
         sys.exit(f"error: {e}")
     noisy, clean = [it.noisy for it in items], [it.clean for it in items]

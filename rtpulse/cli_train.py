@@ -132,7 +132,7 @@ def train(
     ] = PLevel.unit,
     p_mix_margin_db: Annotated[
         float | None,
-        typer.Option(help="With --p-level mixed: by how much the added noise must dominate a bin to count as P (dB, default 10)."),
+        typer.Option(help="With --p-level mixed: by how much the added noise must lead the noisy clip in a bin for the bin to count as P (amplitude dB, 0…60; default 10)."),
     ] = None,
     p_gain: Annotated[
         PGain, typer.Option(help="Level gain for P clips: their own, or the U clip's beside them (noise at a mixture's level).")

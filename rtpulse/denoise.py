@@ -27,7 +27,7 @@ from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
     StreamingDenoiser,
-    _tail_for_lookahead,
+    tail_for_lookahead,
     enhance,
     mask_gain,
     sanitize,
@@ -172,7 +172,7 @@ def _offline_blocks(
     """
     lookahead = model.lookahead
     past = model.past_frames
-    total_frames = n_frames(length, _tail_for_lookahead(length, lookahead))
+    total_frames = n_frames(length, tail_for_lookahead(length, lookahead))
     window = _Window((sanitize(b) for b in x16), length)
     out_frames = -(-length // HOP)
     for a in range(0, out_frames, chunk_frames):

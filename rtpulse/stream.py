@@ -60,7 +60,7 @@ def delay_samples(lookahead: int) -> int:
     return N_FFT + HOP * lookahead
 
 
-def _tail_for_lookahead(length: int, lookahead: int) -> int:
+def tail_for_lookahead(length: int, lookahead: int) -> int:
     """Zero samples to append so the frames that cover the signal have their ``lookahead`` future frames."""
     last_frame = (length - 1 + LEAD) // HOP
     frames = last_frame + lookahead + 1
@@ -74,7 +74,7 @@ def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: fl
     if length == 0:
         return x.clone()
     batched = sanitize(x.reshape(-1, length))  # stays on x's device
-    spec = stft(batched, tail=_tail_for_lookahead(length, model.lookahead))  # [B, 513, M]
+    spec = stft(batched, tail=tail_for_lookahead(length, model.lookahead))  # [B, 513, M]
     logits = model(spec.abs())[:, 0]  # [B, 513, M]
     out = istft(spec * mask_gain(logits, mask, floor_db), length)  # [B, T]
     return out.reshape(x.shape)

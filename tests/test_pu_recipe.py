@@ -190,7 +190,7 @@ def test_mixed_p_clips_are_another_u_clip_plus_noise_at_the_mix_levels():
 
 
 def test_mixed_p_bins_are_where_the_added_noise_dominates_by_the_margin():
-    from trainer.data import Batch
+    from rtpulse.stft import stft
     from trainer.train import mixed_p_bins
 
     t = torch.arange(16000) / 16000
@@ -199,12 +199,12 @@ def test_mixed_p_bins_are_where_the_added_noise_dominates_by_the_margin():
         return amp * torch.sin(2 * math.pi * hz * t)[None]  # hz / 15.625 = the bin
 
     host = tone(500, 1.0) + tone(6250, 0.5)  # bins 32 and 400
-    added = tone(3000, 1.0) + tone(6250, 1.0)  # bins 192 and 400, where it leads the host by 6 dB
-    b = Batch(u=host, p=host + added, p_noise=added)
-    for margin, at_400 in ((10.0, 0.0), (3.0, 1.0)):
-        bins = mixed_p_bins(b, 0, margin)[0].mean(-1)  # share of frames in which each bin is P
+    added = tone(3000, 1.0) + tone(6250, 1.0)  # bins 192 and 400, where it leads the host by 6.02 dB (amplitude)
+    # margin 5 dB of amplitude is passed at bin 400; 5 dB read as power (×3.16 in amplitude) would not be
+    for margin, at_400 in ((10.0, 0.0), (7.0, 0.0), (5.0, 1.0), (3.0, 1.0)):
+        bins = mixed_p_bins(stft(host + added), added, margin)[0].mean(-1)  # share of frames in which a bin is P
         assert float(bins[192]) == 1.0 and float(bins[32]) == 0.0 and float(bins[400]) == at_400
-    assert mixed_p_bins(Batch(u=host, p=added), 0, 10.0) is None  # plain P clips: every bin is P
+    assert mixed_p_bins(stft(added), None, 10.0) is None  # plain P clips: every bin is P
 
 
 def test_p_bins_restrict_the_p_means_to_the_selected_bins():
@@ -222,19 +222,43 @@ def test_p_bins_restrict_the_p_means_to_the_selected_bins():
         assert not math.isclose(float(masked.loss), float(pu_risk(f_p, f_u, w_p, w_u, 0.7, risk).loss), rel_tol=1e-3)
 
 
-def test_mixed_p_level_trains_and_its_misuse_is_refused(tmp_path):
+def test_mixed_p_level_trains_on_the_dominated_bins_after_the_context_and_its_misuse_is_refused(tmp_path):
     import pytest
 
     from rtpulse.errors import RtpulseError
+    from rtpulse.stft import stft
+    from trainer.losses import bin_weight
+    from trainer.train import context_frames, mixed_p_bins, pu_logits
 
     rng = np.random.default_rng(2)
-    speech = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["s"])
-    noise = AudioBank([rng.standard_normal(8000).astype(np.float32)], ["n"])
-    cfg = _cfg(tmp_path, method="pu", risk="pvu", p_level="mixed", p_mix_margin_db=6.0).validate()
-    batch = Recipe("pu", noise, clean=speech, p_level="mixed").batch(2, 4000, torch.Generator().manual_seed(0))
-    loss, _ = compute_loss(build_model(cfg), batch, cfg)
+    speech = AudioBank([rng.standard_normal(16000).astype(np.float32)], ["s"])
+    noise = AudioBank([rng.standard_normal(16000).astype(np.float32)], ["n"])
+    cfg = _cfg(tmp_path, method="pu", risk="pvu", p_level="mixed", p_mix_margin_db=6.0, level_frames=8,
+               context_seconds=0.128).validate()
+    ctx = context_frames(cfg)
+    assert ctx == 8
+    batch = Recipe("pu", noise, clean=speech, p_level="mixed").batch(2, 8000, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    loss, stats = compute_loss(model, batch, cfg)
     assert math.isfinite(float(loss.detach())) and loss.requires_grad
-    for bad in ({"p_level": "mixed", "method": "pn"}, {"p_level": "mixed", "p_gain": "u", "level_frames": 8},
-                {"p_mix_margin_db": 6.0}, {"p_level": "loud"}):
-        with pytest.raises(RtpulseError):
+    # by hand: the P terms over the bins the added noise leads by 6 dB, the context frames cut off
+    full = stft(torch.cat((batch.u, batch.p))).abs()
+    f = pu_logits(model, full, cfg, ctx).detach()
+    w = bin_weight(full[..., ctx:], 1.0)
+    bins = mixed_p_bins(stft(batch.p), batch.p_noise, 6.0)[..., ctx:]
+    assert 0.05 < float(bins.mean()) < 0.95
+    want = pu_risk(f[2:], f[:2], w[2:], w[:2], cfg.prior, "pvu", p_bins=bins)
+    every = pu_risk(f[2:], f[:2], w[2:], w[:2], cfg.prior, "pvu")
+    assert math.isclose(float(stats["risk_p"]), float(want.risk_p), rel_tol=1e-5)
+    assert math.isclose(float(loss.detach()), float(want.loss), rel_tol=1e-5)
+    assert not math.isclose(float(loss.detach()), float(every.loss), rel_tol=1e-3)
+    for bad, match in (({"p_level": "mixed", "method": "pn"}, "p-level mixed"),
+                       ({"p_level": "mixed", "p_gain": "u", "level_frames": 8}, "p-level mixed"),
+                       ({"p_level": "mixed", "p_gain": "x"}, "p-gain must be"),
+                       ({"p_mix_margin_db": 6.0}, "give --p-level mixed"),
+                       ({"p_level": "mixed", "p_mix_margin_db": float("nan")}, "0…60"),
+                       ({"p_level": "mixed", "p_mix_margin_db": -1.0}, "0…60"),
+                       ({"p_level": "loud"}, "unit, matched or mixed")):
+        with pytest.raises(RtpulseError, match=match):
             _cfg(tmp_path, **bad).validate()

@@ -166,6 +166,29 @@ def test_real_recordings_select_by_heldout_risk(corpus, tmp_path):
     assert "dev_sisnri_binary" not in row
 
 
+def test_heldout_risk_with_mixed_p_counts_only_the_bins_training_counts(corpus, tmp_path):
+    from rtpulse.stft import stft
+    from trainer.ddp import Dist
+    from trainer.losses import bin_weight, pu_risk
+    from trainer.train import build_data, build_model, mixed_p_bins, pu_logits
+    from trainer.validate import dev_pu_risk
+
+    cfg = tiny(corpus, tmp_path, clean=None, noisy=str(corpus / "noisy"), p_level="mixed", risk="pvu").validate()
+    _, dev, _ = build_data(cfg, Dist(), None)
+    assert dev.p_noise is not None and dev.p_noise.shape == dev.p.shape
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    got = dev_pu_risk(model, dev.u, dev.p, cfg, "cpu", dev.p_noise)
+    mu, sp = stft(dev.u).abs(), stft(dev.p)
+    with torch.no_grad():
+        fu, fp = pu_logits(model, torch.cat((mu, sp.abs())), cfg).chunk(2)
+    bins = mixed_p_bins(sp, dev.p_noise, cfg.p_mix_margin)
+    want = pu_risk(fp, fu, bin_weight(sp.abs(), 1.0), bin_weight(mu, 1.0), cfg.prior, "upu", p_bins=bins)
+    assert got["val_risk_p"] == pytest.approx(float(want.risk_p), rel=1e-5)
+    assert got["val_risk_u"] == pytest.approx(float(want.risk_u), rel=1e-5)
+    assert got["val_risk_p"] != pytest.approx(dev_pu_risk(model, dev.u, dev.p, cfg, "cpu")["val_risk_p"], rel=1e-3)
+
+
 def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     run = tmp_path / "run"
     res = CliRunner().invoke(app, [

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rtpulse.errors import RtpulseError
+from trainer.data import P_MIX_MARGIN_DB
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class TrainConfig:
     pvu_steps: int = 0  # first steps on the P-vs-U logistic warm start (losses.pu_risk "pvu"), then `risk`
     speech_floor_db: float | None = None  # keep only --clean/--val-clean files with data.noise_floor_db ≤ this
     # P clips: "unit" std (paper), "matched" to the noise level inside a mixture, or "mixed": added to another U clip,
-    # the bins where that noise dominates by p_mix_margin_db (default 10) being the P bins (data.P_MIX_DB)
+    # the bins where that noise dominates by p_mix_margin_db (default data.P_MIX_MARGIN_DB) being the P bins
     p_level: str = "unit"
     p_mix_margin_db: float | None = None
     # P clips through the level normaliser: "own" gain (brings a noise clip to full level, louder than noise ever is
@@ -82,12 +83,14 @@ class TrainConfig:
             raise RtpulseError(f"--risk must be nnpu, upu or pvu, got {self.risk!r}")
         if self.p_level not in ("unit", "matched", "mixed"):
             raise RtpulseError(f"--p-level must be unit, matched or mixed, got {self.p_level!r}")
+        if self.p_gain not in ("own", "u"):
+            raise RtpulseError(f"--p-gain must be own or u, got {self.p_gain!r}")
         if self.p_level == "mixed" and (self.method != "pu" or self.p_gain != "own"):
             raise RtpulseError("--p-level mixed makes PU's P clips from U clips: it needs --method pu and --p-gain own")
         if self.p_mix_margin_db is not None and self.p_level != "mixed":
             raise RtpulseError("--p-mix-margin-db picks the P bins of --p-level mixed: give --p-level mixed")
-        if self.p_gain not in ("own", "u"):
-            raise RtpulseError(f"--p-gain must be own or u, got {self.p_gain!r}")
+        if self.p_mix_margin_db is not None and not 0 <= self.p_mix_margin_db <= 60:
+            raise RtpulseError("--p-mix-margin-db must be 0…60 dB")
         if self.init not in ("default", "he"):
             raise RtpulseError(f"--init must be default or he, got {self.init!r}")
         if self.pvu_steps < 0 or self.clip_grad < 0:
@@ -120,7 +123,7 @@ class TrainConfig:
 
     @property
     def p_mix_margin(self) -> float:
-        return 10.0 if self.p_mix_margin_db is None else self.p_mix_margin_db
+        return P_MIX_MARGIN_DB if self.p_mix_margin_db is None else self.p_mix_margin_db
 
     @property
     def run_dir(self) -> Path:

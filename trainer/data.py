@@ -29,6 +29,7 @@ STD_EPS = 1e-5
 # Only the bins where the added noise dominates are P bins; their neighbours hold the U clip's speech, as the
 # neighbours of a noise-dominated bin inside a noisy recording do.
 P_MIX_DB = (-10.0, 5.0)
+P_MIX_MARGIN_DB = 10.0  # default lead of the added noise over the host, amplitude dB (20·log10 of |STFT| ratios)
 
 
 def default_cache_dir() -> Path:
@@ -226,7 +227,7 @@ class Recipe:
                 lo, hi = P_MIX_DB
                 level = lo + (hi - lo) * torch.rand(n, device=noise.device, generator=gen)
                 added = noise * 10.0 ** (level[:, None] / 20.0)
-                mixed = noisy.roll(1, 0) + added  # the host is the batch's next U clip, not the one beside it
+                mixed = noisy.roll(1, 0) + added  # P clip i's host is U clip i − 1 (batch size 1: clip 0 itself)
                 scale = mixed.std(-1, keepdim=True) + STD_EPS
                 return Batch(u=noisy, p=mixed / scale, p_noise=added / scale)
             return Batch(u=noisy, p=noise)

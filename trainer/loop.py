@@ -88,7 +88,7 @@ def _validate(model, dev, cfg, device, dev_sisnri, dev_pu_risk) -> dict:
     if dev.noisy is not None:
         out.update(dev_sisnri(model, dev.noisy, dev.clean, device))
     if dev.u is not None:
-        out.update(dev_pu_risk(model, dev.u, dev.p, cfg, device))
+        out.update(dev_pu_risk(model, dev.u, dev.p, cfg, device, dev.p_noise))
     return out
 
 

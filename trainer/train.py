@@ -61,13 +61,14 @@ def pu_logits(model: torch.nn.Module, mag: torch.Tensor, cfg: TrainConfig, ctx: 
     return model(mag, ctx, gain)[:, 0].float()
 
 
-def mixed_p_bins(batch: Batch, ctx: int, margin_db: float) -> torch.Tensor | None:
-    """0/1 ``[B, F, M]``: the bins of ``--p-level mixed`` P clips where the added noise dominates the host U clip
-    by ``margin_db`` (None for plain P clips). The STFT is linear, so the host's part is ``p − p_noise``."""
-    if batch.p_noise is None:
+def mixed_p_bins(p_spec: torch.Tensor, p_noise: torch.Tensor | None, margin_db: float) -> torch.Tensor | None:
+    """0/1 like ``p_spec`` (the P clips' complex STFT ``[B, F, T]``): under ``--p-level mixed`` the bins where the
+    added noise (waveforms ``p_noise``) leads the host U clip by ``margin_db`` (amplitude dB). None for plain P clips.
+    The STFT is linear, so the host's part is ``p_spec − stft(p_noise)``."""
+    if p_noise is None:
         return None
-    added, host = stft(torch.cat((batch.p_noise, batch.p - batch.p_noise)))[..., ctx:].abs().chunk(2)
-    return (added >= host * 10.0 ** (margin_db / 20.0)).float()
+    added = stft(p_noise)
+    return (added.abs() >= (p_spec - added).abs() * 10.0 ** (margin_db / 20.0)).to(p_spec.real.dtype)
 
 
 def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
@@ -82,13 +83,16 @@ def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: i
     zero = torch.zeros((), device=batch.u.device)
     if cfg.method == "pu":
         n = batch.u.shape[0]
-        full = stft(torch.cat((batch.u, batch.p))).abs()  # [2B, 513, ctx + M]: U clips then P clips
+        spec = stft(torch.cat((batch.u, batch.p)))  # [2B, 513, ctx + M]: U clips then P clips
+        full = spec.abs()
         mag = full[..., ctx:]
         with autocast:
             f = pu_logits(model, full, cfg, ctx)  # [2B, 513, M]
         w = bin_weight(mag, cfg.weight_exponent)
         risk = "pvu" if step < cfg.pvu_steps else cfg.risk
-        p_bins = mixed_p_bins(batch, ctx, cfg.p_mix_margin)
+        # under DDP each rank averages over its own P bins: ranks' P bins weigh a little unevenly, as clips do
+        p_bins = mixed_p_bins(spec[n:], batch.p_noise, cfg.p_mix_margin)
+        p_bins = None if p_bins is None else p_bins[..., ctx:]
         r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma, p_bins)
         loss, f_u, extra = r.loss, f[:n], {"risk_p": r.risk_p, "risk_u": r.risk_u, "corrected": r.corrected}
     elif cfg.method == "pn":
@@ -212,7 +216,7 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
                     p_level=cfg.p_level)
         if cfg.noisy:
             b = hr.batch(cfg.dev_count, length, gen)
-            dev.u, dev.p = b.u, b.p
+            dev.u, dev.p, dev.p_noise = b.u, b.p, b.p_noise
         elif not have_val:
             dev.noisy, dev.clean = hr.noisy_clips(cfg.dev_count, length, gen)
     return recipe, dev, split

@@ -23,6 +23,7 @@ class DevData:
     clean: torch.Tensor | None = None
     u: torch.Tensor | None = None
     p: torch.Tensor | None = None
+    p_noise: torch.Tensor | None = None  # --p-level mixed: the noise part of each P clip (only its bins are P)
 
 
 @torch.no_grad()
@@ -40,19 +41,23 @@ def dev_sisnri(model: PulseCNN, noisy: torch.Tensor, clean: torch.Tensor, device
 
 
 @torch.no_grad()
-def dev_pu_risk(model: PulseCNN, u: torch.Tensor, p: torch.Tensor, cfg, device) -> dict[str, float]:
-    """Held-out nnPU risk π R_P^+ + max(0, R_U^- − π R_P^-) (lower is better) and the U speech fraction."""
-    from trainer.train import pu_logits  # train imports this module
+def dev_pu_risk(model: PulseCNN, u: torch.Tensor, p: torch.Tensor, cfg, device,
+                p_noise: torch.Tensor | None = None) -> dict[str, float]:
+    """Held-out nnPU risk π R_P^+ + max(0, R_U^- − π R_P^-) (lower is better) and the U speech fraction.
+    With ``p_noise`` (``--p-level mixed``) only the P clips' bins where that noise dominates count, as in training."""
+    from trainer.train import mixed_p_bins, pu_logits  # train imports this module
 
     model.eval()
     tot = {"risk_p": 0.0, "risk_u": 0.0, "speech": 0.0}
     n = 0
     for i in range(0, u.shape[0], EVAL_BATCH):
         mu = stft(u[i : i + EVAL_BATCH].to(device)).abs()
-        mp = stft(p[i : i + EVAL_BATCH].to(device)).abs()
+        sp = stft(p[i : i + EVAL_BATCH].to(device))
+        mp = sp.abs()
+        noise_part = None if p_noise is None else p_noise[i : i + EVAL_BATCH].to(device)
         fu, fp = pu_logits(model, torch.cat((mu, mp)), cfg).chunk(2)  # P at the U gain under --p-gain u
         r = pu_risk(fp, fu, bin_weight(mp, cfg.weight_exponent), bin_weight(mu, cfg.weight_exponent),
-                    cfg.prior, "upu")
+                    cfg.prior, "upu", p_bins=mixed_p_bins(sp, noise_part, cfg.p_mix_margin))
         tot["risk_p"] += float(r.risk_p)
         tot["risk_u"] += float(r.risk_u)
         tot["speech"] += float((fu < 0).float().mean())
