@@ -27,11 +27,11 @@ from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
     StreamingDenoiser,
-    tail_for_lookahead,
     enhance,
     mask_gain,
     sanitize,
     stream_offline_equivalent,
+    tail_for_lookahead,
 )
 
 ENGINES = ("offline", "stream")
