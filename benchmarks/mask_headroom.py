@@ -65,7 +65,7 @@ def headroom(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> dict:
         for x, s in zip(noisy, clean):
             tail = tail_for_lookahead(x.size, model.lookahead)  # the frames rtpulse.stream.enhance computes
             spec = stft(sanitize(torch.from_numpy(x))[None], tail=tail)
-            fs.append(model(spec.abs())[0, 0])
+            fs.append(model(spec.abs())[0, 0].contiguous())  # bucketize wants it so
             xs.append(spec[0])
             ss.append(stft(torch.from_numpy(s)[None], tail=tail)[0])
     edges, gains = fit_f_map(fs, xs, ss)
