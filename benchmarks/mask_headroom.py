@@ -26,15 +26,16 @@ from rtpulse.errors import RtpulseError
 from rtpulse.metrics import si_snr
 from rtpulse.model import load_model
 from rtpulse.stft import istft, stft
-from rtpulse.stream import sanitize, tail_for_lookahead
+from rtpulse.stream import mask_gain, sanitize, tail_for_lookahead
 
 MASKS = ("soft", "posterior", "f_map", "irm")
 GROUPS = 40  # f quantiles of the f_map (one gain each)
 DOMINANT_DB = 10.0
 
 
-def fit_f_map(logits: list[torch.Tensor], mixes: list[torch.Tensor], cleans: list[torch.Tensor],
-                     groups: int = GROUPS) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_f_map(
+    logits: list[torch.Tensor], mixes: list[torch.Tensor], cleans: list[torch.Tensor], groups: int = GROUPS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(edges, gains): the gain per f quantile that minimises Σ |g·X − S|² over all bins (clipped to [0, 1]).
     Shapes: each entry ``[F, T]`` (f real, X and S complex)."""
     f_all = torch.cat([f.flatten() for f in logits])
@@ -51,7 +52,7 @@ def fit_f_map(logits: list[torch.Tensor], mixes: list[torch.Tensor], cleans: lis
 def masks_for(f: torch.Tensor, x: torch.Tensor, s: torch.Tensor, edges: torch.Tensor, gains: torch.Tensor) -> dict:
     n = x - s
     return {
-        "soft": torch.sigmoid(-f),
+        "soft": mask_gain(f, "soft"),  # the engine's own soft mask
         "posterior": (1 - torch.exp(f) / 2).clamp(0, 1),
         "f_map": gains[torch.bucketize(f, edges)],
         "irm": s.abs().square() / (s.abs().square() + n.abs().square()).clamp_min(1e-20),
@@ -74,10 +75,11 @@ def headroom(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> dict:
     for f, x, s, x_wave, s_wave in zip(fs, xs, ss, noisy, clean):
         ref = torch.from_numpy(s_wave)
         base = float(si_snr(torch.from_numpy(x_wave), ref))
-        for name, mask in masks_for(f, x, s, edges, gains).items():
+        masks = masks_for(f, x, s, edges, gains)
+        for name, mask in masks.items():
             scores[name].append(float(si_snr(istft(x * mask, x_wave.size), ref)) - base)
         local = 10 * torch.log10(s.abs().square() / (x - s).abs().square().clamp_min(1e-20) + 1e-20)
-        soft, w = torch.sigmoid(-f), x.abs()
+        soft, w = masks["soft"], x.abs()
         for kind, sel in (("noise", local < -DOMINANT_DB), ("speech", local > DOMINANT_DB)):
             on[kind][0] += float((soft * w)[sel].sum())
             on[kind][1] += float(w[sel].sum())
