@@ -75,6 +75,9 @@ def train(
     floor_frames: Annotated[
         int, typer.Option(help="Add noise-floor inputs tracked over the last N frames (0 = off; 94 ≈ 1.5 s).")
     ] = 0,
+    freq_input: Annotated[
+        bool, typer.Option(help="Add an input channel holding each bin's frequency (convolutions cannot see it).")
+    ] = False,
     clean: Annotated[Path | None, typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
     noise: Annotated[Path | None, typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
     noisy: Annotated[Path | None, typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
@@ -168,6 +171,7 @@ def train(
                 dropout=dropout,
                 level_frames=level_frames,
                 floor_frames=floor_frames,
+                freq_input=freq_input,
                 clean=_s(clean),
                 noise=_s(noise),
                 noisy=_s(noisy),

@@ -69,6 +69,10 @@ FLOOR_SMOOTH_FRAMES = 4
 FLOOR_EPS = LEVEL_MIN_POWER
 FLOOR_RATIO_SCALE = 0.25  # log ratios of ±14 (±60 dB) → ±3.5, the range of the other inputs
 
+# The frequency input (config.freq_input): convolutions are shift-invariant across frequency, so without it the
+# network knows where a bin sits only near the spectrum's edges; insects at 6 kHz and a voice's second harmonic at
+# 300 Hz look alike locally. One constant channel per bin, 0 at DC … 1 at Nyquist, tells it.
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -87,6 +91,7 @@ class ModelConfig:
         1[f < 0]) or "soft" (σ(−f)); training decides which scores better.
     floor_frames: 0 = one input channel; K > 0 = two more, from a causal noise-floor tracker over the last K
         frames (see FLOOR_SMOOTH_FRAMES).
+    freq_input: one more input channel holding each bin's frequency (0 at DC … 1 at Nyquist).
     """
 
     preset: str = "blocks2"
@@ -98,6 +103,7 @@ class ModelConfig:
     level_frames: int = 0
     mask: str = "binary"
     floor_frames: int = 0
+    freq_input: bool = False
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
     def __post_init__(self) -> None:
@@ -115,6 +121,8 @@ class ModelConfig:
             raise RtpulseError(f"level_frames must be an integer 0…1000, got {self.level_frames!r}")
         if not isinstance(self.floor_frames, int) or not 0 <= self.floor_frames <= 1000:
             raise RtpulseError(f"floor_frames must be an integer 0…1000, got {self.floor_frames!r}")
+        if not isinstance(self.freq_input, bool):
+            raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
         n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
@@ -124,8 +132,14 @@ class ModelConfig:
             raise RtpulseError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @property
+    def input_names(self) -> tuple[str, ...]:
+        """The input channels in order (how a model grows more inputs: trainer.grow.widen_inputs)."""
+        floor = ("floor", "floor_snr") if self.floor_frames else ()
+        return ("magnitude", *floor, *(("frequency",) if self.freq_input else ()))
+
+    @property
     def in_channels(self) -> int:
-        return 3 if self.floor_frames else 1
+        return len(self.input_names)
 
     @property
     def layers(self) -> tuple[tuple[int, int, int], ...]:
@@ -266,7 +280,7 @@ class PulseCNN(nn.Module):
     def features(
         self, mag: torch.Tensor, gain: torch.Tensor | None = None, floor: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Level-normalised, compressed magnitudes (and floor channels): ``[B, F, T]`` → ``[B, C_in, F, T]``.
+        """Level-normalised, compressed magnitudes (and floor, frequency channels): ``[B, F, T]`` → ``[B, C_in, F, T]``.
 
         ``gain`` and ``floor`` (powers) are the streaming path's own; offline computes them here."""
         gain = self.level_gain(mag) if gain is None else gain
@@ -278,6 +292,9 @@ class PulseCNN(nn.Module):
             channels.append(self._compress(floor.sqrt() * gain))
             ratio = torch.log((power * g2 + FLOOR_EPS) / (floor * g2 + FLOOR_EPS))
             channels.append(ratio * FLOOR_RATIO_SCALE)
+        if self.config.freq_input:
+            position = torch.linspace(0.0, 1.0, mag.shape[1], device=mag.device, dtype=channels[0].dtype)
+            channels.append(position[:, None].expand_as(channels[0]))
         return torch.stack(channels, 1)
 
     def forward(self, mag: torch.Tensor, context_frames: int = 0, gain: torch.Tensor | None = None) -> torch.Tensor:

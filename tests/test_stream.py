@@ -59,7 +59,10 @@ def test_streaming_equals_offline(preset, lookahead, chunking):
     assert np.max(np.abs(off - x)) > 1e-2
 
 
-@pytest.mark.parametrize("trackers", [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}])
+@pytest.mark.parametrize(
+    "trackers",
+    [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}, {"level_frames": 20, "freq_input": True}],
+)
 @pytest.mark.parametrize("lookahead", [0, 2])
 @pytest.mark.parametrize("chunking", [1, 256, "random"])
 def test_streaming_equals_offline_with_level_normalisation(lookahead, chunking, trackers):

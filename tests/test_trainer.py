@@ -196,11 +196,11 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
         "--cache", str(tmp_path / "cache"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
         "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--warmup-steps", "4",
         "--val-clean", str(corpus / "clean"), "--val-noise", str(corpus / "noise"), "--device", "cpu",
-        "--level-frames", "30", "--floor-frames", "20", "--context-seconds", "0.05",
+        "--level-frames", "30", "--floor-frames", "20", "--context-seconds", "0.05", "--freq-input",
     ])
     assert res.exit_code == 0, res.output
     saved = load_model(run / "last.safetensors").config
-    assert (saved.level_frames, saved.floor_frames) == (30, 20)  # the options reach the model
+    assert (saved.level_frames, saved.floor_frames, saved.freq_input) == (30, 20, True)  # the options reach the model
     state = torch.load(run / "ckpt" / "epoch-0001.state.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4 * 3 / 4)  # warm-up step 3 of 4
     split = json.loads((run / "split.json").read_text())

@@ -21,6 +21,7 @@ class TrainConfig:
     dropout: float = 0.2
     level_frames: int = 0
     floor_frames: int = 0
+    freq_input: bool = False
     # data: synthetic (clean + noise) or real (noisy + noise); optional clean validation set
     clean: str | None = None
     noise: str | None = None

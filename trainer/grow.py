@@ -53,12 +53,18 @@ def grow_into(small: PulseCNN, big: PulseCNN) -> None:
 
 def widen_inputs(small: PulseCNN, big: PulseCNN) -> None:
     """Copy ``small`` into ``big`` (same preset, more input channels), the added inputs' weights zero: the same
-    logits at step 0 (e.g. adding the noise-floor channels to a trained model)."""
+    logits at step 0 (e.g. adding the noise-floor or frequency channels to a trained model). Inputs are matched
+    by name (ModelConfig.input_names), so a frequency-input model can still gain the floor inputs."""
+    old_names, new_names = small.config.input_names, big.config.input_names
+    missing = [n for n in old_names if n not in new_names]
+    if missing:
+        raise RtpulseError(f"cannot drop inputs a trained model reads: {', '.join(missing)}")
     with torch.no_grad():
         for o, n in zip(small.convs, big.convs):
             if o.weight.shape == n.weight.shape:
                 n.weight.copy_(o.weight)
             else:
                 n.weight.zero_()
-                n.weight[:, : o.in_channels].copy_(o.weight)
+                for i, name in enumerate(old_names):
+                    n.weight[:, new_names.index(name)].copy_(o.weight[:, i])
             n.bias.copy_(o.bias)

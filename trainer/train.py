@@ -133,7 +133,8 @@ def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None,
 def build_model(cfg: TrainConfig) -> PulseCNN:
     mc = ModelConfig(preset=cfg.preset, compress=cfg.compress, lookahead=cfg.lookahead, method=cfg.method,
                      out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout,
-                     level_frames=cfg.level_frames, floor_frames=cfg.floor_frames)
+                     level_frames=cfg.level_frames, floor_frames=cfg.floor_frames,
+                     freq_input=cfg.freq_input)
     torch.manual_seed(cfg.seed)
     model = PulseCNN(mc)
     if cfg.init == "he":
@@ -151,12 +152,14 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
         # lookahead only moves padding (same weight shapes), so an L = 0 model can start an L = 2 run
         if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
             raise RtpulseError(f"--init-from {cfg.init_from}: its compress/outputs differ from this run's")
-        if start.config.in_channels != mc.in_channels:
-            if start.config.in_channels > mc.in_channels:
+        if start.config.input_names != mc.input_names:
+            if bool(start.config.floor_frames) > bool(mc.floor_frames):
                 raise RtpulseError(f"--init-from {cfg.init_from}: it has the floor inputs; give --floor-frames")
+            if start.config.freq_input > mc.freq_input:
+                raise RtpulseError(f"--init-from {cfg.init_from}: it has the frequency input; give --freq-input")
             if start.config.preset != mc.preset:
                 raise RtpulseError(
-                    f"--init-from {cfg.init_from}: can add the floor inputs to a model of the same preset only"
+                    f"--init-from {cfg.init_from}: can add inputs to a model of the same preset only"
                 )
             from trainer.grow import widen_inputs
 

@@ -1,0 +1,65 @@
+"""The frequency input (ModelConfig.freq_input): what the channel holds, that it breaks the convolutions' shift
+invariance across frequency, and growing it (by input name) into trained models (stream = offline is in
+test_stream.py)."""
+
+import pytest
+import torch
+from conftest import random_model
+
+from rtpulse.errors import RtpulseError
+from rtpulse.model import ModelConfig, load_model, save_model
+from trainer.config import TrainConfig
+from trainer.train import build_model
+
+
+def test_the_frequency_channel_runs_from_dc_to_nyquist_in_every_frame():
+    m = random_model("blocks2", 0, freq_input=True, compress="linear")
+    mag = torch.rand(2, 513, 7)
+    x = m.features(mag)
+    assert x.shape == (2, 2, 513, 7)
+    torch.testing.assert_close(x[:, 0], mag / 15)
+    assert x[0, 1, 0, 3].item() == 0.0 and x[1, 1, 512, 0].item() == 1.0 and x[0, 1, 256, 6].item() == 0.5
+    torch.testing.assert_close(x[1, 1, 100], torch.full((7,), 100 / 512))
+    assert ModelConfig(freq_input=True).layers[0][0] == 2
+    assert ModelConfig(freq_input=True, floor_frames=5).input_names == ("magnitude", "floor", "floor_snr", "frequency")
+    with pytest.raises(RtpulseError, match="freq_input"):
+        ModelConfig(freq_input=1)
+
+
+def test_only_the_frequency_input_tells_bins_of_a_flat_spectrum_apart():
+    flat = torch.ones(1, 513, 30)  # the same local pattern at every bin
+    for freq_input, alike in ((False, True), (True, False)):
+        logits = random_model("blocks2", 0, freq_input=freq_input)(flat)[0, 0, 20:-20, -1]  # away from the edges
+        assert (logits.max() - logits.min() < 1e-5) == alike
+
+
+@pytest.mark.parametrize("start, grown", [
+    ({}, {"freq_input": True}),
+    ({"floor_frames": 30}, {"floor_frames": 30, "freq_input": True}),
+    ({"freq_input": True}, {"floor_frames": 30, "freq_input": True}),  # the frequency weights move to channel 3
+])
+def test_a_trained_model_grows_new_inputs_with_the_same_logits(tmp_path, start, grown):
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "compress": "linear", "lookahead": 2,
+           "level_frames": 20, "init": "he", "dropout": 0.0}
+    small = build_model(TrainConfig(**cfg, **start, seed=3))
+    save_model(small, tmp_path / "small.safetensors")
+    big = build_model(TrainConfig(**cfg, **grown, init_from=str(tmp_path / "small.safetensors")))
+    assert big.config.input_names == ModelConfig(**grown).input_names
+    mag = torch.rand(2, 513, 80) * 3
+    with torch.no_grad():
+        want = small(mag)
+    got = big(mag)
+    assert want.abs().mean() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()
+    new = [i for i, name in enumerate(big.config.input_names) if name not in small.config.input_names]
+    assert big.convs[0].weight.grad[:, new].abs().sum() > 0  # the zero weights on the new inputs will learn
+    save_model(big, tmp_path / "big.safetensors")
+    assert load_model(tmp_path / "big.safetensors").config.freq_input
+
+
+def test_a_frequency_input_model_cannot_start_a_run_without_it(tmp_path):
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "dropout": 0.0}
+    save_model(build_model(TrainConfig(**cfg, freq_input=True)), tmp_path / "f.safetensors")
+    with pytest.raises(RtpulseError, match="give --freq-input"):
+        build_model(TrainConfig(**cfg, floor_frames=10, init_from=str(tmp_path / "f.safetensors")))
