@@ -12,14 +12,14 @@ from trainer.config import TrainConfig
 from trainer.train import build_model
 
 
-def test_the_frequency_channel_runs_from_dc_to_nyquist_in_every_frame():
+def test_the_frequency_channel_runs_from_minus_3_at_dc_to_3_at_nyquist_in_every_frame():
     m = random_model("blocks2", 0, freq_input=True, compress="linear")
     mag = torch.rand(2, 513, 7)
     x = m.features(mag)
     assert x.shape == (2, 2, 513, 7)
     torch.testing.assert_close(x[:, 0], mag / 15)
-    assert x[0, 1, 0, 3].item() == 0.0 and x[1, 1, 512, 0].item() == 1.0 and x[0, 1, 256, 6].item() == 0.5
-    torch.testing.assert_close(x[1, 1, 100], torch.full((7,), 100 / 512))
+    assert x[0, 1, 0, 3].item() == -3.0 and x[1, 1, 512, 0].item() == 3.0 and x[0, 1, 256, 6].item() == 0.0
+    torch.testing.assert_close(x[1, 1, 128], torch.full((7,), -1.5))  # 2 kHz: a quarter of the way
     assert ModelConfig(freq_input=True).layers[0][0] == 2
     assert ModelConfig(freq_input=True, floor_frames=5).input_names == ("magnitude", "floor", "floor_snr", "frequency")
     with pytest.raises(RtpulseError, match="freq_input"):
