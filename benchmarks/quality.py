@@ -73,6 +73,7 @@ class Item:
     noisy: np.ndarray  # [T] float32, 16 kHz
     clean: np.ndarray | None  # [T] or None for real recordings
     snr_db: float | None = None
+    noise: str | None = None  # generated sets: the noise recording mixed in (folder/stem), for the per-noise table
 
 
 # --- test sets ----------------------------------------------------------------------------------------
@@ -141,6 +142,7 @@ def generated_set(
                 (noisy * gain).astype(np.float32),
                 (clean * gain).astype(np.float32),
                 snr,
+                f"{npath.parent.name}/{npath.stem}",
             )
         )
     if len(items) < count:
@@ -302,7 +304,7 @@ def _score_set(items: list[Item], systems: list[System], dnsmos, progress, label
             if progress:
                 progress.update(task, description=f"{label}: {s.name} on {item.name[:28]}")
             est = np.asarray(s.run(item.noisy), np.float32)[: item.noisy.size]
-            row = {"file": item.name}
+            row = {"file": item.name} | ({"noise": item.noise} if item.noise else {})
             if item.clean is not None:
                 row.update(intrusive(est, item.noisy, item.clean))
             if dnsmos is not None:
@@ -447,9 +449,28 @@ def markdown(result: dict) -> str:
                 f"| {name} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
                 f"{_fmt(m.get('dnsmos_bak'), 2)} | {_fmt(m.get('dnsmos_p808'), 2)} |"
             )
+    lines += by_noise_lines(result["systems"])
     lines += ["", *[f"- {n}" for n in result["notes"]]]
     lines += [f"- {name}: {s['note']}" for name, s in result["systems"].items() if s["kind"] != "input"]
     return "\n".join(lines) + "\n"
+
+
+def by_noise_lines(systems: dict) -> list[str]:
+    """Mean SI-SNRi per noise recording of rtpulse and the peers (baselines left out for width): one noise
+    can hold much of a gap between two systems."""
+    shown = [n for n, s in systems.items() if s["kind"] in ("rtpulse", "peer")]
+    noises: dict[str, list[int]] = {}
+    for i, row in enumerate(systems[shown[0]]["files"] if shown else []):
+        if "noise" in row and "si_snri" in row:
+            noises.setdefault(row["noise"], []).append(i)
+    if not noises:
+        return []
+    lines = ["", "SI-SNRi dB by noise recording (mean over its files)", ""]
+    lines += ["| noise | files | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for noise, idx in sorted(noises.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        means = [np.mean([systems[n]["files"][i]["si_snri"] for i in idx]) for n in shown]
+        lines.append(f"| {noise} | {len(idx)} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    return lines
 
 
 def plot_bars(result: dict, path: Path) -> None:

@@ -230,6 +230,31 @@ def test_quality_run_scores_every_system(tmp_path):
     assert off == pytest.approx(stream, abs=1e-3)  # the streaming engine gives the offline samples
     assert systems["Wiener (DD)"]["residual_lag_samples_median"] == 0
     assert "| Wiener (DD) |" in markdown(result)
+    assert [r["noise"] for r in systems["Noisy input"]["files"]] == ["dev/n", "dev/n"]  # the one noise file
+    tiny = np.mean([r["si_snri"] for r in systems["rtpulse tiny offline"]["files"]])
+    lines = markdown(result).splitlines()
+    header = next(line for line in lines if line.startswith("| noise | files |")).strip("|").split(" | ")
+    row = next(line for line in lines if line.startswith("| dev/n |")).strip("|").split(" | ")
+    cells = dict(zip((h.strip() for h in header), (c.strip() for c in row)))
+    assert cells["files"] == "2" and cells["rtpulse tiny offline"] == f"{tiny:.2f}"
+
+
+def test_by_noise_table_averages_each_systems_files_per_noise():
+    from benchmarks.quality import by_noise_lines
+
+    def files(values):
+        return [{"file": f"f{i}", "noise": n, "si_snri": v} for i, (n, v) in enumerate(zip("abab", values))]
+
+    systems = {
+        "Noisy input": {"kind": "input", "files": files([0, 0, 0, 0])},
+        "ours": {"kind": "rtpulse", "files": files([1.0, 5.0, 3.0, 7.0])},
+        "RNNoise": {"kind": "peer", "files": files([2.0, 2.0, 4.0, 0.0])},
+        "Wiener (DD)": {"kind": "baseline", "files": files([9.0, 9.0, 9.0, 9.0])},
+    }
+    lines = by_noise_lines(systems)
+    assert "| noise | files | ours | RNNoise |" in lines  # input and baselines left out
+    assert "| a | 2 | 2.00 | 3.00 |" in lines and "| b | 2 | 6.00 | 1.00 |" in lines
+    assert by_noise_lines({"ours": {"kind": "rtpulse", "files": [{"file": "x", "si_snri": 1.0}]}}) == []
 
 
 def test_noise_floor_of_a_known_signal_and_the_test_set_skips_noisy_references(tmp_path):
