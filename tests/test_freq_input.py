@@ -34,6 +34,7 @@ def test_only_the_frequency_input_tells_bins_of_a_flat_spectrum_apart():
 
 
 @pytest.mark.parametrize("start, grown", [
+    ({}, {"floor_frames": 30}),
     ({}, {"freq_input": True}),
     ({"floor_frames": 30}, {"floor_frames": 30, "freq_input": True}),
     ({"freq_input": True}, {"floor_frames": 30, "freq_input": True}),  # the frequency weights move to channel 3
@@ -55,7 +56,7 @@ def test_a_trained_model_grows_new_inputs_with_the_same_logits(tmp_path, start, 
     new = [i for i, name in enumerate(big.config.input_names) if name not in small.config.input_names]
     assert big.convs[0].weight.grad[:, new].abs().sum() > 0  # the zero weights on the new inputs will learn
     save_model(big, tmp_path / "big.safetensors")
-    assert load_model(tmp_path / "big.safetensors").config.freq_input
+    assert load_model(tmp_path / "big.safetensors").config.input_names == big.config.input_names
 
 
 def test_a_frequency_input_model_cannot_start_a_run_without_it(tmp_path):

@@ -1,5 +1,5 @@
 """The noise-floor inputs (ModelConfig.floor_frames): the tracker on hand-computed powers, its reach back in time
-(stream = offline is in test_stream.py), growing a trained one-input model into one with the floor inputs, and training crops with tracker history."""
+(stream = offline is in test_stream.py), refusing to drop them from a trained model, and training crops with tracker history."""
 
 import math
 
@@ -9,7 +9,7 @@ import torch
 from conftest import random_model
 
 from rtpulse.errors import RtpulseError
-from rtpulse.model import FLOOR_EPS, FLOOR_RATIO_SCALE, ModelConfig, PulseCNN, load_model, save_model
+from rtpulse.model import FLOOR_EPS, FLOOR_RATIO_SCALE, ModelConfig, PulseCNN, save_model
 from rtpulse.stft import HOP
 from trainer.config import TrainConfig
 from trainer.data import Batch
@@ -57,24 +57,11 @@ def test_the_floor_reaches_back_k_frames_and_no_further():
     assert m.past_frames == 12 + 30 + 4 - 2 == moved.max() - moved.min()  # chunked files need exactly this much
 
 
-def test_a_one_input_model_grows_the_floor_inputs_with_the_same_logits(tmp_path):
-    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "compress": "linear", "lookahead": 2,
-           "level_frames": 20, "init": "he", "dropout": 0.0}
-    small = build_model(TrainConfig(**cfg))
-    save_model(small, tmp_path / "small.safetensors")
-    big = build_model(TrainConfig(**cfg, floor_frames=30, init_from=str(tmp_path / "small.safetensors")))
-    assert big.convs[0].in_channels == 3
-    mag = torch.rand(2, 513, 80) * 3
-    with torch.no_grad():
-        want = small(mag)
-    got = big(mag)
-    assert want.abs().mean() > 0.1
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    got.sum().backward()
-    assert big.convs[0].weight.grad[:, 1:].abs().sum() > 0  # the zero weights on the new inputs will learn
-    save_model(big, tmp_path / "big.safetensors")
-    assert load_model(tmp_path / "big.safetensors").config.floor_frames == 30
-    with pytest.raises(RtpulseError, match="give --floor-frames"):  # and not back
+def test_a_floor_input_model_cannot_start_a_run_without_them(tmp_path):
+    # growing the floor inputs into a trained model: test_freq_input.py (same logits, by input name)
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "dropout": 0.0}
+    save_model(build_model(TrainConfig(**cfg, floor_frames=30)), tmp_path / "big.safetensors")
+    with pytest.raises(RtpulseError, match="give --floor-frames"):
         build_model(TrainConfig(**cfg, init_from=str(tmp_path / "big.safetensors")))
 
 
