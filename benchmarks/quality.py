@@ -435,6 +435,7 @@ def markdown(result: dict) -> str:
         )
     for name, why in result["skipped"].items():
         lines.append(f"| {name} | skipped: {why} | | | | | | | |")
+    lines += by_noise_lines(result["systems"])
     if "real" in result:
         lines += [
             "",
@@ -449,7 +450,6 @@ def markdown(result: dict) -> str:
                 f"| {name} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
                 f"{_fmt(m.get('dnsmos_bak'), 2)} | {_fmt(m.get('dnsmos_p808'), 2)} |"
             )
-    lines += by_noise_lines(result["systems"])
     lines += ["", *[f"- {n}" for n in result["notes"]]]
     lines += [f"- {name}: {s['note']}" for name, s in result["systems"].items() if s["kind"] != "input"]
     return "\n".join(lines) + "\n"
@@ -459,17 +459,18 @@ def by_noise_lines(systems: dict) -> list[str]:
     """Mean SI-SNRi per noise recording of rtpulse and the peers (baselines left out for width): one noise
     can hold much of a gap between two systems."""
     shown = [n for n, s in systems.items() if s["kind"] in ("rtpulse", "peer")]
-    noises: dict[str, list[int]] = {}
-    for i, row in enumerate(systems[shown[0]]["files"] if shown else []):
-        if "noise" in row and "si_snri" in row:
-            noises.setdefault(row["noise"], []).append(i)
+    scores = {n: {r["file"]: r.get("si_snri") for r in systems[n]["files"]} for n in shown}
+    noises: dict[str, list[str]] = {}
+    for row in systems[shown[0]]["files"] if shown else []:
+        if "noise" in row and all(scores[n].get(row["file"]) is not None for n in shown):
+            noises.setdefault(row["noise"], []).append(row["file"])
     if not noises:
         return []
     lines = ["", "SI-SNRi dB by noise recording (mean over its files)", ""]
     lines += ["| noise | files | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
-    for noise, idx in sorted(noises.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        means = [np.mean([systems[n]["files"][i]["si_snri"] for i in idx]) for n in shown]
-        lines.append(f"| {noise} | {len(idx)} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    for noise, files in sorted(noises.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        means = [np.mean([scores[n][f] for f in files]) for n in shown]
+        lines.append(f"| {noise} | {len(files)} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
     return lines
 
 

@@ -254,6 +254,8 @@ def test_by_noise_table_averages_each_systems_files_per_noise():
     lines = by_noise_lines(systems)
     assert "| noise | files | ours | RNNoise |" in lines  # input and baselines left out
     assert "| a | 2 | 2.00 | 3.00 |" in lines and "| b | 2 | 6.00 | 1.00 |" in lines
+    systems["RNNoise"]["files"].reverse()  # rows are matched by file name, not by position
+    assert by_noise_lines(systems) == lines
     assert by_noise_lines({"ours": {"kind": "rtpulse", "files": [{"file": "x", "si_snri": 1.0}]}}) == []
 
 

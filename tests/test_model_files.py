@@ -144,6 +144,16 @@ def test_config_that_disagrees_with_the_weights_is_a_one_line_error(tmp_path, ed
     assert fragment in _one_line(info.value)
 
 
+def test_a_file_from_before_the_frequency_input_loads_without_it(tmp_path):
+    path = _saved(tmp_path)
+    mag = torch.rand(1, 513, 20)
+    want = load_model(path)(mag)
+    _rewrite_config(path, lambda c: {k: v for k, v in c.items() if k != "freq_input"})  # as older files are
+    old = load_model(path)
+    assert old.config.freq_input is False and old.config.input_names == ("magnitude",)
+    torch.testing.assert_close(old(mag), want)
+
+
 def test_safetensors_without_rtpulse_config_is_refused(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(3)}, str(path))

@@ -153,10 +153,12 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
         if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
             raise RtpulseError(f"--init-from {cfg.init_from}: its compress/outputs differ from this run's")
         if start.config.input_names != mc.input_names:
-            if bool(start.config.floor_frames) > bool(mc.floor_frames):
-                raise RtpulseError(f"--init-from {cfg.init_from}: it has the floor inputs; give --floor-frames")
-            if start.config.freq_input > mc.freq_input:
-                raise RtpulseError(f"--init-from {cfg.init_from}: it has the frequency input; give --freq-input")
+            wanted = [opt for opt, has, keeps in (
+                ("--floor-frames", bool(start.config.floor_frames), bool(mc.floor_frames)),
+                ("--freq-input", start.config.freq_input, mc.freq_input),
+            ) if has and not keeps]
+            if wanted:
+                raise RtpulseError(f"--init-from {cfg.init_from}: it reads more inputs; give {' and '.join(wanted)}")
             if start.config.preset != mc.preset:
                 raise RtpulseError(
                     f"--init-from {cfg.init_from}: can add inputs to a model of the same preset only"
