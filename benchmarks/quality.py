@@ -191,8 +191,9 @@ def rtpulse_systems(opts: QualityOptions) -> tuple[list[System], list[str]]:
         model = load_model(path)
         cfg = model.config
         desc = f"{cfg.method.upper()}, {cfg.preset}, L={cfg.lookahead}, compress={cfg.compress}"
-        for mask in ("soft", "binary"):  # soft σ(−f), and the paper's binary 1[f < 0]
-            suffix = "" if mask == "soft" else " binary"
+        # soft σ(−f), the paper's binary 1[f < 0], and the PU posterior for a model that names it as its own
+        for mask in ("soft", "binary", *(("posterior",) if cfg.mask == "posterior" else ())):
+            suffix = "" if mask == "soft" else f" {mask}"
             systems.append(System(
                 f"{label} offline{suffix}", "rtpulse",
                 lambda x, model=model, mask=mask: enhance(model, torch.from_numpy(x), mask).numpy(),

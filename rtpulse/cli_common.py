@@ -13,6 +13,7 @@ console = Console(stderr=True)
 class Mask(str, Enum):
     binary = "binary"
     soft = "soft"
+    posterior = "posterior"
 
 
 class Engine(str, Enum):

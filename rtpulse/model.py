@@ -50,6 +50,7 @@ FREQ_DILATIONS: dict[str, tuple[int, ...]] = {"blocks2f": (1, 2, 4, 8, 16, 1, 1)
 assert all(len(d) == len(PRESETS[name]) for name, d in FREQ_DILATIONS.items()), "one dilation per layer"
 
 COMPRESSIONS = ("power", "linear", "log1p")
+MASKS = ("binary", "soft", "posterior")  # how logits become a gain: rtpulse.stream.mask_gain
 
 # Level normalisation (config.level_frames > 0): mean |X|² of a frame of a unit-std signal is Σ w²
 # (Parseval) = 1024·(0.54² + 0.46²/2) for the periodic Hamming. Frames more than 60 dB below that are
@@ -91,7 +92,7 @@ class ModelConfig:
         the trainer's normalised mixtures have — so a quiet microphone and a loud file look alike to the
         network. The mask still applies to the unscaled spectrum.
     mask: the mask this model is meant to be used with when the user names none — "binary" (the paper's
-        1[f < 0]) or "soft" (σ(−f)); training decides which scores better.
+        1[f < 0]), "soft" (σ(−f)) or "posterior" (1 − e^f/2, see rtpulse.stream.mask_gain); measured scores decide.
     floor_frames: 0 = one input channel; K > 0 = two more, from a causal noise-floor tracker over the last K
         frames (see FLOOR_SMOOTH_FRAMES).
     freq_input: one more input channel holding each bin's frequency (−3 at DC … +3 at Nyquist, see FREQ_SCALE).
@@ -118,8 +119,8 @@ class ModelConfig:
             raise RtpulseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not isinstance(self.lookahead, int):
             raise RtpulseError(f"lookahead must be an integer, got {self.lookahead!r}")
-        if self.mask not in ("binary", "soft"):
-            raise RtpulseError(f"mask must be 'binary' or 'soft', got {self.mask!r}")
+        if self.mask not in MASKS:
+            raise RtpulseError(f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
         if not isinstance(self.level_frames, int) or not 0 <= self.level_frames <= 1000:
             raise RtpulseError(f"level_frames must be an integer 0…1000, got {self.level_frames!r}")
         if not isinstance(self.floor_frames, int) or not 0 <= self.floor_frames <= 1000:

@@ -11,22 +11,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rtpulse.model import PulseCNN
+from rtpulse.model import MASKS, PulseCNN
 from rtpulse.stft import HOP, LEAD, N_FFT, StreamingSTFT, istft, stft
-
-MASKS = ("binary", "soft")
 
 
 def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
     """Noise logits f (f ≥ 0: noise) → speech gain in [0, 1], same shape.
 
-    binary: the paper's 1[f < 0]; soft: σ(−f). ``floor_db`` (e.g. −30) keeps a minimum gain so that
-    removed bins are attenuated rather than zeroed.
+    binary: the paper's 1[f < 0]; soft: σ(−f); posterior: 1 − e^f/2, clipped to [0, 1] — the posterior of speech
+    when f is what the P-vs-U loss (``--risk pvu``, P weight 2π) estimates, log(2π·p_P/p_U), since the share of
+    noise in a U bin is π·p_P/p_U = e^f/2. ``floor_db`` (e.g. −30) keeps a minimum gain so that removed bins are
+    attenuated rather than zeroed.
     """
     if mask == "binary":
         gain = (logits < 0).to(torch.float32)
     elif mask == "soft":
         gain = torch.sigmoid(-logits.float())
+    elif mask == "posterior":
+        gain = (1.0 - torch.exp(logits.float()) / 2.0).clamp(0.0, 1.0)  # e^f = inf → −inf → 0
     else:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     if floor_db is not None:

@@ -314,3 +314,18 @@ def test_reference_floor_groups_each_system_by_its_references_floor(tmp_path):
     run["systems"]["A"]["files"].append({"file": "mix-009-elsewhere", "si_snri": 0.0})
     with pytest.raises(RtpulseError, match="not in the regenerated set"):
         floors_by_file(run, tmp_path / "data")
+
+
+def test_a_model_whose_own_mask_is_the_posterior_is_also_scored_with_it(tmp_path):
+    from benchmarks.quality import QualityOptions, rtpulse_systems
+    from rtpulse.stream import enhance
+
+    path = tmp_path / "post.safetensors"
+    model = PulseCNN(ModelConfig(preset="blocks2", mask="posterior")).eval()
+    save_model(model, path)
+    systems = {s.name: s for s in rtpulse_systems(QualityOptions(models=[path], labels=["p"], streaming=False))[0]}
+    assert {"rtpulse p offline", "rtpulse p offline binary", "rtpulse p offline posterior"} <= set(systems)
+    x = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    want = enhance(model, torch.from_numpy(x), "posterior").numpy()
+    np.testing.assert_allclose(systems["rtpulse p offline posterior"].run(x), want, atol=1e-6)
+    assert np.max(np.abs(systems["rtpulse p offline"].run(x) - want)) > 1e-4  # soft is a different mask

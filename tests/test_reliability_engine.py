@@ -74,7 +74,7 @@ def test_any_values_any_chunking_give_finite_bounded_output(values, cut_seed, ke
     level=st.sampled_from([1.0, -1.0, 0.5, 1e-38, 1e30]),
     n=st.integers(1, 4000),
     chunk=st.integers(1, 2000),
-    mask=st.sampled_from(["binary", "soft"]),
+    mask=st.sampled_from(["binary", "soft", "posterior"]),
 )
 def test_pathological_signals_stream_equals_offline_and_stay_bounded(kind, level, n, chunk, mask):
     t = np.arange(n)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_identity_mask_reconstructs_input(lookahead):
 def test_streaming_equals_offline(preset, lookahead, chunking):
     x = noisy_signal(0.7, seed=lookahead)
     m = random_model(preset, lookahead)
-    for mask, floor in [("soft", None), ("binary", -20.0)]:
+    for mask, floor in [("soft", None), ("binary", -20.0), ("posterior", None)]:
         off = enhance(m, torch.from_numpy(x), mask=mask, floor_db=floor).numpy()
         engine = StreamingDenoiser(m, mask=mask, floor_db=floor)
         y = run_stream(engine, x, chunking)
@@ -110,6 +112,9 @@ def test_mask_gain_values():
     f = torch.tensor([-2.0, -0.0, 0.0, 3.0])
     assert mask_gain(f, "binary").tolist() == [1.0, 0.0, 0.0, 0.0]
     assert torch.allclose(mask_gain(f, "soft"), torch.sigmoid(-f))
+    # 1 − e^f/2: f = −2 → 1 − 0.0677, f = 0 → 1/2, f ≥ ln 2 → 0 (clipped: e^3/2 ≈ 10, e^200 = inf)
+    posterior = mask_gain(torch.tensor([-2.0, 0.0, math.log(2.0), 3.0, 200.0]), "posterior")
+    torch.testing.assert_close(posterior, torch.tensor([1 - math.exp(-2) / 2, 0.5, 0.0, 0.0, 0.0]))
     floored = mask_gain(f, "binary", floor_db=-20.0)
     assert torch.allclose(floored, torch.tensor([1.0, 0.1, 0.1, 0.1]))
 
