@@ -53,7 +53,7 @@ def masks_for(f: torch.Tensor, x: torch.Tensor, s: torch.Tensor, edges: torch.Te
     n = x - s
     return {
         "soft": mask_gain(f, "soft"),  # the engine's own soft mask
-        "posterior": (1 - torch.exp(f) / 2).clamp(0, 1),
+        "posterior": mask_gain(f, "posterior"),
         "f_map": gains[torch.bucketize(f, edges)],
         "irm": s.abs().square() / (s.abs().square() + n.abs().square()).clamp_min(1e-20),
     }

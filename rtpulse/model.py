@@ -205,6 +205,8 @@ class PulseCNN(nn.Module):
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, k, dilation=(d, 1)) for (cin, cout, k), d in zip(config.layers, config.freq_dilations)
         )
+        # the frequency channel's values, made once (not per streaming hop); not persistent: never in a model file
+        self.register_buffer("freq_position", torch.linspace(-FREQ_SCALE, FREQ_SCALE, N_BINS), persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         # Time padding (past, future) per layer; the first `lookahead` 3×3 layers get one future frame.
         pads, budget = [], config.lookahead
@@ -297,8 +299,7 @@ class PulseCNN(nn.Module):
             ratio = torch.log((power * g2 + FLOOR_EPS) / (floor * g2 + FLOOR_EPS))
             channels.append(ratio * FLOOR_RATIO_SCALE)
         if self.config.freq_input:
-            position = torch.linspace(-FREQ_SCALE, FREQ_SCALE, mag.shape[1], device=mag.device, dtype=channels[0].dtype)
-            channels.append(position[:, None].expand_as(channels[0]))
+            channels.append(self.freq_position.to(channels[0].dtype)[:, None].expand_as(channels[0]))
         return torch.stack(channels, 1)
 
     def forward(self, mag: torch.Tensor, context_frames: int = 0, gain: torch.Tensor | None = None) -> torch.Tensor:
