@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.align import locate_delay
+from rtpulse.files import write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, count_parameters, default_model_path, load_model
 from rtpulse.stft import HOP, N_BINS, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, delay_samples
@@ -434,23 +435,12 @@ def _save_fig(fig, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic: temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_latency(result: dict, hist: dict[str, np.ndarray], json_path: Path, plot: bool = True) -> list[Path]:
     """JSON at ``json_path``, the markdown table and the histogram PNG beside it."""
     json_path = Path(json_path)
-    write_text(json_path, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
     md = json_path.with_suffix(".md")
-    write_text(md, markdown(result))
+    write_text_atomic(md, markdown(result))
     written = [json_path, md]
     if plot and hist and have_matplotlib():
         png = json_path.with_name(json_path.stem + "_hops.png")

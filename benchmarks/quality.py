@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from benchmarks.align import signed_lag
-from benchmarks.latency import _save_fig, have_matplotlib, machine, write_text
+from benchmarks.latency import _save_fig, have_matplotlib, machine
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
+from rtpulse.files import write_text_atomic
 from rtpulse.metrics import perceptual_scores, si_snr_np
 from rtpulse.stft import SAMPLE_RATE
 
@@ -540,8 +541,8 @@ def write_quality(result: dict, example: dict, out: Path, plot: bool = True) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out / "quality.json", out / "quality.md"
-    write_text(jpath, json.dumps(result, indent=2) + "\n")
-    write_text(mpath, markdown(result))
+    write_text_atomic(jpath, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(mpath, markdown(result))
     written = [jpath, mpath]
     if plot and have_matplotlib():
         bars = out / "quality_bars.png"

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.latency import _save_fig, have_matplotlib, write_text
+from benchmarks.latency import _save_fig, have_matplotlib
 from benchmarks.quality import MIN_SPEECH_S, REFERENCE_FLOOR_DB, generated_set
 from rtpulse.errors import RtpulseError
+from rtpulse.files import write_text_atomic
 from rtpulse.model import ModelConfig, load_model
 from trainer.evaluate import EvalOptions, score
 
@@ -174,7 +175,7 @@ def run_table(opts: TableOptions) -> dict:
             row = json.loads(done.read_text())
             if row.get("test_set") != test_set:  # finished under another test set: re-score, do not retrain
                 row.update(scores=score_model(run_dir / "best.safetensors", items), test_set=test_set)
-                write_text(done, json.dumps(row, indent=1))
+                write_text_atomic(done, json.dumps(row, indent=1))
             continue
         command = _train(name, opts)
         row = {
@@ -187,7 +188,7 @@ def run_table(opts: TableOptions) -> dict:
             "scores": score_model(run_dir / "best.safetensors", items),
             "test_set": test_set,
         }
-        write_text(done, json.dumps(row, indent=1))
+        write_text_atomic(done, json.dumps(row, indent=1))
     return write_table(opts.out, test_set)
 
 
@@ -223,8 +224,8 @@ def write_table(out: Path, test_set: dict) -> dict:
             f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"
         )
     lines += ["", "Commands:", ""] + [f"- {r['name']}: `{r['command']}`" for r in rows]
-    write_text(out / "training_table.md", "\n".join(lines) + "\n")
-    write_text(out / "training_table.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "training_table.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "training_table.json", json.dumps(result, indent=1))
     if rows and have_matplotlib():
         _plot(rows, out / "training_table.png")
     return result

@@ -48,15 +48,21 @@ def load_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
     return resample(to_mono(data), file_rate, rate)
 
 
+def output_format(path: str | os.PathLike) -> tuple[str, str | None]:
+    """(soundfile format, subtype) for writing ``path``, chosen by its suffix; float WAV keeps full precision.
+    A suffix soundfile cannot write without more information (e.g. headerless .raw) is a one-line error."""
+    path = Path(path)
+    ext = path.suffix[1:].upper()
+    ext = "OGG" if ext == "OPUS" else ext
+    if ext not in sf.available_formats() or sf.default_subtype(ext) is None:
+        raise RtpulseError(f"cannot write {path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
+    return ext, ("FLOAT" if ext == "WAV" else None)
+
+
 def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str | None = None) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves a partial file."""
     path = Path(path)
-    fmt = sf.available_formats()
-    ext = path.suffix[1:].upper()
-    if ext == "OPUS":
-        ext = "OGG"
-    if ext not in fmt:
-        raise RtpulseError(f"cannot write {path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
+    ext = output_format(path)[0]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         sf.write(str(tmp), data, rate, subtype=subtype, format=ext)

@@ -32,8 +32,9 @@ ModelOpt = Annotated[
 MaskOpt = Annotated[
     Mask | None,
     typer.Option(
-        help="binary: keep bins the model calls speech (the paper); soft: σ(−f). "
-        "Default: the model's own choice (soft for the shipped model; binary for models that name none)."
+        help="binary: keep bins the model calls speech (the paper); soft: σ(−f); posterior: 1 − e^f/2 (PU "
+        "models trained with --risk pvu). Default: the model's own choice (soft for the shipped model; binary for "
+        "models that name none)."
     ),
 ]
 
@@ -43,7 +44,7 @@ def mask_for(mask: Mask | str | None, model) -> str:
     return model.config.mask if mask is None else str(getattr(mask, "value", mask))
 FloorOpt = Annotated[
     float | None,
-    typer.Option("--floor-db", help="Minimum gain in dB (e.g. -30) so removed bins are attenuated, not zeroed."),
+    typer.Option("--floor-db", help="Minimum gain in dB, -200…0 (e.g. -30), so removed bins are attenuated, not zeroed."),
 ]
 
 
@@ -67,9 +68,9 @@ def denoise(
     try:
         net = load_model_or_default(model)
         pairs = plan_outputs(inputs, output, force)
+        opts = DenoiseOptions(mask=mask_for(mask, net), floor_db=floor_db, engine=engine.value)
     except RtpulseError as e:
         fail(e)
-    opts = DenoiseOptions(mask=mask_for(mask, net), floor_db=floor_db, engine=engine.value)
     errors: list[str] = []
     seconds = 0.0
     with Progress(

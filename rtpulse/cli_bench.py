@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from rtpulse.cli_common import console, fail
 from rtpulse.errors import RtpulseError
+from rtpulse.files import check_output_dir, check_output_file
 
 bench_app = typer.Typer(
     help="Measure latency and quality against peers.",
@@ -16,16 +17,10 @@ bench_app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
 
-_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+_RESULTS = Path("benchmarks") / "results"  # relative to where the command runs (the repository root, usually)
 
 ModelsOpt = Annotated[list[Path] | None, typer.Option("--model", "-m", help="A model file to include (repeatable).")]
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 def _progress():
@@ -72,16 +67,19 @@ def latency(
         timing_repeats=timing_repeats,
     )
     try:
+        if json_out.suffix.lower() != ".json":
+            raise RtpulseError(f"--json {json_out}: give a .json file name (the .md table and the plot go beside it)")
+        check_output_file(json_out)  # before minutes of timing
         with console.status("latency") as status:
             result, hist = run_latency(opts, progress=lambda msg: status.update(msg))
         written = write_latency(result, hist, json_out, plot=plot)
     except RtpulseError as e:
-        _fail(e)
+        fail(e)
     typer.echo(markdown(result))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
     bad = [c["name"] for c in result["configs"] if c["delay_samples_measured"] != c["delay_samples_expected"]]
     if bad:
-        _fail(RtpulseError(f"measured delay differs from 1024 + 256·L for: {', '.join(bad)}"))
+        fail(RtpulseError(f"measured delay differs from 1024 + 256·L for: {', '.join(bad)}"))
 
 
 @bench_app.command()
@@ -134,11 +132,12 @@ def quality(
         reference_floor_db=reference_floor_db,
     )
     try:
+        check_output_dir(out)  # before minutes of scoring
         with _progress() as progress:
             result, example = run_quality(opts, progress)
         written = write_quality(result, example, out)
     except RtpulseError as e:
-        _fail(e)
+        fail(e)
     typer.echo(markdown(result))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
@@ -196,8 +195,9 @@ def training(
         dev_seconds=dev_seconds,
     )
     try:
+        check_output_dir(out)
         result = run_table(opts)
     except RtpulseError as e:
-        _fail(e)
+        fail(e)
     typer.echo((out / "training_table.md").read_text())
     console.print(f"{len(result['rows'])} rows in {out}", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -99,8 +100,10 @@ def live(
     from rich.console import Console
 
     from rtpulse.cli import fail, load_model_or_default, mask_for
+    from rtpulse.files import check_output_file
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
+    from rtpulse.stream import check_floor_db
 
     console = Console(stderr=True)
     if not 0.0 <= dry <= 1.0:
@@ -108,12 +111,19 @@ def live(
     for name, value in (("--blocksize", blocksize), ("--rate", rate)):
         if value is not None and value <= 0:
             fail(RtpulseError(f"{name} must be positive, got {value}"))
-    if latency <= 0 or headroom < 0 or (duration is not None and duration <= 0):
+    # written as "not (x > 0)" so that NaN is refused too
+    if not latency > 0 or not headroom >= 0 or (duration is not None and not duration > 0):
         fail(RtpulseError("--latency and --duration must be positive, --headroom not negative"))
+    if any(v is not None and math.isinf(v) for v in (latency, headroom, duration)):
+        fail(RtpulseError("--latency, --headroom and --duration must be finite"))
     for path in (record_in, record_out):
         if path is not None and path.suffix.lower() != ".wav":
             fail(RtpulseError(f"recordings are WAV files: {path} should end in .wav"))
     try:
+        check_floor_db(floor_db)
+        outputs = [p for p in (record_in, record_out, stats_json) if p is not None]
+        for i, path in enumerate(outputs):  # before the devices open: no session is lost to a bad path
+            check_output_file(path, tuple(outputs[:i]))
         net = load_model_or_default(model)
         opts = LiveOptions(
             input=input,

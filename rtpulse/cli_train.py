@@ -60,6 +60,11 @@ class LrSchedule(str, Enum):
     cosine = "cosine"
 
 
+class SelectMask(str, Enum):  # the masks the dev pass scores (trainer.validate)
+    binary = "binary"
+    soft = "soft"
+
+
 def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
     method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
@@ -146,7 +151,9 @@ def train(
         Path | None,
         typer.Option(help="Start from this model file's weights (fine-tuning; same compress; L may differ; a smaller preset (blocks2 < blocks3 < paper) grows into this one, its logits unchanged if L and --level-frames match)."),
     ] = None,
-    select_mask: Annotated[Mask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")] = Mask.binary,
+    select_mask: Annotated[
+        SelectMask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")
+    ] = SelectMask.binary,
     seed: Annotated[int, typer.Option(help="Seed for init, split and every random stream.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if available).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
@@ -158,7 +165,9 @@ def train(
     command = "rtpulse train " + shlex.join(sys.argv[2:]) if len(sys.argv) > 1 else "rtpulse train"
     try:
         if resume is not None:
-            cfg = resume_config(resume, epochs)
+            cfg = resume_config(resume, epochs, device)
+            console.print(f"resuming {resume} with its config.json: options other than --epochs and --device are "
+                          "not read", highlight=False)
         else:
             if out is None:
                 raise RtpulseError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -239,18 +248,22 @@ def evaluate(
     seconds: Annotated[float, typer.Option(help="Length of each generated mixture (--synth).")] = 3.125,
     engine: Annotated[Engine, typer.Option(help="offline or stream (the real-time engine).")] = Engine.offline,
     mask: Annotated[
-        Mask | None, typer.Option(help="binary (the paper) or soft σ(−f). Default: the model's own choice.")
+        Mask | None,
+        typer.Option(help="binary (the paper), soft σ(−f) or posterior 1 − e^f/2. Default: the model's own choice."),
     ] = None,
     floor_db: Annotated[float | None, typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-file and mean scores here.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Decoded-audio cache for --synth.")] = None,
 ) -> None:
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
+    from rtpulse.files import check_output_file
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
     try:
         from rtpulse.model import load_default_model, load_model
 
+        if json_out is not None:  # before minutes of scoring: never over an input, never into a folder
+            check_output_file(json_out, (noisy, clean, model))
         net = load_model(model) if model is not None else load_default_model()
         opts = EvalOptions(engine=engine.value, mask=mask.value if mask else net.config.mask, floor_db=floor_db)
         if synth:

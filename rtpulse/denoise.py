@@ -21,12 +21,13 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from rtpulse.audio import resample, to_mono
+from rtpulse.audio import output_format, resample, to_mono
 from rtpulse.errors import RtpulseError
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
     StreamingDenoiser,
+    check_floor_db,
     enhance,
     mask_gain,
     sanitize,
@@ -45,6 +46,9 @@ class DenoiseOptions:
     mask: str = "binary"
     floor_db: float | None = None
     engine: str = "offline"
+
+    def __post_init__(self) -> None:
+        check_floor_db(self.floor_db)
 
 
 def denoise_signal(model: PulseCNN, x16k: np.ndarray, opts: DenoiseOptions) -> np.ndarray:
@@ -231,21 +235,13 @@ def _open_input(src: Path) -> sf.SoundFile:
         raise RtpulseError(f"cannot read {src} as audio: {str(e).splitlines()[0]}") from None
 
 
-def _output_format(dst: Path) -> tuple[str, str | None]:
-    ext = dst.suffix[1:].upper()
-    ext = "OGG" if ext == "OPUS" else ext
-    if ext not in sf.available_formats():
-        raise RtpulseError(f"cannot write {dst}: unknown audio format {dst.suffix!r} (use .wav, .flac or .ogg)")
-    return ext, ("FLOAT" if ext == "WAV" else None)
-
-
 def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> None:
     """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end.
 
     Any failure — in the writer, in the rename, or in whatever produces the blocks (including
     KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
     """
-    fmt, subtype = _output_format(dst)
+    fmt, subtype = output_format(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
         with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
@@ -272,7 +268,7 @@ def denoise_file(
     as the input is read.
     """
     src, dst = Path(src), Path(dst)
-    _output_format(dst)  # refuse an unknown output format before any work
+    output_format(dst)  # refuse an unknown output format before any work
     with _open_input(src) as f:
         n_in, rate = f.frames, f.samplerate
         if n_in <= 0:

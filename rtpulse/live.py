@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from rtpulse.errors import RtpulseError
+from rtpulse.files import write_text_atomic
 from rtpulse.resampler import StreamResampler
 from rtpulse.stft import HOP, SAMPLE_RATE
 
@@ -347,7 +348,11 @@ class Recorder:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.ring, self.position = ring, position  # position(): samples written to the ring so far
         self.done = 0
-        self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise RtpulseError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None
         self._buf = np.zeros(ring.size // 2, np.float32)
 
     def drain(self) -> None:
@@ -477,10 +482,15 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
     headroom = round(opts.headroom_ms * rate / 1000)
     pipe = LivePipeline(engine, rate, blocksize, ch_in, ch_out, dry=opts.dry, headroom=headroom)
     recorders = []
-    if opts.record_in:
-        recorders.append(Recorder(opts.record_in, rate, pipe.in_ring, lambda: pipe.n_in))
-    if opts.record_out:
-        recorders.append(Recorder(opts.record_out, rate, pipe.played_ring, lambda: pipe.n_read))
+    try:
+        if opts.record_in:
+            recorders.append(Recorder(opts.record_in, rate, pipe.in_ring, lambda: pipe.n_in))
+        if opts.record_out:
+            recorders.append(Recorder(opts.record_out, rate, pipe.played_ring, lambda: pipe.n_read))
+    except RtpulseError:
+        for r in recorders:  # the first one's temp file must not stay behind
+            r.abort()
+        raise
 
     def drain() -> None:
         for r in recorders:
@@ -558,17 +568,10 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             r.close()
     stats = {**snapshot(), "interrupted": interrupted, "error": error}
     if opts.stats_json:
-        _write_json(opts.stats_json, stats)
+        write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
     if error:
         raise RtpulseError(error)
     return stats
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 __all__ = [

@@ -33,7 +33,8 @@ def si_snri(estimate: np.ndarray, noisy: np.ndarray, reference: np.ndarray) -> f
 def perceptual_scores(estimate: np.ndarray, reference: np.ndarray, rate: int = 16_000) -> dict:
     """PESQ-WB and STOI when the ``[eval]`` extra is installed; absent keys when it is not.
 
-    ``pesq_wb`` is None where pesq refuses the input (e.g. a silent estimate): a gap in the table, not a crash.
+    ``pesq_wb`` is None where pesq refuses the input (e.g. a silent estimate), ``stoi`` where pystoi does (too
+    short): a gap in the table, not a crash.
     """
     out: dict = {}
     try:
@@ -50,4 +51,6 @@ def perceptual_scores(estimate: np.ndarray, reference: np.ndarray, rate: int = 1
         out["stoi"] = float(stoi(reference, estimate, rate, extended=False))
     except ImportError:
         pass
+    except (ValueError, IndexError):  # pystoi fails on signals shorter than its 30-frame (~0.4 s) window
+        out["stoi"] = None
     return out

@@ -8,11 +8,22 @@ through n − 768 are complete, and the stream may have been asked for any of th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
+from rtpulse.errors import RtpulseError
 from rtpulse.model import MASKS, PulseCNN
 from rtpulse.stft import HOP, LEAD, N_FFT, StreamingSTFT, istft, stft
+
+FLOOR_DB_MIN = -200.0  # lowest --floor-db: 1e-10 in amplitude, far below any float32 signal's noise
+
+
+def check_floor_db(floor_db: float | None) -> None:
+    """A minimum gain must be a finite dB value ≤ 0 (a positive one would amplify, NaN would silence)."""
+    if floor_db is not None and not (math.isfinite(floor_db) and FLOOR_DB_MIN <= floor_db <= 0):
+        raise RtpulseError(f"--floor-db must be {FLOOR_DB_MIN:g}…0 dB (a minimum gain, e.g. -30), got {floor_db}")
 
 
 def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
@@ -32,6 +43,7 @@ def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None
     else:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     if floor_db is not None:
+        check_floor_db(floor_db)
         gain = gain.clamp_min(10.0 ** (floor_db / 20.0))
     return gain
 
@@ -103,6 +115,7 @@ class StreamingDenoiser:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
         self.model = model.eval()
         self.mask = mask
+        check_floor_db(floor_db)
         self.floor_db = floor_db
         self.lookahead = model.lookahead
         self.stft = StreamingSTFT()

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from rtpulse.model import ModelConfig, PulseCNN
+from rtpulse.stft import stft
 
 
 @pytest.fixture(autouse=True)
@@ -11,10 +12,27 @@ def _seed():
     np.random.seed(0)
 
 
-def random_model(preset: str = "blocks2", lookahead: int = 0, **kw) -> PulseCNN:
-    """A random-weight model in eval mode, with output logits spread around 0 so masks are mixed."""
+def random_model(preset: str = "blocks2", lookahead: int = 0, spread: float = 2.0, **kw) -> PulseCNN:
+    """A random-weight model in eval mode whose logits on :func:`noisy_signal` have median 0 and std ``spread`` (per
+    output channel).
+
+    PyTorch's default init gives logits within ~0.1 of each other, out of much larger activations: the binary
+    mask is then all ones or all zeros and the soft one ~0.5 everywhere, so a test of the masking path could not
+    tell a mask from a constant. He init and a rescaled last layer (no activation follows it) spread them: about
+    half the bins are kept.
+    """
     torch.manual_seed(1234)
-    return PulseCNN(ModelConfig(preset=preset, lookahead=lookahead, **kw)).eval()
+    model = PulseCNN(ModelConfig(preset=preset, lookahead=lookahead, **kw)).eval()
+    with torch.no_grad():
+        for conv in model.convs:  # He init, as `rtpulse train --init he`: no cancellation of large activations
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            torch.nn.init.normal_(conv.bias, std=0.01)
+        logits = model(stft(torch.from_numpy(noisy_signal()))[None].abs())[0].flatten(1)  # [C, F·T]
+        scale = spread / logits.std(1).clamp_min(1e-12)  # per output channel
+        last = model.convs[-1]
+        last.weight.mul_(scale[:, None, None, None])
+        last.bias.mul_(scale).sub_(logits.median(1).values * scale)
+    return model
 
 
 def noisy_signal(seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> np.ndarray:

@@ -188,6 +188,26 @@ def _tiny_data(root):
     write_audio(root / "noise" / "dev" / "n.wav", (0.1 * rng.standard_normal(3 * SR)).astype(np.float32), SR)
 
 
+def test_bench_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path):
+    """A .md --json would be overwritten by its own table; a folder is not a file; a file is not a folder."""
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+
+    (tmp_path / "taken").write_text("mine")
+    (tmp_path / "d.json").mkdir()
+    for args, words in (
+        (["latency", "--json", str(tmp_path / "l.md")], "give a .json file name"),
+        (["latency", "--json", str(tmp_path / "d.json")], "is a directory"),
+        (["quality", "--out", str(tmp_path / "taken")], "is a file; give a folder"),
+        (["training", "--data", str(tmp_path), "--out", str(tmp_path / "taken")], "is a file; give a folder"),
+    ):
+        res = CliRunner().invoke(app, ["bench", *args])
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1 and words in lines[0], (args, res.output)
+    assert (tmp_path / "taken").read_text() == "mine" and not (tmp_path / "l.md").exists()
+
+
 def test_generated_mixtures_have_their_drawn_snr(tmp_path):
     from benchmarks.quality import generated_set
 

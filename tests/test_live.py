@@ -362,6 +362,31 @@ def test_live_cli_reports_bad_device_and_options_in_one_line(fake_devices, tmp_p
         app, ["live", "--model", str(tmp_path / "m.safetensors"), "--record-out", str(tmp_path / "o.mp3")]
     )
     assert r.exit_code == 1 and ".wav" in r.output
+    m = ["live", "--model", str(tmp_path / "m.safetensors")]
+    for extra, words in (
+        (["--headroom", "nan"], "--headroom not negative"),
+        (["--latency", "inf"], "must be finite"),
+        (["--floor-db", "nan"], "--floor-db must be -200…0 dB"),
+        (["--record-in", str(tmp_path / "r.wav"), "--record-out", str(tmp_path / "r.wav")], "same file"),
+        (["--record-in", str(tmp_path / "r.wav"), "--stats-json", str(tmp_path / "r.wav")], "same file"),
+        (["--stats-json", str(tmp_path)], "is a directory"),
+    ):
+        r = runner.invoke(app, [*m, *extra])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and words in lines[0], (extra, r.output)
+
+
+def test_recorder_makes_its_folder_and_a_bad_path_is_one_line_error(tmp_path):
+    from rtpulse.errors import RtpulseError
+
+    ring = np.zeros(64, np.float32)
+    rec = Recorder(tmp_path / "new" / "dir" / "in.wav", RATE, ring, lambda: 0)
+    rec.close()
+    assert (tmp_path / "new" / "dir" / "in.wav").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RtpulseError, match=r"^cannot write .*file/in\.wav: "):
+        Recorder(tmp_path / "file" / "in.wav", RATE, ring, lambda: 0)
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_dashboard_and_status_line_show_the_counters(model):

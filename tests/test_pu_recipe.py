@@ -257,7 +257,7 @@ def test_mixed_p_level_trains_on_the_dominated_bins_after_the_context_and_its_mi
                        ({"p_level": "mixed", "p_gain": "u", "level_frames": 8}, "p-level mixed"),
                        ({"p_level": "mixed", "p_gain": "x"}, "p-gain must be"),
                        ({"p_mix_margin_db": 6.0}, "give --p-level mixed"),
-                       ({"p_level": "mixed", "p_mix_margin_db": float("nan")}, "0…60"),
+                       ({"p_level": "mixed", "p_mix_margin_db": float("nan")}, "finite number"),
                        ({"p_level": "mixed", "p_mix_margin_db": -1.0}, "0…60"),
                        ({"p_level": "loud"}, "unit, matched or mixed")):
         with pytest.raises(RtpulseError, match=match):

@@ -9,10 +9,11 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import torch
+from conftest import random_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtpulse.model import ModelConfig, PulseCNN
+from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, istft, stft, window
 from rtpulse.stream import MAX_ABS, OUTPUT_GAIN_BOUND, StreamingDenoiser, enhance, sanitize
 
@@ -22,12 +23,9 @@ HYPO = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCh
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _model(lookahead: int = 0, compress: str = "linear", seed: int = 0) -> PulseCNN:
-    torch.manual_seed(seed)
-    model = PulseCNN(ModelConfig(preset="blocks2", lookahead=lookahead, compress=compress)).eval()
-    with torch.no_grad():  # spread the logits around 0 so binary masks keep some bins and drop others
-        model.convs[-1].bias.fill_(-0.05)
-    return model
+def _model(lookahead: int = 0, compress: str = "linear") -> PulseCNN:
+    """blocks2 with logits spread around 0 (conftest.random_model): binary masks keep some bins and drop others."""
+    return random_model("blocks2", lookahead, compress=compress)
 
 
 MODELS = {(la, c): _model(la, c) for la in (0, 2) for c in ("linear", "power")}

@@ -185,6 +185,19 @@ def test_unknown_output_format_is_refused_before_work(tmp_path, model_path):
     src = tmp_path / "a.wav"
     sf.write(src, _signal(2000, 1), 16000)
     _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.xyz", "-m", model_path]), "unknown audio format")
+    # soundfile lists RAW but cannot write it without a subtype: refused the same way, not a TypeError
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.raw", "-m", model_path]), "unknown audio format")
+    assert not list(tmp_path.glob("*o.*"))
+
+
+@pytest.mark.parametrize("floor", ["nan", "inf", "-inf", "6", "1e5", "-201"])
+def test_bad_floor_db_is_refused_before_work(tmp_path, model_path, floor):
+    """NaN would silence the output, a positive floor amplify it, 1e5 overflow: all refused, nothing written."""
+    src = tmp_path / "a.wav"
+    sf.write(src, _signal(2000, 1), 16000)
+    _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.wav", "-m", model_path, f"--floor-db={floor}"]),
+                           "--floor-db must be -200…0 dB")
+    assert not (tmp_path / "o.wav").exists()
 
 
 # --- rates, channels, sample formats -----------------------------------------------------------------

@@ -216,6 +216,12 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--noisy", "u", "--noise", "n", "--speech-floor-db", "-25"], "not --noisy"),
     (["--clean", "c", "--noise", "n", "--floor-frames", "-3"], "--floor-frames must be 0…1000"),
     (["--clean", "c", "--noise", "n", "--context-seconds", "-1"], "--context-seconds must be 0…60"),
+    (["--clean", "c", "--noise", "n", "--lr", "nan"], "--lr must be a finite number"),
+    (["--clean", "c", "--noise", "n", "--dev-fraction", "5"], "--dev-fraction must be in (0, 1)"),
+    (["--clean", "c", "--noise", "n", "--snr-min", "10", "--snr-max", "-5"], "is above --snr-max"),
+    # refused before any audio is decoded: the data folders "c" and "n" do not even exist
+    (["--clean", "c", "--noise", "n", "--lookahead", "99"], "lookahead must be 0…6 for preset 'blocks2'"),
+    (["--clean", "c", "--noise", "n", "--device", "bogus"], "is not a device"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])
@@ -228,3 +234,36 @@ def test_cli_refuses_to_overwrite_a_run(corpus, tmp_path):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--clean", str(corpus / "clean"),
                                    "--noise", str(corpus / "noise"), "--cache", str(tmp_path / "cache")])
     assert res.exit_code == 1 and "--resume" in res.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line_error(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--clean", "c", "--noise", "n",
+                                   "--device", "cuda"])
+    assert res.exit_code == 1 and "has no CUDA; use --device cpu" in res.output and "Traceback" not in res.output
+
+
+def test_out_that_is_a_file_is_refused_and_kept(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    res = CliRunner().invoke(app, ["train", "--out", str(f), "--clean", "c", "--noise", "n"])
+    assert res.exit_code == 1 and "is a file; give a directory" in res.output and "Traceback" not in res.output
+    assert f.read_text() == "mine"
+
+
+def test_resume_reads_its_own_config_takes_a_new_device_and_refuses_a_damaged_one(tmp_path):
+    from trainer.train import resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"out": "elsewhere", "clean": "c", "noise": "n", "lr": 1e-3,
+                                                 "device": "cuda"}))
+    cfg = resume_config(run, device="cpu")
+    assert (cfg.out, cfg.lr, cfg.device, cfg.epochs) == (str(run), 1e-3, "cpu", 10)  # epochs: the default
+    assert resume_config(run).device == "cuda"
+    for damaged in ('{"out": "r", "clea', "[1, 2]", '{"no_such_field": 1, "clean": "c", "noise": "n", "lr": "x"}'):
+        (run / "config.json").write_text(damaged)
+        res = CliRunner().invoke(app, ["train", "--resume", str(run)])
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert lines[-1].startswith("error: cannot resume:") and "not a readable run config" in lines[-1]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from rtpulse.errors import RtpulseError
+from rtpulse.model import ModelConfig
 from trainer.data import P_MIX_MARGIN_DB
 
 
@@ -68,6 +70,16 @@ class TrainConfig:
     command: str = ""
 
     def validate(self) -> TrainConfig:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RtpulseError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RtpulseError(f"--out {self.out} is a file; give a directory for the run")
+        if not 0 < self.dev_fraction < 1:
+            raise RtpulseError(f"--dev-fraction must be in (0, 1), got {self.dev_fraction}")
+        if self.snr_min > self.snr_max:
+            raise RtpulseError(f"--snr-min {self.snr_min} is above --snr-max {self.snr_max}")
         if self.method not in ("pu", "pn", "mixit"):
             raise RtpulseError(f"--method must be pu, pn or mixit, got {self.method!r}")
         if self.noise is None:
@@ -120,7 +132,16 @@ class TrainConfig:
             raise RtpulseError("--lr must be > 0")
         if self.select_mask not in ("binary", "soft"):
             raise RtpulseError("--select-mask must be binary or soft")
+        self.model_config()  # preset, lookahead, compress …: refused here, before any audio is decoded
+        _check_device(self.device)
         return self
+
+    def model_config(self) -> ModelConfig:
+        """The architecture this run trains."""
+        return ModelConfig(preset=self.preset, compress=self.compress, lookahead=self.lookahead, method=self.method,
+                           out_channels=3 if self.method == "mixit" else 1, dropout=self.dropout,
+                           level_frames=self.level_frames, floor_frames=self.floor_frames,
+                           freq_input=self.freq_input)
 
     @property
     def p_mix_margin(self) -> float:
@@ -136,5 +157,33 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        kept = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value, default = data[f.name], f.default
+            if default is not dataclasses.MISSING and default is not None:  # typed by its default
+                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)  # JSON writes 1.0 as 1.0, but a hand edit may say 1
+                if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+                    raise ValueError(f"{f.name}: expected {type(default).__name__}, got {value!r}")
+            kept[f.name] = value
+        return cls(**kept)
+
+
+def _check_device(name: str | None) -> None:
+    """A device torch knows and this machine has (``None``/auto: CUDA when available, else CPU)."""
+    if name in (None, "", "auto"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RtpulseError(f"--device {name!r} is not a device (cpu, cuda, cuda:1 …)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RtpulseError(f"--device {name}: this machine (or this torch build) has no CUDA; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise RtpulseError(f"--device {name}: training runs on cpu or cuda")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import torch
 
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
+from rtpulse.files import write_text_atomic
 from rtpulse.metrics import perceptual_scores, si_snr_np, si_snri
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, SAMPLE_RATE
-from rtpulse.stream import enhance, stream_offline_equivalent
+from rtpulse.stream import check_floor_db, enhance, stream_offline_equivalent
 
 SCORES = ("si_snr", "si_snr_noisy", "si_snri", "pesq_wb", "stoi")
 
@@ -25,6 +25,9 @@ class EvalOptions:
     engine: str = "offline"
     mask: str = "binary"
     floor_db: float | None = None
+
+    def __post_init__(self) -> None:
+        check_floor_db(self.floor_db)
 
 
 def enhance_signal(model: PulseCNN, x: np.ndarray, opts: EvalOptions) -> np.ndarray:
@@ -90,6 +93,8 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
 def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
                    opts: EvalOptions, cache: Path | None = None) -> dict:
     """Generated mixtures (the training recipe, seeded), scored in memory; nothing is written."""
+    if count < 1 or not seconds * SAMPLE_RATE >= 1024:
+        raise RtpulseError(f"--count must be ≥ 1 and --seconds ≥ 0.064 (one STFT frame), got {count} and {seconds}")
     from trainer.data import AudioBank, Recipe, default_cache_dir, list_audio
 
     cache = cache or default_cache_dir()
@@ -121,10 +126,4 @@ def print_table(result: dict, console) -> None:
 
 
 def write_json(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(result, indent=1))

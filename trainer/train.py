@@ -21,7 +21,8 @@ import torch
 from rich.console import Console
 
 from rtpulse.errors import RtpulseError
-from rtpulse.model import ModelConfig, PulseCNN, save_model
+from rtpulse.files import write_text_atomic
+from rtpulse.model import PulseCNN, save_model
 from rtpulse.stft import HOP, SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
@@ -131,10 +132,7 @@ def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None,
 
 
 def build_model(cfg: TrainConfig) -> PulseCNN:
-    mc = ModelConfig(preset=cfg.preset, compress=cfg.compress, lookahead=cfg.lookahead, method=cfg.method,
-                     out_channels=3 if cfg.method == "mixit" else 1, dropout=cfg.dropout,
-                     level_frames=cfg.level_frames, floor_frames=cfg.floor_frames,
-                     freq_input=cfg.freq_input)
+    mc = cfg.model_config()
     torch.manual_seed(cfg.seed)
     model = PulseCNN(mc)
     if cfg.init == "he":
@@ -262,12 +260,17 @@ def _trim_metrics(path: Path, upto_epoch: int) -> None:
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
+def resume_config(run_dir: Path, epochs: int | None = None, device: str | None = None) -> TrainConfig:
+    """The run's own config.json, with a new total of ``epochs`` and a new ``device`` when given (the machine may
+    have changed; the recipe may not)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RtpulseError(f"cannot resume: {path} not found (is {run_dir} a training run directory?)")
-    cfg = TrainConfig.from_json(path.read_text())
-    return dataclasses.replace(cfg, out=str(run_dir), epochs=epochs or cfg.epochs)
+    try:
+        cfg = TrainConfig.from_json(path.read_text())
+    except (OSError, ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise RtpulseError(f"cannot resume: {path} is not a readable run config ({e})") from None
+    return dataclasses.replace(cfg, out=str(run_dir), epochs=epochs or cfg.epochs, device=device or cfg.device)
 
 
 def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
@@ -302,7 +305,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         if d.main:
             _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
     elif d.main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         write_split(run_dir / "split.json", split)
     d.barrier()
     t0 = time.time()

@@ -1,0 +1,46 @@
+"""Writing result files safely: atomically (temp file + rename), never over an input, one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rtpulse.errors import RtpulseError
+
+
+def check_output_file(path: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+    """``path`` as a Path, or a one-line error if it is a directory or is the same file as one of ``inputs``."""
+    path = Path(path)
+    if path.is_dir():
+        raise RtpulseError(f"output {path} is a directory; give a file name")
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src)
+        # resolve() even when path does not exist yet: "sub/../in.wav" names the input once sub/ is created
+        if path.resolve() == src.resolve() or (path.exists() and src.exists() and os.path.samefile(path, src)):
+            raise RtpulseError(f"output {path} is the same file as {src}; choose another output path")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or a one-line error if it exists and is not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RtpulseError(f"output folder {path} is a file; give a folder")
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a hidden temp file beside ``path`` and rename it over ``path``: a crash never leaves a
+    partial file. The folder is created if missing; any OS problem is one :class:`RtpulseError` line."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RtpulseError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
