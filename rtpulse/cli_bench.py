@@ -9,7 +9,7 @@ import typer
 
 from rtpulse.cli_common import console, fail
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_dir, check_output_file
+from rtpulse.files import check_json_output, check_output_dir
 
 bench_app = typer.Typer(
     help="Measure latency and quality against peers.",
@@ -67,9 +67,7 @@ def latency(
         timing_repeats=timing_repeats,
     )
     try:
-        if json_out.suffix.lower() != ".json":
-            raise RtpulseError(f"--json {json_out}: give a .json file name (the .md table and the plot go beside it)")
-        check_output_file(json_out)  # before minutes of timing
+        check_json_output(json_out, "--json")  # before minutes of timing; the .md table and plot go beside it
         with console.status("latency") as status:
             result, hist = run_latency(opts, progress=lambda msg: status.update(msg))
         written = write_latency(result, hist, json_out, plot=plot)

@@ -100,7 +100,7 @@ def live(
     from rich.console import Console
 
     from rtpulse.cli import fail, load_model_or_default, mask_for
-    from rtpulse.files import check_output_file
+    from rtpulse.files import check_json_output, check_output_file
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
     from rtpulse.stream import check_floor_db
@@ -121,9 +121,12 @@ def live(
             fail(RtpulseError(f"recordings are WAV files: {path} should end in .wav"))
     try:
         check_floor_db(floor_db)
-        outputs = [p for p in (record_in, record_out, stats_json) if p is not None]
-        for i, path in enumerate(outputs):  # before the devices open: no session is lost to a bad path
-            check_output_file(path, tuple(outputs[:i]))
+        if stats_json is not None:  # before the devices open: no session is lost to a bad path
+            check_json_output(stats_json, "--stats-json")
+        if record_in is not None:
+            check_output_file(record_in)
+        if record_out is not None:
+            check_output_file(record_out, (record_in,))
         net = load_model_or_default(model)
         opts = LiveOptions(
             input=input,

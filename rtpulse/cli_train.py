@@ -256,14 +256,14 @@ def evaluate(
     cache: Annotated[Path | None, typer.Option(help="Decoded-audio cache for --synth.")] = None,
 ) -> None:
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
-    from rtpulse.files import check_output_file
+    from rtpulse.files import check_json_output
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
     try:
         from rtpulse.model import load_default_model, load_model
 
-        if json_out is not None:  # before minutes of scoring: never over an input, never into a folder
-            check_output_file(json_out, (noisy, clean, model))
+        if json_out is not None:  # before minutes of scoring; *.json: never over an audio input or a model
+            check_json_output(json_out, "--json")
         net = load_model(model) if model is not None else load_default_model()
         opts = EvalOptions(engine=engine.value, mask=mask.value if mask else net.config.mask, floor_db=floor_db)
         if synth:

@@ -8,11 +8,21 @@ from pathlib import Path
 from rtpulse.errors import RtpulseError
 
 
+def _check_parent(path: Path) -> None:
+    """The nearest existing folder above ``path`` must be a folder, not a file (else nothing can be made there)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RtpulseError(f"cannot write {path}: {parent} is a file, not a folder")
+            return
+
+
 def check_output_file(path: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """``path`` as a Path, or a one-line error if it is a directory or is the same file as one of ``inputs``."""
     path = Path(path)
     if path.is_dir():
         raise RtpulseError(f"output {path} is a directory; give a file name")
+    _check_parent(path)
     for src in inputs:
         if src is None:
             continue
@@ -28,7 +38,16 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RtpulseError(f"output folder {path} is a file; give a folder")
+    _check_parent(path)
     return path
+
+
+def check_json_output(path: str | os.PathLike, what: str) -> Path:
+    """A JSON result file: named *.json (no audio input or model file is), not a folder, in a folder that can exist."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise RtpulseError(f"{what} {path}: give a file name ending in .json")
+    return check_output_file(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -43,4 +62,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         raise RtpulseError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the "folder" is a file: nothing was created, and the error above says why
+            pass

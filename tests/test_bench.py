@@ -197,7 +197,9 @@ def test_bench_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_pa
     (tmp_path / "taken").write_text("mine")
     (tmp_path / "d.json").mkdir()
     for args, words in (
-        (["latency", "--json", str(tmp_path / "l.md")], "give a .json file name"),
+        (["latency", "--json", str(tmp_path / "l.md")], "give a file name ending in .json"),
+        (["latency", "--json", str(tmp_path / "taken" / "l.json")], "is a file, not a folder"),
+        (["quality", "--out", str(tmp_path / "taken" / "sub")], "is a file, not a folder"),
         (["latency", "--json", str(tmp_path / "d.json")], "is a directory"),
         (["quality", "--out", str(tmp_path / "taken")], "is a file; give a folder"),
         (["training", "--data", str(tmp_path), "--out", str(tmp_path / "taken")], "is a file; give a folder"),

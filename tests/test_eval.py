@@ -138,16 +138,20 @@ def test_two_files_pair_whatever_their_names_and_the_shipped_model_is_the_defaul
 
 
 def test_json_never_replaces_an_input_or_lands_in_a_folder(pair):
-    """`--json` naming the noisy file, the clean file or a folder is refused before scoring; the input is intact."""
+    """`--json` naming an input (given directly or inside an input folder), the model, a folder, or a path under a
+    file is refused before scoring, and every file is intact."""
     keep = constant_model(pair / "keep.safetensors", -1.0)
     noisy, clean = pair / "noisy" / "a" / "utt.wav", pair / "clean" / "a" / "utt.wav"
-    before = noisy.read_bytes()
-    for target, message in ((noisy, "same file"), (clean, "same file"), (pair, "is a directory")):
-        res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(noisy), "--clean", str(clean),
-                                       "--json", str(target)])
+    (pair / "afile").write_text("mine")
+    (pair / "d.json").mkdir()
+    before = {p: p.read_bytes() for p in (noisy, clean, keep, pair / "afile")}
+    for target, message in ((noisy, "ending in .json"), (clean, "ending in .json"), (keep, "ending in .json"),
+                            (pair / "d.json", "is a directory"), (pair / "afile" / "s.json", "is a file, not a folder")):
+        res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(pair / "noisy"),
+                                       "--clean", str(pair / "clean"), "--json", str(target)])
         lines = [ln for ln in res.output.splitlines() if ln.strip()]
         assert res.exit_code == 1 and len(lines) == 1 and message in lines[0], res.output
-    assert noisy.read_bytes() == before
+    assert {p: p.read_bytes() for p in before} == before
 
 
 @pytest.mark.parametrize("floor", ["nan", "inf", "3", "1e5", "-1000"])
@@ -158,20 +162,23 @@ def test_bad_floor_db_is_one_line_error(pair, floor):
     assert res.exit_code == 1 and "--floor-db must be -200…0 dB" in res.output and "Traceback" not in res.output
 
 
-def test_too_short_for_stoi_is_a_gap_not_a_crash(tmp_path):
+@pytest.mark.parametrize("samples", [100, 4800])  # pystoi fails on the first, returns its 1e-5 sentinel on the second
+def test_too_short_for_stoi_is_a_gap_not_a_score(tmp_path, samples):
     pytest.importorskip("pystoi")
-    x = np.random.default_rng(0).standard_normal(100).astype(np.float32) * 0.1
+    x = np.random.default_rng(0).standard_normal(samples).astype(np.float32) * 0.1
     sf.write(tmp_path / "n.wav", x, 16000, subtype="FLOAT")
     sf.write(tmp_path / "c.wav", x, 16000, subtype="FLOAT")
     keep = constant_model(tmp_path / "keep.safetensors", -10.0)
     res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(tmp_path / "n.wav"), "--clean",
                                    str(tmp_path / "c.wav"), "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
-    row = json.loads((tmp_path / "s.json").read_text())["files"][0]
-    assert row["stoi"] is None and row["si_snri"] == pytest.approx(0.0, abs=1e-3)  # mask of ones: output = input
+    result = json.loads((tmp_path / "s.json").read_text())
+    row = result["files"][0]
+    assert row["stoi"] is None and "stoi" not in result["mean"]
+    assert row["si_snri"] == pytest.approx(0.0, abs=1e-3)  # mask of ones: output = input
 
 
-@pytest.mark.parametrize("extra", [["--count", "0"], ["--seconds", "0"]])
+@pytest.mark.parametrize("extra", [["--count", "0"], ["--seconds", "0"], ["--seconds", "inf"]])
 def test_synth_needs_mixtures_of_at_least_one_frame(pair, extra):
     keep = constant_model(pair / "keep.safetensors", -1.0)
     res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--synth", "--clean", str(pair / "clean"),

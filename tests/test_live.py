@@ -363,13 +363,15 @@ def test_live_cli_reports_bad_device_and_options_in_one_line(fake_devices, tmp_p
     )
     assert r.exit_code == 1 and ".wav" in r.output
     m = ["live", "--model", str(tmp_path / "m.safetensors")]
+    (tmp_path / "d.json").mkdir()
     for extra, words in (
         (["--headroom", "nan"], "--headroom not negative"),
         (["--latency", "inf"], "must be finite"),
         (["--floor-db", "nan"], "--floor-db must be -200…0 dB"),
         (["--record-in", str(tmp_path / "r.wav"), "--record-out", str(tmp_path / "r.wav")], "same file"),
-        (["--record-in", str(tmp_path / "r.wav"), "--stats-json", str(tmp_path / "r.wav")], "same file"),
-        (["--stats-json", str(tmp_path)], "is a directory"),
+        (["--record-in", str(tmp_path / "r.wav"), "--stats-json", str(tmp_path / "r.wav")], "ending in .json"),
+        (["--stats-json", str(tmp_path / "d.json")], "is a directory"),
+        (["--stats-json", str(tmp_path / "m.safetensors" / "s.json")], "is a file, not a folder"),
     ):
         r = runner.invoke(app, [*m, *extra])
         lines = [ln for ln in r.output.splitlines() if ln.strip()]

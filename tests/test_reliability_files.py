@@ -416,3 +416,19 @@ def test_denoise_file_raises_rtpulse_error_for_bad_output_dir(tmp_path, model):
     blocker.write_text("x")
     with pytest.raises(RtpulseError):
         denoise_file(model, src, blocker / "out.wav", DenoiseOptions())
+
+
+def test_text_results_are_written_atomically_and_bad_places_are_one_line_errors(tmp_path):
+    from rtpulse.errors import RtpulseError
+    from rtpulse.files import check_output_file, write_text_atomic
+
+    write_text_atomic(tmp_path / "new" / "r.json", "{}")  # the folder is made
+    assert (tmp_path / "new" / "r.json").read_text() == "{}"
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(RtpulseError, match=r"^cannot write .*afile/r\.json: "):
+        write_text_atomic(tmp_path / "afile" / "r.json", "{}")
+    with pytest.raises(RtpulseError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "afile" / "x" / "r.json")
+    with pytest.raises(RtpulseError, match="same file"):
+        check_output_file(tmp_path / "new" / ".." / "afile", (tmp_path / "afile",))
+    assert (tmp_path / "afile").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "new"]

@@ -217,7 +217,7 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--clean", "c", "--noise", "n", "--floor-frames", "-3"], "--floor-frames must be 0…1000"),
     (["--clean", "c", "--noise", "n", "--context-seconds", "-1"], "--context-seconds must be 0…60"),
     (["--clean", "c", "--noise", "n", "--lr", "nan"], "--lr must be a finite number"),
-    (["--clean", "c", "--noise", "n", "--dev-fraction", "5"], "--dev-fraction must be in (0, 1)"),
+    (["--clean", "c", "--noise", "n", "--dev-fraction", "1"], "--dev-fraction must be in [0, 1)"),
     (["--clean", "c", "--noise", "n", "--snr-min", "10", "--snr-max", "-5"], "is above --snr-max"),
     # refused before any audio is decoded: the data folders "c" and "n" do not even exist
     (["--clean", "c", "--noise", "n", "--lookahead", "99"], "lookahead must be 0…6 for preset 'blocks2'"),
@@ -247,7 +247,9 @@ def test_out_that_is_a_file_is_refused_and_kept(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
     res = CliRunner().invoke(app, ["train", "--out", str(f), "--clean", "c", "--noise", "n"])
-    assert res.exit_code == 1 and "is a file; give a directory" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "is a file; give a folder" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["train", "--out", str(f / "run"), "--clean", "c", "--noise", "n"])
+    assert res.exit_code == 1 and "is a file, not a folder" in res.output and "Traceback" not in res.output
     assert f.read_text() == "mine"
 
 
@@ -256,12 +258,17 @@ def test_resume_reads_its_own_config_takes_a_new_device_and_refuses_a_damaged_on
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"out": "elsewhere", "clean": "c", "noise": "n", "lr": 1e-3,
-                                                 "device": "cuda"}))
+    (run / "config.json").write_text(json.dumps({"out": "elsewhere", "clean": "c", "noise": "n", "lr": 1,
+                                                 "device": "cuda", "p_mix_margin_db": None}))
+    assert TrainConfig(out=str(run), clean="c", noise="n", dev_fraction=0.0).validate().dev_fraction == 0.0  # no hold-out
     cfg = resume_config(run, device="cpu")
-    assert (cfg.out, cfg.lr, cfg.device, cfg.epochs) == (str(run), 1e-3, "cpu", 10)  # epochs: the default
+    assert (cfg.out, cfg.lr, cfg.device, cfg.epochs) == (str(run), 1.0, "cpu", 10)  # epochs: the default
+    assert isinstance(cfg.lr, float)
     assert resume_config(run).device == "cuda"
-    for damaged in ('{"out": "r", "clea', "[1, 2]", '{"no_such_field": 1, "clean": "c", "noise": "n", "lr": "x"}'):
+    good = {"out": "r", "clean": "c", "noise": "n", "p_level": "mixed"}
+    for damaged in ('{"out": "r", "clea', "[1, 2]", json.dumps({**good, "lr": "x"}),
+                    json.dumps({**good, "p_mix_margin_db": "6"}), json.dumps({**good, "epochs": 2.5}),
+                    json.dumps({**good, "freq_input": 1})):
         (run / "config.json").write_text(damaged)
         res = CliRunner().invoke(app, ["train", "--resume", str(run)])
         lines = [ln for ln in res.output.splitlines() if ln.strip()]

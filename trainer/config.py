@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rtpulse.errors import RtpulseError
+from rtpulse.files import check_output_dir
 from rtpulse.model import ModelConfig
 from trainer.data import P_MIX_MARGIN_DB
+
+_JSON_TYPES = {"float": float, "int": int, "str": str, "bool": bool}  # the field types a run config may hold
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise RtpulseError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise RtpulseError(f"--out {self.out} is a file; give a directory for the run")
-        if not 0 < self.dev_fraction < 1:
-            raise RtpulseError(f"--dev-fraction must be in (0, 1), got {self.dev_fraction}")
+        check_output_dir(self.run_dir)
+        if not 0 <= self.dev_fraction < 1:
+            raise RtpulseError(f"--dev-fraction must be in [0, 1), got {self.dev_fraction}")
         if self.snr_min > self.snr_max:
             raise RtpulseError(f"--snr-min {self.snr_min} is above --snr-max {self.snr_max}")
         if self.method not in ("pu", "pn", "mixit"):
@@ -160,15 +162,14 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         kept = {}
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(cls):  # each value must have its annotated type ("float | None" …)
             if f.name not in data:
                 continue
-            value, default = data[f.name], f.default
-            if default is not dataclasses.MISSING and default is not None:  # typed by its default
-                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                    value = float(value)  # JSON writes 1.0 as 1.0, but a hand edit may say 1
-                if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
-                    raise ValueError(f"{f.name}: expected {type(default).__name__}, got {value!r}")
+            value, names = data[f.name], [t.strip() for t in str(f.type).split("|")]
+            if isinstance(value, int) and not isinstance(value, bool) and "float" in names:
+                value = float(value)  # a hand edit may say 1 for 1.0
+            if not any(value is None if n == "None" else type(value) is _JSON_TYPES[n] for n in names):
+                raise ValueError(f"{f.name}: expected {f.type}, got {value!r}")
             kept[f.name] = value
         return cls(**kept)
 

@@ -93,7 +93,7 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
 def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
                    opts: EvalOptions, cache: Path | None = None) -> dict:
     """Generated mixtures (the training recipe, seeded), scored in memory; nothing is written."""
-    if count < 1 or not seconds * SAMPLE_RATE >= 1024:
+    if count < 1 or not 1024 <= seconds * SAMPLE_RATE < float("inf"):
         raise RtpulseError(f"--count must be ≥ 1 and --seconds ≥ 0.064 (one STFT frame), got {count} and {seconds}")
     from trainer.data import AudioBank, Recipe, default_cache_dir, list_audio
 
