@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from enum import Enum
@@ -166,8 +167,9 @@ def train(
     try:
         if resume is not None:
             cfg = resume_config(resume, epochs, device)
-            console.print(f"resuming {resume} with its config.json: options other than --epochs and --device are "
-                          "not read", highlight=False)
+            if os.environ.get("RANK", "0") == "0":  # once under torchrun
+                console.print(f"resuming {resume} with its config.json: options other than --epochs and --device "
+                              "are not read", highlight=False)
         else:
             if out is None:
                 raise RtpulseError("--out RUN_DIR is required (or --resume RUN_DIR)")
