@@ -42,8 +42,7 @@ def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None
         gain = (1.0 - torch.exp(logits.float()) / 2.0).clamp(0.0, 1.0)  # e^f = inf → −inf → 0
     else:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
-    if floor_db is not None:
-        check_floor_db(floor_db)
+    if floor_db is not None:  # checked once by the callers (enhance, StreamingDenoiser), not on every hop
         gain = gain.clamp_min(10.0 ** (floor_db / 20.0))
     return gain
 
@@ -84,6 +83,7 @@ def tail_for_lookahead(length: int, lookahead: int) -> int:
 @torch.no_grad()
 def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
     """Offline: signal ``[T]`` or ``[B, T]`` (16 kHz) → enhanced signal of the same shape, no delay."""
+    check_floor_db(floor_db)
     length = x.shape[-1]
     if length == 0:
         return x.clone()

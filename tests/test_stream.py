@@ -158,3 +158,18 @@ def test_silence_before_the_signal_does_not_change_the_level_normalisation():
     # past 16 frames (> the 13-frame receptive field, where the convolutions' own zero-padding differs) the
     # outputs match; an ungated 2 s level window would differ for 2 s
     assert np.max(np.abs(after_silence[pad + 16 * 256 :] - alone[16 * 256 :])) < 1e-5
+
+
+@pytest.mark.parametrize("floor", [math.nan, math.inf, 1.0, -201.0])
+def test_the_engines_refuse_a_floor_that_is_not_a_finite_attenuation(floor):
+    from rtpulse.errors import RtpulseError
+
+    m = random_model("blocks2", 0)
+    with pytest.raises(RtpulseError, match="--floor-db must be -200…0 dB"):
+        enhance(m, torch.zeros(2000), "soft", floor)
+    with pytest.raises(RtpulseError, match="--floor-db must be -200…0 dB"):
+        StreamingDenoiser(m, "soft", floor)
+    # the limits themselves are floors: −200 dB is a gain of 1e-10, 0 dB keeps every bin whole
+    x = noisy_signal(0.3)
+    np.testing.assert_allclose(enhance(m, torch.from_numpy(x), "binary", 0.0).numpy(), x, atol=1e-5)
+    assert np.all(np.isfinite(enhance(m, torch.from_numpy(x), "binary", -200.0).numpy()))

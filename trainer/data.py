@@ -22,6 +22,7 @@ import torch
 
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
+from rtpulse.files import write_text_atomic
 from rtpulse.stft import SAMPLE_RATE
 
 STD_EPS = 1e-5
@@ -238,6 +239,4 @@ class Recipe:
 
 def write_split(path: Path, split: dict[str, dict[str, list[Path]]]) -> None:
     data = {k: {part: [str(f) for f in files] for part, files in v.items()} for k, v in split.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))

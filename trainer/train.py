@@ -268,7 +268,7 @@ def resume_config(run_dir: Path, epochs: int | None = None, device: str | None =
         raise RtpulseError(f"cannot resume: {path} not found (is {run_dir} a training run directory?)")
     try:
         cfg = TrainConfig.from_json(path.read_text())
-    except (OSError, ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+    except (OSError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise RtpulseError(f"cannot resume: {path} is not a readable run config ({e})") from None
     return dataclasses.replace(cfg, out=str(run_dir), epochs=epochs or cfg.epochs, device=device or cfg.device)
 
