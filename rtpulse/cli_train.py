@@ -224,6 +224,8 @@ def train(
         summary = run_training(cfg, resume=resume is not None, console=console)
     except RtpulseError as e:
         fail(e)
+    if os.environ.get("RANK", "0") != "0":  # only rank 0 validates, so only it knows the best epoch
+        return
     console.print(
         f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s); "
         f"best epoch {summary['best_epoch']} → {summary['run_dir']}/best.safetensors",

@@ -67,9 +67,10 @@ def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path,
     single = one_step(build_model(cfg), fixed_batch(cfg), Dist(), cfg)
     half_only = one_step(build_model(cfg), half_batch(fixed_batch(cfg), 0), Dist(), cfg)
     for k in single:
-        torch.testing.assert_close(ddp[k], single[k], atol=1e-6, rtol=1e-5)
-    # the check can fail: rank 0's half batch alone gives different parameters
-    assert any(not torch.allclose(half_only[k], single[k], atol=1e-5) for k in single)
+        # summation order differs with the thread count: ~2e-6 seen with one thread per process
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4)
+    # the check can fail: rank 0's half batch alone gives parameters far outside that tolerance
+    assert max(float((half_only[k] - single[k]).abs().max()) for k in single) > 1e-3
 
 
 def test_single_process_helpers_are_no_ops():
@@ -83,4 +84,50 @@ def test_single_process_helpers_are_no_ops():
 
 def test_each_rank_and_epoch_gets_its_own_stream():
     seeds = {rank_seed(0, e, r) for e in range(1, 4) for r in range(4)}
-    assert len(seeds) == 12 and rank_seed(0, 1, 0) == rank_seed(0, 1, 0)
+    assert len(seeds) == 12 and rank_seed(1, 1, 0) not in seeds  # the run's seed matters too
+
+
+def _train_worker(rank: int, port: int, args: list[str], out_dir: str) -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    res = CliRunner().invoke(app, ["train", *args])
+    with open(f"{out_dir}/rank{rank}.txt", "w") as f:
+        f.write(f"{res.exit_code}\n{res.output}")
+
+
+def test_two_rank_training_run_writes_once_and_only_rank_0_reports(tmp_path):
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    for d in ("clean", "noise"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        voice = 0.3 * np.sin(2 * np.pi * (180 + 40 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+        sf.write(tmp_path / "clean" / f"s{i}.wav", voice.astype(np.float32), 16000)
+        sf.write(tmp_path / "noise" / f"n{i}.wav", (0.1 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+    run = tmp_path / "run"
+    args = ["--out", str(run), "--clean", str(tmp_path / "clean"), "--noise", str(tmp_path / "noise"),
+            "--cache", str(tmp_path / "cache"), "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2",
+            "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--dev-fraction", "0.34",
+            "--device", "cpu", "--method", "pu", "--risk", "pvu"]
+    mp.spawn(_train_worker, args=(_free_port(), args, str(tmp_path)), nprocs=2, join=True)
+    code0, out0 = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    code1, out1 = (tmp_path / "rank1.txt").read_text().split("\n", 1)
+    assert (code0, code1) == ("0", "0"), out0 + out1
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [2, 4]  # one writer
+    best = lines[-1]["best_epoch"]
+    assert "trained 2 epochs (4 steps" in out0 and f"best epoch {best} " in out0
+    assert "trained" not in out1 and "best epoch" not in out1  # rank 1 never validated: it has no best to report
+    assert sorted(p.name for p in (run / "ckpt").iterdir() if not p.name.startswith(".")) == [
+        "epoch-0001.safetensors", "epoch-0001.state.pt", "epoch-0002.safetensors", "epoch-0002.state.pt"]

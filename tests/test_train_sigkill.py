@@ -21,7 +21,8 @@ STEPS = 20  # per epoch: ~1.5 s of CPU here, so "mid-epoch" has room on either s
 EPOCHS = 3
 KILL_AT = 0.3  # kill after this fraction of epoch 1's training time has been spent (as CPU time) in epoch 2
 TIMEOUT = 120  # seconds; only a hang hits this
-_REST = "--dev-seconds 0.25 --dev-fraction 0.34 --seed 3 --device cpu"
+# a warm-up and a cosine schedule, so a scheduler that did not resume would change the weights
+_REST = "--dev-seconds 0.25 --dev-fraction 0.34 --seed 3 --device cpu --warmup-steps 5 --lr-schedule cosine"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def _epochs(metrics: Path) -> list[dict]:
 
 
 def _kill_inside_epoch_2(proc: subprocess.Popen, run, tmp_path) -> None:
-    """Wait for epoch 1's metrics line (written after its checkpoint), then for epoch 2 to do ~30 % of an
+    """Wait for epoch 1's metrics line (written just before its checkpoint), then for epoch 2 to do ~30 % of an
     epoch's work, measured in the trainer's own CPU time so a loaded machine does not shift the kill."""
     deadline = time.monotonic() + TIMEOUT
     while not _epochs(run / "metrics.jsonl"):

@@ -122,23 +122,102 @@ def test_warm_start_epochs_do_not_compete_for_best(corpus, tmp_path, monkeypatch
     assert load_model(tmp_path / "run" / "best.safetensors").config.extra["epoch"] == expected
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
-    full = tiny(corpus, tmp_path, out=str(tmp_path / "full"), epochs=2, dropout=0.2)
-    run_training(full, progress=False)
-    part = dataclasses.replace(full, out=str(tmp_path / "part"), epochs=1)
-    run_training(part, progress=False)
+class Killed(Exception):
+    """Stands in for a kill at one point of the epoch's bookkeeping."""
+
+
+def _kill_at(monkeypatch, name: str, epoch: int) -> None:
+    """Make ``trainer.train.<name>`` (looked up by the loop at run time) die when it handles ``epoch``."""
+    import trainer.train
+
+    real = getattr(trainer.train, name)
+
+    def epoch_of(arg):  # a metrics record or a model carrying its epoch
+        return arg.get("epoch") if isinstance(arg, dict) else getattr(arg, "config", None) and arg.config.extra.get("epoch")
+
+    def dying(*args, **kw):
+        if epoch in map(epoch_of, args):
+            raise Killed
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer.train, name, dying)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
     from trainer.train import resume_config
 
-    summary = run_training(resume_config(tmp_path / "part", epochs=2), resume=True, progress=False)
-    assert summary["steps"] == 4
+    # warm-up then cosine: a scheduler that did not resume would restart the warm-up and change the weights
+    full = tiny(corpus, tmp_path, out=str(tmp_path / "full"), epochs=3, dropout=0.2, warmup_steps=3,
+                lr_schedule="cosine")
+    run_training(full, progress=False)
+    part = dataclasses.replace(full, out=str(tmp_path / "part"))
+    with monkeypatch.context() as m:  # killed after epoch 2's metrics line, before its checkpoint
+        _kill_at(m, "save_epoch", 2)
+        with pytest.raises(Killed):
+            run_training(part, progress=False)
+    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 2's line, no checkpoint
+    summary = run_training(resume_config(tmp_path / "part"), resume=True, progress=False)
+    assert summary["steps"] == 6
     a, sa = load_checkpoint(tmp_path / "full")
     b, sb = load_checkpoint(tmp_path / "part")
-    assert sa["step"] == sb["step"] == 4 and sb["epoch"] == 2
+    assert sa["step"] == sb["step"] == 6 and sb["epoch"] == 3
+    assert sa["scheduler"] == sb["scheduler"]
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
-    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+    assert len(sa["optimizer"]["state"]) == len(b.state_dict())
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
-    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
+    lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]  # the trimmed line of the killed epoch 2 comes back, once
+    assert [r["lr"] for r in lines] == [r["lr"] for r in full_lines]
+
+
+@pytest.mark.parametrize("kill_in", ["save_model", "save_checkpoint"])  # best.safetensors' writer, the state's
+def test_a_kill_while_saving_a_best_epoch_keeps_best_consistent(corpus, tmp_path, monkeypatch, kill_in):
+    # scores 1, 3, 2: epoch 2 is best, and the run is killed in one of its two writes; were the state written
+    # first, it would name epoch 2 as best while best.safetensors still held epoch 1, and epoch 3 would not fix it
+    from trainer.train import resume_config
+
+    monkeypatch.setattr("trainer.loop._score", lambda record, cfg: [0.0, 1.0, 3.0, 2.0][record["epoch"]])
+    cfg = tiny(corpus, tmp_path, epochs=3, steps_per_epoch=1)
+    with monkeypatch.context() as m:
+        _kill_at(m, kill_in, 2)
+        with pytest.raises(Killed):
+            run_training(cfg, progress=False)
+    summary = run_training(resume_config(tmp_path / "run"), resume=True, progress=False)
+    assert summary["best_epoch"] == 2
+    best = load_model(tmp_path / "run" / "best.safetensors")
+    assert best.config.extra["epoch"] == 2
+    epoch2 = load_model(tmp_path / "run" / "ckpt" / "epoch-0002.safetensors")
+    for k, v in epoch2.state_dict().items():
+        assert torch.equal(v, best.state_dict()[k]), k
+
+
+def test_resume_keeps_its_file_split_epochs_and_survives_a_moved_init_model(corpus, tmp_path):
+    import shutil
+
+    from rtpulse.model import save_model
+    from trainer.train import resume_config
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    start = tmp_path / "start.safetensors"
+    save_model(build_model(tiny(corpus, tmp_path)), start)
+    cfg = tiny(corpus, tmp_path, clean=str(data / "clean"), noise=str(data / "noise"), steps_per_epoch=1,
+               init_from=str(start))
+    run_training(cfg, progress=False)
+    split = (tmp_path / "run" / "split.json").read_text()
+    start.unlink()  # the starting model is not needed to resume
+    shutil.copy(data / "noise" / "n0.flac", data / "noise" / "n9.flac")  # a new file would re-shuffle the split
+    summary = run_training(resume_config(tmp_path / "run", epochs=2), resume=True, progress=False)
+    assert summary["epochs"] == 2
+    assert (tmp_path / "run" / "split.json").read_text() == split and "n9.flac" not in split
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 2  # a plain --resume keeps it
+    assert resume_config(tmp_path / "run").epochs == 2
+    (data / "noise" / "n1.flac").unlink()
+    with pytest.raises(RtpulseError, match="n1.flac.* no longer exist"):
+        run_training(resume_config(tmp_path / "run", epochs=3), resume=True, progress=False)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path):
@@ -189,6 +268,26 @@ def test_heldout_risk_with_mixed_p_counts_only_the_bins_training_counts(corpus, 
     assert got["val_risk_p"] != pytest.approx(dev_pu_risk(model, dev.u, dev.p, cfg, "cpu")["val_risk_p"], rel=1e-3)
 
 
+def test_heldout_risk_weighs_a_short_last_batch_by_its_clips(corpus, tmp_path, monkeypatch):
+    # 3 clips in batches of 2: the mean over the batches must equal the one-batch mean (each clip has the same bins),
+    # not count the last clip as much as the first two together
+    from trainer.ddp import Dist
+    from trainer.train import build_data, build_model
+    from trainer.validate import dev_pu_risk
+
+    cfg = tiny(corpus, tmp_path, clean=None, noisy=str(corpus / "noisy"), dev_count=3).validate()
+    _, dev, _ = build_data(cfg, Dist(), None)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    whole = dev_pu_risk(model, dev.u, dev.p, cfg, "cpu")
+    monkeypatch.setattr("trainer.validate.EVAL_BATCH", 2)
+    split = dev_pu_risk(model, dev.u, dev.p, cfg, "cpu")
+    first_two = dev_pu_risk(model, dev.u[:2], dev.p[:2], cfg, "cpu")
+    assert first_two["val_risk_u"] != pytest.approx(whole["val_risk_u"], rel=1e-3)  # the clips differ
+    for k in ("val_risk_p", "val_risk_u", "val_u_speech"):
+        assert split[k] == pytest.approx(whole[k], rel=1e-5), k
+
+
 def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     run = tmp_path / "run"
     res = CliRunner().invoke(app, [
@@ -222,6 +321,9 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     # refused before any audio is decoded: the data folders "c" and "n" do not even exist
     (["--clean", "c", "--noise", "n", "--lookahead", "99"], "lookahead must be 0…6 for preset 'blocks2'"),
     (["--clean", "c", "--noise", "n", "--device", "bogus"], "is not a device"),
+    (["--clean", "c", "--noise", "n", "--beta", "-0.1"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
+    (["--clean", "c", "--noise", "n", "--gamma", "1.5"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
+    (["--clean", "c", "--noise", "n", "--gamma", "-1"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])

@@ -112,6 +112,9 @@ class TrainConfig:
             raise RtpulseError("--pvu-steps and --clip-grad must be ≥ 0")
         if not 0 < self.prior < 1:
             raise RtpulseError(f"--prior must be in (0, 1), got {self.prior}")
+        # Kiryo et al.: β ≥ 0 and 0 ≤ γ ≤ 1, else the correction raises a non-negative risk or drives it negative
+        if self.beta < 0 or not 0 <= self.gamma <= 1:
+            raise RtpulseError(f"--beta must be ≥ 0 and --gamma in [0, 1], got {self.beta:g} and {self.gamma:g}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "dev_count"):
             if getattr(self, name) < 1:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")

@@ -240,3 +240,18 @@ class Recipe:
 def write_split(path: Path, split: dict[str, dict[str, list[Path]]]) -> None:
     data = {k: {part: [str(f) for f in files] for part, files in v.items()} for k, v in split.items()}
     write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def read_split(path: Path) -> dict[str, dict[str, list[Path]]]:
+    """A run's split.json, so a resumed run trains and validates on the files it started with (files added to
+    the folders since are ignored; a file gone is an error, not a silently different dev set)."""
+    try:
+        data = json.loads(path.read_text())
+        split = {k: {part: [Path(f) for f in files] for part, files in v.items()} for k, v in data.items()}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise RtpulseError(f"cannot resume: {path} is not a readable file split ({e})") from None
+    gone = [f for v in split.values() for files in v.values() for f in files if not f.is_file()]
+    if gone:
+        more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+        raise RtpulseError(f"cannot resume: {gone[0]}{more} from {path} no longer exist")
+    return split

@@ -73,8 +73,9 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                     state["best_score"], state["best_epoch"], state["best_warm"] = score, epoch, warm
                 record.update(score=score, best_epoch=state["best_epoch"])
                 state["epoch"] = epoch
-                save_epoch(run_dir, checkpoint_model(model, cfg, epoch, record), optimizer, scheduler, state, best)
+                # the line first: a resume trims lines past its checkpoint, but cannot restore a missing one
                 _write_line(run_dir / "metrics.jsonl", record)
+                save_epoch(run_dir, checkpoint_model(model, cfg, epoch, record), optimizer, scheduler, state, best)
                 if console is not None:
                     console.print(_epoch_line(record, cfg), highlight=False)
             state["epoch"] = epoch

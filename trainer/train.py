@@ -33,6 +33,7 @@ from trainer.data import (
     default_cache_dir,
     list_audio,
     quiet_floor_files,
+    read_split,
     split_files,
     write_split,
 )
@@ -131,7 +132,8 @@ def train_step(model, optimizer, batch: Batch, cfg: TrainConfig, scheduler=None,
 # --- setup ---------------------------------------------------------------------------------------------
 
 
-def build_model(cfg: TrainConfig) -> PulseCNN:
+def build_model(cfg: TrainConfig, resume: bool = False) -> PulseCNN:
+    """The run's model; ``resume`` skips --init-from (the checkpoint's weights replace it, and it may be gone)."""
     mc = cfg.model_config()
     torch.manual_seed(cfg.seed)
     model = PulseCNN(mc)
@@ -143,7 +145,7 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
             last = model.convs[-1]
             torch.nn.init.normal_(last.weight, std=last.in_channels**-0.5)
             last.bias.zero_()
-    if cfg.init_from:
+    if cfg.init_from and not resume:
         from rtpulse.model import load_model
 
         start = load_model(cfg.init_from)
@@ -176,26 +178,17 @@ def build_model(cfg: TrainConfig) -> PulseCNN:
     return model
 
 
-def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Recipe, DevData, dict]:
-    """Banks on the training device, fixed dev clips on the CPU, and the file split."""
+def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
+               split: dict | None = None) -> tuple[Recipe, DevData, dict]:
+    """Banks on the training device, fixed dev clips on the CPU, and the file split (``split``: a resumed
+    run's own, from its split.json; else made from the folders)."""
     cache = Path(cfg.cache) if cfg.cache else default_cache_dir()
-    noise_files = list_audio(Path(cfg.noise), "--noise")
-    speech_key, speech_root = ("clean", cfg.clean) if cfg.clean else ("noisy", cfg.noisy)
-    speech_files = list_audio(Path(speech_root), f"--{speech_key}")
-    if cfg.speech_floor_db is not None:  # speech with a background the noise set lacks teaches "keep it"
-        speech_files = quiet_floor_files(speech_files, cfg.speech_floor_db, cache, "--clean")
+    speech_key = "clean" if cfg.clean else "noisy"
     have_val = cfg.val_clean is not None
-    # with a separate clean validation set, synthetic training keeps every file; real mode still holds
-    # out P/U files for its risk.
-    frac = 0.0 if (have_val and cfg.clean) else cfg.dev_fraction
-    sp_train, sp_held = split_files(speech_files, frac, cfg.seed)
-    no_train, no_held = split_files(noise_files, frac, cfg.seed + 1)
-    split = {speech_key: {"train": sp_train, "held_out": sp_held}, "noise": {"train": no_train, "held_out": no_held}}
-    if have_val:
-        val_clean = list_audio(Path(cfg.val_clean), "--val-clean")
-        if cfg.speech_floor_db is not None:
-            val_clean = quiet_floor_files(val_clean, cfg.speech_floor_db, cache, "--val-clean")
-        split["val"] = {"clean": val_clean, "noise": list_audio(Path(cfg.val_noise), "--val-noise")}
+    if split is None:
+        split = _split_folders(cfg, cache, speech_key)
+    sp_train, sp_held = split[speech_key]["train"], split[speech_key]["held_out"]
+    no_train, no_held = split["noise"]["train"], split["noise"]["held_out"]
 
     def load(files: list[Path]) -> AudioBank | None:
         return AudioBank.from_files(files, cache) if files else None
@@ -223,6 +216,25 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None) -> tuple[Reci
         elif not have_val:
             dev.noisy, dev.clean = hr.noisy_clips(cfg.dev_count, length, gen)
     return recipe, dev, split
+
+
+def _split_folders(cfg: TrainConfig, cache: Path, speech_key: str) -> dict:
+    noise_files = list_audio(Path(cfg.noise), "--noise")
+    speech_files = list_audio(Path(cfg.clean or cfg.noisy), f"--{speech_key}")
+    if cfg.speech_floor_db is not None:  # speech with a background the noise set lacks teaches "keep it"
+        speech_files = quiet_floor_files(speech_files, cfg.speech_floor_db, cache, "--clean")
+    # with a separate clean validation set, synthetic training keeps every file; real mode still holds
+    # out P/U files for its risk.
+    frac = 0.0 if (cfg.val_clean is not None and cfg.clean) else cfg.dev_fraction
+    sp_train, sp_held = split_files(speech_files, frac, cfg.seed)
+    no_train, no_held = split_files(noise_files, frac, cfg.seed + 1)
+    split = {speech_key: {"train": sp_train, "held_out": sp_held}, "noise": {"train": no_train, "held_out": no_held}}
+    if cfg.val_clean is not None:
+        val_clean = list_audio(Path(cfg.val_clean), "--val-clean")
+        if cfg.speech_floor_db is not None:
+            val_clean = quiet_floor_files(val_clean, cfg.speech_floor_db, cache, "--val-clean")
+        split["val"] = {"clean": val_clean, "noise": list_audio(Path(cfg.val_noise), "--val-noise")}
+    return split
 
 
 def _lr_factor(cfg: TrainConfig):
@@ -292,21 +304,26 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    recipe, dev, split = build_data(cfg, d, console)
-    model = build_model(cfg).to(d.device)
+    split_path = run_dir / "split.json"
+    # runs from before split.json existed fall back to the folders' current files
+    recipe, dev, split = build_data(cfg, d, console, read_split(split_path) if resume and split_path.is_file() else None)
+    model = build_model(cfg, resume).to(d.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0}
     if resume:
-        loaded, state = load_checkpoint(run_dir, d.device)
+        # on the CPU: load_state_dict moves Adam's moments to the parameters, and keeps its step counters on the
+        # CPU, where the non-fused Adam wants them (on a GPU each step would sync the host twice per parameter)
+        loaded, state = load_checkpoint(run_dir, "cpu")
         model.load_state_dict(loaded.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if d.main:
             _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
-    elif d.main:
+    if d.main:  # on resume too: a new --epochs or --device must outlive the next kill
         write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
-        write_split(run_dir / "split.json", split)
+        if not resume:
+            write_split(split_path, split)
     d.barrier()
     t0 = time.time()
     summary = run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show)
@@ -329,6 +346,8 @@ def checkpoint_model(model: PulseCNN, cfg: TrainConfig, epoch: int, record: dict
 def save_epoch(run_dir: Path, model: PulseCNN, optimizer, scheduler, state: dict, best: bool) -> None:
     full = dict(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 rng_cpu=torch.get_rng_state())
-    save_checkpoint(run_dir, model, full)
+    # best first: a kill between the two leaves an epoch that is not checkpointed, so a resume re-runs it (the
+    # same clips) and rewrites best; the other order could leave the state naming a best these weights are not
     if best:
         save_model(model, run_dir / "best.safetensors")
+    save_checkpoint(run_dir, model, full)

@@ -58,9 +58,10 @@ def dev_pu_risk(model: PulseCNN, u: torch.Tensor, p: torch.Tensor, cfg, device,
         fu, fp = pu_logits(model, torch.cat((mu, mp)), cfg).chunk(2)  # P at the U gain under --p-gain u
         r = pu_risk(fp, fu, bin_weight(mp, cfg.weight_exponent), bin_weight(mu, cfg.weight_exponent),
                     cfg.prior, "upu", p_bins=mixed_p_bins(sp, noise_part, cfg.p_mix_margin))
-        tot["risk_p"] += float(r.risk_p)
-        tot["risk_u"] += float(r.risk_u)
-        tot["speech"] += float((fu < 0).float().mean())
-        n += 1
+        b = mu.shape[0]  # batches weigh by their clips, so a short last batch counts no more than its share
+        tot["risk_p"] += b * float(r.risk_p)
+        tot["risk_u"] += b * float(r.risk_u)
+        tot["speech"] += b * float((fu < 0).float().mean())
+        n += b
     rp, ru = tot["risk_p"] / n, tot["risk_u"] / n
     return {"val_risk": rp + max(0.0, ru), "val_risk_p": rp, "val_risk_u": ru, "val_u_speech": tot["speech"] / n}
