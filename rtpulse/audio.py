@@ -26,7 +26,17 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise RtpulseError(f"cannot read {path} as audio: {str(e).splitlines()[0]}") from None
+    check_input_rate(path, rate)
     return data, int(rate)
+
+
+MAX_INPUT_RATE = 768_000  # the highest rate audio interfaces offer; a damaged header can claim any number
+
+
+def check_input_rate(path: str | os.PathLike, rate: int) -> None:
+    """Refuse a sample rate no recording has: resampling from it would need filters of gigabytes."""
+    if not 1 <= rate <= MAX_INPUT_RATE:
+        raise RtpulseError(f"{Path(path)}: its header claims {rate} Hz; rates above {MAX_INPUT_RATE} Hz are refused")
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -53,19 +63,33 @@ def output_format(path: str | os.PathLike) -> tuple[str, str | None]:
     A suffix soundfile cannot write without more information (e.g. headerless .raw) is a one-line error."""
     path = Path(path)
     ext = path.suffix[1:].upper()
-    ext = "OGG" if ext == "OPUS" else ext
+    if ext == "OPUS":  # Ogg's default codec is Vorbis: name Opus, or .opus would hold Vorbis
+        if "OPUS" not in sf.available_subtypes("OGG"):
+            raise RtpulseError(f"cannot write {path}: this libsndfile has no Opus encoder (use .ogg or .flac)")
+        return "OGG", "OPUS"
     if ext not in sf.available_formats() or sf.default_subtype(ext) is None:
         raise RtpulseError(f"cannot write {path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
     return ext, ("FLOAT" if ext == "WAV" else None)
 
 
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def check_output_rate(path: str | os.PathLike, rate: int) -> None:
+    """Opus stores only a few rates (libsndfile's own error for others is cryptic)."""
+    if output_format(path)[1] == "OPUS" and rate not in OPUS_RATES:
+        raise RtpulseError(f"cannot write {Path(path)}: Opus stores 8, 12, 16, 24 or 48 kHz, this audio is {rate} Hz "
+                           "(write .ogg or .flac instead)")
+
+
 def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str | None = None) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves a partial file."""
     path = Path(path)
-    ext = output_format(path)[0]
+    ext, own_subtype = output_format(path)
+    check_output_rate(path, rate)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        sf.write(str(tmp), data, rate, subtype=subtype, format=ext)
+        sf.write(str(tmp), data, rate, subtype=subtype or own_subtype, format=ext)
         os.replace(tmp, path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise RtpulseError(f"cannot write {path}: {str(e).splitlines()[0]}") from None

@@ -416,13 +416,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 — safe_open is not a dict
     except (SafetensorError, OSError, ValueError) as e:
-        raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {str(e).splitlines()[0]}") from None
+        raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {_short(e)}") from None
     if _META_KEY not in meta:
         raise RtpulseError(f"{path} has no rtpulse config; it is not an rtpulse model file")
     try:
         config = ModelConfig.from_json(meta[_META_KEY])
-    except (json.JSONDecodeError, TypeError) as e:
-        raise RtpulseError(f"{path} has a broken config: {e}") from None
+    except (ValueError, TypeError, RecursionError, RtpulseError) as e:  # JSONDecodeError is a ValueError
+        raise RtpulseError(f"{path} has a broken config: {_short(e)}") from None
     # Check shapes against the config before building anything, so a hostile config cannot allocate much.
     expected = {}
     for i, (cin, cout, k) in enumerate(config.layers):
@@ -434,9 +434,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
             raise RtpulseError(
                 f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {expected[k]}"
             )
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v.float()).all()]
+    if bad:  # a damaged file would otherwise denoise to NaN (soft mask) or silence (binary) without a word
+        raise RtpulseError(f"{path}: tensor {bad[0]} holds NaN or infinite values; the model file is damaged")
     model = PulseCNN(config)
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model.to(device).eval()
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut short: a damaged header can put kilobytes of JSON into it."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def default_model_path() -> Path:

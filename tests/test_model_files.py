@@ -134,6 +134,7 @@ def test_header_claiming_a_huge_size_is_a_one_line_error(tmp_path):
         (lambda c: {**c, "lookahead": "2"}, "lookahead must be an integer"),
         (lambda c: {**c, "dropout": "x"}, "dropout"),
         (lambda c: {**c, "out_channels": 10**9}, "out_channels"),  # refused before anything is allocated
+        (lambda c: "[" * 100_000 + "]" * 100_000, "broken config"),  # json's RecursionError
     ],
 )
 def test_config_that_disagrees_with_the_weights_is_a_one_line_error(tmp_path, edit, fragment):
@@ -141,7 +142,35 @@ def test_config_that_disagrees_with_the_weights_is_a_one_line_error(tmp_path, ed
     _rewrite_config(path, edit)
     with pytest.raises(RtpulseError) as info:
         load_model(path)
-    assert fragment in _one_line(info.value)
+    msg = _one_line(info.value)
+    assert fragment in msg and msg.startswith(str(path))  # names the file, not a CLI option
+    assert len(msg) < 300 + len(str(path))
+
+
+def test_damaged_header_error_is_cut_short(tmp_path):
+    path = _saved(tmp_path)
+    raw = bytearray(path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    header = bytes(raw[8 : 8 + n]).replace(b'"dtype":"F32"', b'"dtype":"X32"', 1)  # safetensors lists every dtype
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(raw[8 + n :]))
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert len(_one_line(info.value)) < 300 + len(str(path))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, value):
+    path = _saved(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    tensors["convs.1.weight"][0, 0, 1, 1] = value
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert "convs.1.weight holds NaN or infinite values" in _one_line(info.value)
 
 
 def test_a_file_from_before_the_frequency_input_loads_without_it(tmp_path):

@@ -324,6 +324,12 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--clean", "c", "--noise", "n", "--beta", "-0.1"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
     (["--clean", "c", "--noise", "n", "--gamma", "1.5"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
     (["--clean", "c", "--noise", "n", "--gamma", "-1"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
+    (["--clean", "c", "--noise", "n", "--snr-min", "1e6", "--snr-max", "1e7"], "must be −50…50 dB"),
+    (["--clean", "c", "--noise", "n", "--crop-seconds", "1e9"], "at most 60 s"),
+    (["--clean", "c", "--noise", "n", "--dev-seconds", "1e9"], "at most 60 s"),
+    (["--clean", "c", "--noise", "n", "--seed", "-1"], "--seed must be 0…"),
+    (["--clean", "c", "--noise", "n", "--warmup-steps", "-5"], "--warmup-steps must be ≥ 0"),
+    (["--clean", "c", "--noise", "n", "--epochs", "0"], "--epochs must be ≥ 1"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])
@@ -376,3 +382,67 @@ def test_resume_reads_its_own_config_takes_a_new_device_and_refuses_a_damaged_on
         lines = [ln for ln in res.output.splitlines() if ln.strip()]
         assert res.exit_code == 1 and "Traceback" not in res.output, res.output
         assert lines[-1].startswith("error: cannot resume:") and "not a readable run config" in lines[-1]
+
+
+def test_out_folder_with_a_users_files_is_refused_untouched(corpus, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"my": "settings"}')
+    (run / "metrics.jsonl").write_text("keep me\n")
+    with pytest.raises(RtpulseError, match="already holds config.json; give a new or empty --out"):
+        run_training(tiny(corpus, tmp_path, steps_per_epoch=1), progress=False)
+    assert (run / "config.json").read_text() == '{"my": "settings"}'
+    assert (run / "metrics.jsonl").read_text() == "keep me\n"
+
+
+def test_a_run_killed_in_its_first_epoch_starts_again(corpus, tmp_path, monkeypatch):
+    cfg = tiny(corpus, tmp_path, steps_per_epoch=1)
+    with monkeypatch.context() as m:  # killed after epoch 1's line and best.safetensors, before its checkpoint
+        _kill_at(m, "save_checkpoint", 1)
+        with pytest.raises(Killed):
+            run_training(cfg, progress=False)
+    assert not any((tmp_path / "run" / "ckpt").glob("*.state.pt"))
+    summary = run_training(cfg, progress=False)  # the same command again
+    assert summary["epochs"] == 1
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1]  # the killed run's line is not kept twice
+
+
+def test_resume_below_the_epochs_done_is_refused_and_keeps_the_config(corpus, tmp_path):
+    from trainer.train import resume_config
+
+    run_training(tiny(corpus, tmp_path, epochs=2, steps_per_epoch=1), progress=False)
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(RtpulseError, match="already trained 2 epochs; give --epochs above 2"):
+        run_training(resume_config(tmp_path / "run", epochs=1), resume=True, progress=False)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+def test_a_diverged_loss_stops_with_one_line_and_saves_nothing(corpus, tmp_path, monkeypatch):
+    import trainer.train
+
+    real = trainer.train.compute_loss
+
+    def nan_loss(*args, **kw):
+        loss, stats = real(*args, **kw)
+        return loss * float("nan"), {**stats, "loss": stats["loss"] * float("nan")}
+
+    monkeypatch.setattr(trainer.train, "compute_loss", nan_loss)
+    with pytest.raises(RtpulseError, match="training diverged: the loss is nan in epoch 1, which was not saved"):
+        run_training(tiny(corpus, tmp_path, steps_per_epoch=1), progress=False)
+    assert not (tmp_path / "run" / "best.safetensors").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_no_validation_data_is_said(tmp_path):
+    t = np.arange(8000) / 16000
+    for d in ("clean", "noise"):
+        (tmp_path / d).mkdir()
+    sf.write(tmp_path / "clean" / "s.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+    sf.write(tmp_path / "noise" / "n.wav", (0.1 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32), 16000)
+    res = CliRunner().invoke(app, [
+        "train", "--out", str(tmp_path / "run"), "--clean", str(tmp_path / "clean"), "--noise", str(tmp_path / "noise"),
+        "--cache", str(tmp_path / "cache"), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1",
+        "--crop-seconds", "0.1", "--dev-count", "1", "--dev-seconds", "0.1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "no validation data" in res.output and "lowest training loss" in res.output
+    assert "legend" not in res.output  # matplotlib's warning about an empty legend

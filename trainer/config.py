@@ -80,6 +80,8 @@ class TrainConfig:
         check_output_dir(self.run_dir)
         if not 0 <= self.dev_fraction < 1:
             raise RtpulseError(f"--dev-fraction must be in [0, 1), got {self.dev_fraction}")
+        if not (-50 <= self.snr_min <= 50 and -50 <= self.snr_max <= 50):  # 10^(SNR/10) must stay a float
+            raise RtpulseError(f"--snr-min and --snr-max must be −50…50 dB, got {self.snr_min:g} and {self.snr_max:g}")
         if self.snr_min > self.snr_max:
             raise RtpulseError(f"--snr-min {self.snr_min} is above --snr-max {self.snr_max}")
         if self.method not in ("pu", "pn", "mixit"):
@@ -120,6 +122,15 @@ class TrainConfig:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.crop_seconds * 16000 < 1024 or self.dev_seconds * 16000 < 1024:
             raise RtpulseError("--crop-seconds and --dev-seconds must be at least 0.064 s (one STFT frame)")
+        # upper bounds: far above any use, low enough that a typo is refused before it asks for terabytes
+        if self.crop_seconds > 60 or self.dev_seconds > 60:
+            raise RtpulseError("--crop-seconds and --dev-seconds must be at most 60 s")
+        if self.batch_size > 4096 or self.dev_count > 10_000:
+            raise RtpulseError("--batch-size must be ≤ 4096 and --dev-count ≤ 10000")
+        if self.warmup_steps < 0:
+            raise RtpulseError("--warmup-steps must be ≥ 0")
+        if not 0 <= self.seed < 2**32:  # numpy's SeedSequence takes no negative seed
+            raise RtpulseError(f"--seed must be 0…{2**32 - 1}, got {self.seed}")
         for name in ("level_frames", "floor_frames"):  # checked here too, before any audio is decoded
             if not 0 <= getattr(self, name) <= 1000:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be 0…1000")

@@ -44,10 +44,13 @@ def score(model: PulseCNN, noisy: np.ndarray, clean: np.ndarray, opts: EvalOptio
     return row
 
 
-def pair_files(noisy_root: Path, clean_root: Path) -> list[tuple[str, Path, Path]]:
-    """Pair by path relative to each root (falls back to the bare file name when that is unique); two files pair."""
+def pair_files(noisy_root: Path, clean_root: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pair by path relative to each root (falls back to the bare file name when that is unique); two files pair.
+
+    Returns (pairs as (name, noisy, clean), names of the noisy files that found no clean partner).
+    """
     if noisy_root.is_file() and clean_root.is_file():
-        return [(noisy_root.stem, noisy_root, clean_root)]
+        return [(noisy_root.stem, noisy_root, clean_root)], []
     noisy = find_audio_files(noisy_root)
     clean = find_audio_files(clean_root)
 
@@ -58,36 +61,98 @@ def pair_files(noisy_root: Path, clean_root: Path) -> list[tuple[str, Path, Path
     by_name: dict[str, list[Path]] = {}
     for p in clean:
         by_name.setdefault(p.stem, []).append(p)
-    pairs = []
+    pairs, unpaired = [], []
     for p in noisy:
         key = rel(p, noisy_root)
         match = by_rel.get(key) or (by_name[p.stem][0] if len(by_name.get(p.stem, [])) == 1 else None)
         if match is not None:
             pairs.append((key, p, match))
+        else:
+            unpaired.append(key)
     if not pairs:
         raise RtpulseError(f"no file in {noisy_root} has a clean partner of the same name in {clean_root}")
-    return pairs
+    return pairs, unpaired
 
 
-def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict) -> dict:
-    mean = {}
+def name_list(names: list[str], shown: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e, … (12 in all)``: keeps a warning on one line."""
+    more = f", … ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def load_checked(path: Path) -> np.ndarray:
+    """Mono 16 kHz ``[T]``; an empty file or one with NaN/inf samples is an error (its scores would be 0 or NaN)."""
+    x = load_mono(path, SAMPLE_RATE)
+    if x.size == 0:
+        raise RtpulseError(f"{path} holds no samples")
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise RtpulseError(f"{path} holds {bad} non-finite sample(s) (NaN or inf): its scores would be NaN")
+    return x
+
+
+# Noisy and clean lengths may differ by a little (codec padding, resampling rounding): scored over the shorter,
+# with a warning. More than this and the files are likely not a pair (or cut differently): an error, not a score.
+LENGTH_MISMATCH_MAX = 0.05
+
+
+def load_pair(noisy_path: Path, clean_path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(noisy ``[n]``, clean ``[n]``, samples cut off the longer one); n is the shorter length."""
+    x, s = load_checked(noisy_path), load_checked(clean_path)
+    n, cut = min(x.size, s.size), abs(x.size - s.size)
+    if cut > LENGTH_MISMATCH_MAX * max(x.size, s.size):
+        raise RtpulseError(
+            f"{noisy_path} ({x.size / SAMPLE_RATE:.3f} s) and {clean_path} ({s.size / SAMPLE_RATE:.3f} s) differ in "
+            f"length by more than {LENGTH_MISMATCH_MAX:.0%}: not a noisy/clean pair? Trim them to the same length"
+        )
+    return x[:n], s[:n], cut
+
+
+def pairing_warnings(clean_root: Path, unpaired: list[str], cut: dict[str, int]) -> list[str]:
+    """One line each: noisy files left out for want of a clean partner; pairs scored over the shorter file."""
+    out = []
+    if unpaired:
+        out.append(f"{len(unpaired)} noisy file(s) without a clean partner in {clean_root} skipped: {name_list(unpaired)}")
+    if cut:
+        ms = max(cut.values()) * 1000 / SAMPLE_RATE
+        out.append(f"{len(cut)} pair(s) differ in length (by up to {ms:.1f} ms), scored over the shorter: "
+                   f"{name_list(list(cut))}")
+    return out
+
+
+def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, warnings: list[str]) -> dict:
+    # PESQ/STOI can be missing for a file (too short, refused) where SI-SNR is not: each mean states its file count
+    mean, mean_files = {}, {}
     for k in SCORES:
         vals = [r[k] for r in rows if r.get(k) is not None]
         if vals:
-            mean[k] = float(np.mean(vals))
+            mean[k], mean_files[k] = float(np.mean(vals)), len(vals)
+            if len(vals) < len(rows):
+                gaps = [r["name"] for r in rows if r.get(k) is None]
+                warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)})")
     return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
-            "floor_db": opts.floor_db, **source, "count": len(rows), "mean": mean, "files": rows}
+            "floor_db": opts.floor_db, **source, "count": len(rows), "mean": mean, "mean_files": mean_files,
+            "warnings": warnings, "files": rows}
 
 
 def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: EvalOptions) -> dict:
     from rich.progress import track
 
-    rows = []
-    for name, n_path, c_path in track(pair_files(noisy_root, clean_root), description="scoring", transient=True):
-        x, s = load_mono(n_path, SAMPLE_RATE), load_mono(c_path, SAMPLE_RATE)
-        n = min(x.size, s.size)
-        rows.append({"name": name, **score(model, x[:n], s[:n], opts)})
-    return _result(model, rows, opts, {"noisy": str(noisy_root), "clean": str(clean_root)})
+    pairs, unpaired = pair_files(noisy_root, clean_root)
+    rows, cut = [], {}
+    for name, n_path, c_path in track(pairs, description="scoring", transient=True):
+        x, s, cut_samples = load_pair(n_path, c_path)
+        if cut_samples:
+            cut[name] = cut_samples
+        rows.append({"name": name, **score(model, x, s, opts)})
+    warnings = pairing_warnings(clean_root, unpaired, cut)
+    return _result(model, rows, opts, {"noisy": str(noisy_root), "clean": str(clean_root)}, warnings)
+
+
+# Mixtures are generated all at once in memory (~20 bytes a sample while cropping): bound each and the total
+SYNTH_COUNT_MAX = 10_000
+SYNTH_SECONDS_MAX = 600.0
+SYNTH_TOTAL_SECONDS_MAX = 3600.0
 
 
 def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
@@ -95,6 +160,11 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     """Generated mixtures (the training recipe, seeded), scored in memory; nothing is written."""
     if count < 1 or not 1024 <= seconds * SAMPLE_RATE < float("inf"):
         raise RtpulseError(f"--count must be ≥ 1 and --seconds ≥ 0.064 (one STFT frame), got {count} and {seconds}")
+    if count > SYNTH_COUNT_MAX or seconds > SYNTH_SECONDS_MAX or count * seconds > SYNTH_TOTAL_SECONDS_MAX:
+        raise RtpulseError(
+            f"--count must be ≤ {SYNTH_COUNT_MAX}, --seconds ≤ {SYNTH_SECONDS_MAX:g} and --count × --seconds ≤ "
+            f"{SYNTH_TOTAL_SECONDS_MAX:g} (mixtures are made at once in memory), got {count} and {seconds:g}"
+        )
     from trainer.data import AudioBank, Recipe, default_cache_dir, list_audio
 
     cache = cache or default_cache_dir()
@@ -103,7 +173,7 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     gen = torch.Generator().manual_seed(seed)
     noisy, ref = Recipe("pn", noise, clean=clean).noisy_clips(count, round(seconds * SAMPLE_RATE), gen)
     rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)} for i in range(count)]
-    return _result(model, rows, opts, {"clean": str(clean_root), "noise": str(noise_root), "seed": seed})
+    return _result(model, rows, opts, {"clean": str(clean_root), "noise": str(noise_root), "seed": seed}, [])
 
 
 def print_table(result: dict, console) -> None:
@@ -122,6 +192,9 @@ def print_table(result: dict, console) -> None:
         table.add_row(r["name"], *(fmt(r.get(k)) for k in cols))
     table.add_section()
     table.add_row("[bold]mean", *(f"[bold]{fmt(result['mean'][k])}" for k in cols))
+    counts = [result["mean_files"][k] for k in cols]
+    if len(set(counts)) > 1:  # some column's mean left files out: say over how many each is
+        table.add_row("files in mean", *(str(n) for n in counts))
     console.print(table)
 
 

@@ -8,6 +8,7 @@ import time
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rtpulse.errors import RtpulseError
 from rtpulse.stft import HOP, SAMPLE_RATE
 from trainer.ddp import rank_seed
 
@@ -55,6 +56,9 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                     progress.update(task, completed=i + 1, rate=rate, diag=_live(avg, cfg))
             seconds = time.time() - t0
             avg = dict(zip(STAT_KEYS, (d.mean(sums) / cfg.steps_per_epoch).tolist()))
+            if not math.isfinite(avg["loss"]):  # every rank sees the same mean, so every rank stops here
+                raise RtpulseError(f"training diverged: the loss is {avg['loss']} in epoch {epoch}, which was not saved; "
+                                   "lower --lr or set --clip-grad, and check the data")
             record = {"epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"], **avg,
                       "clips_per_s": cfg.steps_per_epoch * cfg.batch_size * d.world / seconds,
                       "train_seconds": seconds}
@@ -97,10 +101,12 @@ def _score(record: dict, cfg) -> float:
     """Higher is better: dev SI-SNRi when clean dev data exists, else −(held-out nnPU risk), else −loss."""
     key = f"dev_sisnri_{cfg.select_mask}"
     if key in record:
-        return record[key]
-    if "val_risk" in record:
-        return -record["val_risk"]
-    return -record["loss"] if math.isfinite(record["loss"]) else -math.inf
+        score = record[key]
+    elif "val_risk" in record:
+        score = -record["val_risk"]
+    else:
+        score = -record["loss"]
+    return score if math.isfinite(score) else -math.inf  # a NaN would never lose a comparison it should
 
 
 def _epoch_line(r: dict, cfg) -> str:

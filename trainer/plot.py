@@ -37,7 +37,10 @@ def plot_metrics(metrics: Path, out: Path) -> str | None:
     if "val_risk" in rows[0]:
         axes[2].plot(ep, [r["val_risk"] for r in rows], marker="o", label="val nnPU risk")
     axes[2].set_title("validation (SI-SNRi dB)")
-    axes[2].legend()
+    if axes[2].lines:
+        axes[2].legend()
+    else:  # no held-out files: nothing was validated
+        axes[2].text(0.5, 0.5, "no validation data", ha="center", va="center", transform=axes[2].transAxes)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -41,6 +41,8 @@ from trainer.ddp import Dist, init_distributed
 from trainer.losses import bin_weight, mixit_loss, pn_loss, pu_risk
 from trainer.validate import DevData
 
+# what a run writes beside ckpt/: a fresh run refuses a folder holding any of them (it would overwrite or append)
+RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.safetensors", "last.safetensors", "training.png")
 STAT_KEYS = ("loss", "risk_p", "risk_u", "corrected", "u_speech", "logit_mean", "logit_std")
 
 
@@ -215,6 +217,10 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
             dev.u, dev.p, dev.p_noise = b.u, b.p, b.p_noise
         elif not have_val:
             dev.noisy, dev.clean = hr.noisy_clips(cfg.dev_count, length, gen)
+    if console is not None and dev.noisy is None and dev.u is None:
+        console.print("[yellow]note:[/] no validation data (no --val-clean/--val-noise, and too few files to hold "
+                      "out: --dev-fraction needs ≥ 2 files of speech and of noise), so best.safetensors is the epoch "
+                      "with the lowest training loss")
     return recipe, dev, split
 
 
@@ -282,7 +288,19 @@ def resume_config(run_dir: Path, epochs: int | None = None, device: str | None =
         cfg = TrainConfig.from_json(path.read_text())
     except (OSError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise RtpulseError(f"cannot resume: {path} is not a readable run config ({e})") from None
-    return dataclasses.replace(cfg, out=str(run_dir), epochs=epochs or cfg.epochs, device=device or cfg.device)
+    return dataclasses.replace(cfg, out=str(run_dir), epochs=cfg.epochs if epochs is None else epochs,
+                               device=device or cfg.device)
+
+
+def _killed_in_first_epoch(run_dir: Path) -> bool:
+    """A folder holding a readable run config.json and no metrics line past epoch 1: a run killed before its
+    first checkpoint (it writes the config first, then epoch 1's line, best.safetensors and the checkpoint)."""
+    try:
+        TrainConfig.from_json((run_dir / "config.json").read_text())
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+        return all(json.loads(ln)["epoch"] <= 1 for ln in lines if ln.strip())
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
@@ -302,8 +320,23 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     # every rank checks (read-only), so no rank is left waiting at a barrier when rank 0 refuses
     if not resume and (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()):
         raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
+    earlier = [n for n in RUN_FILES if (run_dir / n).exists()]
+    # files but no checkpoint: a run killed in its first epoch may start again; anything else (a user's files, a
+    # run whose ckpt/ was deleted) would be overwritten or appended to
+    restart = not resume and earlier and _killed_in_first_epoch(run_dir)
+    if not resume and earlier and not restart:
+        raise RtpulseError(f"{run_dir} already holds {earlier[0]}; give a new or empty --out folder")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if restart:
+            _trim_metrics(run_dir / "metrics.jsonl", 0)
+    if resume:
+        # on the CPU: load_state_dict moves Adam's moments to the parameters, and keeps its step counters on the
+        # CPU, where the non-fused Adam wants them (on a GPU each step would sync the host twice per parameter)
+        loaded, resumed = load_checkpoint(run_dir, "cpu")
+        if resumed["epoch"] > cfg.epochs:  # refused before any decoding, and before config.json is rewritten
+            done = resumed["epoch"]
+            raise RtpulseError(f"{run_dir} has already trained {done} epochs; give --epochs above {done} to go on")
     split_path = run_dir / "split.json"
     # runs from before split.json existed fall back to the folders' current files
     recipe, dev, split = build_data(cfg, d, console, read_split(split_path) if resume and split_path.is_file() else None)
@@ -312,9 +345,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0}
     if resume:
-        # on the CPU: load_state_dict moves Adam's moments to the parameters, and keeps its step counters on the
-        # CPU, where the non-fused Adam wants them (on a GPU each step would sync the host twice per parameter)
-        loaded, state = load_checkpoint(run_dir, "cpu")
+        state = resumed
         model.load_state_dict(loaded.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

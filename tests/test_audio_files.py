@@ -1,0 +1,37 @@
+"""Audio files: .opus really holds Opus, and a header's absurd sample rate is refused before any resampling."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rtpulse.audio import read_audio, write_audio
+from rtpulse.errors import RtpulseError
+
+
+def test_opus_output_is_opus_and_keeps_the_signal(tmp_path):
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    write_audio(tmp_path / "x.opus", tone, 16000)
+    info = sf.info(str(tmp_path / "x.opus"))
+    assert (info.format, info.subtype) == ("OGG", "OPUS")  # Ogg's default would be Vorbis
+    back, rate = read_audio(tmp_path / "x.opus")
+    assert rate in (16000, 48000)  # libsndfile may decode Opus at 48 kHz
+    spectrum = np.abs(np.fft.rfft(back[:, 0]))
+    assert np.argmax(spectrum) * rate / back.shape[0] == pytest.approx(440, abs=2)
+
+
+def test_opus_at_a_rate_it_cannot_store_is_a_one_line_error(tmp_path):
+    with pytest.raises(RtpulseError, match="Opus stores 8, 12, 16, 24 or 48 kHz, this audio is 44100 Hz"):
+        write_audio(tmp_path / "x.opus", np.zeros(441, np.float32), 44100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_absurd_header_rate_is_refused(tmp_path):
+    path = tmp_path / "r.wav"
+    sf.write(str(path), np.zeros(100, np.float32), 16000, subtype="FLOAT")
+    raw = bytearray(path.read_bytes())
+    assert int.from_bytes(raw[24:28], "little") == 16000  # the fmt chunk's rate field
+    raw[24:28] = (100_000_007).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RtpulseError, match="claims 100000007 Hz"):
+        read_audio(path)
