@@ -446,3 +446,12 @@ def test_no_validation_data_is_said(tmp_path):
     assert res.exit_code == 0, res.output
     assert "no validation data" in res.output and "lowest training loss" in res.output
     assert "legend" not in res.output  # matplotlib's warning about an empty legend
+
+
+def test_a_bad_init_model_fails_before_any_audio_is_decoded(corpus, tmp_path, monkeypatch):
+    def no_decoding(*args, **kw):
+        raise AssertionError("decoded audio before checking --init-from")
+
+    monkeypatch.setattr("trainer.train.build_data", no_decoding)
+    with pytest.raises(RtpulseError, match="model file not found"):
+        run_training(tiny(corpus, tmp_path, init_from=str(tmp_path / "gone.safetensors")), progress=False)

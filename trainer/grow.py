@@ -28,10 +28,10 @@ def grow_into(small: PulseCNN, big: PulseCNN) -> None:
     )
     added = list(new)[shared:-1]
     if not shapes_ok or any(m.in_channels < c or m.out_channels < c for m in added) or new[-1].in_channels < c:
-        raise RtpulseError(
-            f"cannot grow a {small.config.preset!r} model into {big.config.preset!r}: its hidden layers must be "
-            "the first layers of the bigger preset"
-        )
+        why = ("a model only grows into a bigger preset (blocks2 < blocks3 < paper); give --preset "
+               f"{small.config.preset} or bigger" if len(new) <= len(old) else
+               "its hidden layers must be the first layers of the bigger preset")
+        raise RtpulseError(f"cannot grow a {small.config.preset!r} model into {big.config.preset!r}: {why}")
     if old[-1].out_channels != new[-1].out_channels:
         raise RtpulseError("cannot grow a model into one with a different number of outputs")
     with torch.no_grad():

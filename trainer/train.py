@@ -337,10 +337,10 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         if resumed["epoch"] > cfg.epochs:  # refused before any decoding, and before config.json is rewritten
             done = resumed["epoch"]
             raise RtpulseError(f"{run_dir} has already trained {done} epochs; give --epochs above {done} to go on")
+    model = build_model(cfg, resume).to(d.device)  # before the data: a bad --init-from fails before minutes of decoding
     split_path = run_dir / "split.json"
     # runs from before split.json existed fall back to the folders' current files
     recipe, dev, split = build_data(cfg, d, console, read_split(split_path) if resume and split_path.is_file() else None)
-    model = build_model(cfg, resume).to(d.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0}
