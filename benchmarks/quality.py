@@ -2,9 +2,9 @@
 
 Test set: ``--noisy DIR --clean DIR`` (paired by name), or mixtures generated with a fixed seed from
 ``<data>/speech/dev`` + ``<data>/noise/dev`` (default data root: ``../shared/data`` beside the repository):
-speech clips of 4 s or more cut to ``seconds``, a random noise segment, SNR ~ U[−5, 10] dB mixed with the
-trainer's ``mix_at_snr`` (the paper's mixing), then the pair rescaled to −26 dBFS RMS (scale-free metrics;
-int16 peers must not clip).
+speech clips of 4 s or more (``--min-speech-seconds``) cut to ``seconds``, a random noise segment, SNR ~
+U[−5, 10] dB mixed with the trainer's ``mix_at_snr`` (the paper's mixing), then the pair rescaled to −26 dBFS
+RMS (scale-free metrics; int16 peers must not clip).
 
 Metrics per file: SI-SNR and SI-SNRi (rtpulse.metrics, the paper's definition), PESQ-WB, STOI and DNSMOS
 (P.835 SIG/BAK/OVRL + P.808, non-intrusive) through torchmetrics with the ONNX files the ``speechmos`` wheel
@@ -80,15 +80,18 @@ class Item:
 # --- test sets ----------------------------------------------------------------------------------------
 
 
-def paired_set(noisy_root: Path, clean_root: Path) -> list[Item]:
-    from trainer.evaluate import pair_files
+def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str]]:
+    """Pairs as ``rtpulse eval`` makes them (same checks), and its one-line warnings (unpaired, cut to length)."""
+    from trainer.evaluate import load_pair, pair_files, pairing_warnings
 
-    items = []
-    for name, n_path, c_path in pair_files(noisy_root, clean_root):
-        x, s = load_mono(n_path, SAMPLE_RATE), load_mono(c_path, SAMPLE_RATE)
-        n = min(x.size, s.size)
-        items.append(Item(name, x[:n], s[:n]))
-    return items
+    pairs, unpaired = pair_files(noisy_root, clean_root)
+    items, cut = [], {}
+    for name, n_path, c_path in pairs:
+        x, s, cut_samples = load_pair(n_path, c_path)
+        if cut_samples:
+            cut[name] = cut_samples
+        items.append(Item(name, x, s))
+    return items, pairing_warnings(clean_root, unpaired, cut)
 
 
 def generated_set(
@@ -104,6 +107,9 @@ def generated_set(
     whose noise floor is at most ``reference_floor_db``)."""
     from trainer.data import mix_at_snr, noise_floor_db
 
+    for name, value, low in (("--seconds", seconds, 1 / 16), ("--min-speech-seconds", min_seconds, 0.0)):
+        if not low <= value < float("inf"):
+            raise RtpulseError(f"{name} must be a finite number ≥ {low:g}, got {value}")
     speech_dir, noise_dir = data / "speech" / "dev", data / "noise" / "dev"
     for d in (speech_dir, noise_dir):
         if not d.is_dir():
@@ -115,11 +121,16 @@ def generated_set(
     noises: dict[Path, np.ndarray] = {}
     items: list[Item] = []
     length_max = int(seconds * SAMPLE_RATE)
+    too_short = too_noisy = 0  # of the files looked at: says which option to relax when too few are left
     for path in speech_files:
         if len(items) == count:
             break
         s = load_mono(path, SAMPLE_RATE)
-        if s.size < min_seconds * SAMPLE_RATE or noise_floor_db(s) > reference_floor_db:
+        if s.size < min_seconds * SAMPLE_RATE:
+            too_short += 1
+            continue
+        if noise_floor_db(s) > reference_floor_db:
+            too_noisy += 1
             continue
         start = int(rng.integers(0, s.size - min(s.size, length_max) + 1))
         s = s[start : start + length_max]
@@ -148,16 +159,20 @@ def generated_set(
         )
     if len(items) < count:
         raise RtpulseError(
-            f"only {len(items)} speech files of ≥ {min_seconds:g} s with a noise floor ≤ {reference_floor_db:g} dB in "
-            f"{speech_dir}; lower --count"
+            f"only {len(items)} of the {len(speech_files)} speech files in {speech_dir} are usable ({count} asked): "
+            f"{too_short} shorter than {min_seconds:g} s (lower --min-speech-seconds), {too_noisy} with a noise "
+            f"floor above {reference_floor_db:g} dB (raise --reference-floor-db; 0 keeps all); or lower --count, or "
+            "give --data with more speech"
         )
     return items
 
 
 def real_set(root: Path, limit: int = 50) -> list[Item]:
+    from trainer.evaluate import load_checked
+
     items = []
     for path in find_audio_files(root)[:limit]:
-        x = load_mono(path, SAMPLE_RATE)
+        x = load_checked(path)
         gain = min(TARGET_RMS / (x.std() + 1e-9), 0.99 / (np.abs(x).max() + 1e-9))
         items.append(Item(path.stem, (x * gain).astype(np.float32), None))
     return items
@@ -349,8 +364,20 @@ def run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
 def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
     if (opts.noisy is None) != (opts.clean is None):
         raise RtpulseError("--noisy and --clean go together (or give neither to generate a test set)")
+    if opts.labels and len(opts.labels) != len(opts.models):
+        raise RtpulseError(
+            f"{len(opts.labels)} --label for {len(opts.models)} --model: give one label per model, in order, or none"
+        )
+    if opts.real is not None and not opts.dnsmos:  # real recordings have no reference: DNSMOS is their only score
+        raise RtpulseError("--real is scored with DNSMOS only: drop --no-dnsmos, or drop --real")
+    warnings: list[str] = []
+    real_items = None
+    if opts.real is not None:  # read before minutes of scoring, so a bad folder fails first
+        real_items = real_set(opts.real)
+        if not real_items:
+            raise RtpulseError(f"no audio files in {opts.real} (--real)")
     if opts.noisy is not None:
-        items = paired_set(opts.noisy, opts.clean)
+        items, warnings = paired_set(opts.noisy, opts.clean)
         source = {"noisy": str(opts.noisy), "clean": str(opts.clean)}
     else:
         data = opts.data or DEFAULT_DATA
@@ -378,6 +405,9 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
             )
         except Exception as e:  # noqa: BLE001 — any missing piece is a reported skip
             skipped["DNSMOS"] = f"{type(e).__name__}: {e}"
+    if real_items is not None and dnsmos is None:
+        warnings.append(f"--real {opts.real} not scored: DNSMOS is unavailable ({skipped['DNSMOS']})")
+        real_items = None
     summary, example = _score_set(items, systems, dnsmos, progress, "quality")
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -385,6 +415,7 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
         "test_set": source | {"files": len(items)},
         "systems": summary,
         "skipped": skipped,
+        "warnings": warnings,
         "notes": notes
         + ([dnsmos_note] if dnsmos_note else [])
         + [
@@ -395,8 +426,7 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
             ),
         ],
     }
-    if opts.real is not None:
-        real_items = real_set(opts.real)
+    if real_items is not None:
         real_summary, _ = _score_set(real_items, systems, dnsmos, progress, "real")
         result["real"] = {"folder": str(opts.real), "files": len(real_items), "systems": real_summary}
     return result, example
@@ -452,7 +482,7 @@ def markdown(result: dict) -> str:
                 f"| {name} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
                 f"{_fmt(m.get('dnsmos_bak'), 2)} | {_fmt(m.get('dnsmos_p808'), 2)} |"
             )
-    lines += ["", *[f"- {n}" for n in result["notes"]]]
+    lines += ["", *[f"- warning: {w}" for w in result.get("warnings", [])], *[f"- {n}" for n in result["notes"]]]
     lines += [f"- {name}: {s['note']}" for name, s in result["systems"].items() if s["kind"] != "input"]
     return "\n".join(lines) + "\n"
 

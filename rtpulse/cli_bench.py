@@ -21,6 +21,10 @@ bench_app = typer.Typer(
 _RESULTS = Path("benchmarks") / "results"  # relative to where the command runs (the repository root, usually)
 
 ModelsOpt = Annotated[list[Path] | None, typer.Option("--model", "-m", help="A model file to include (repeatable).")]
+# the generated test set of `bench quality`, which `bench training` scores its rows on too
+MinSpeechOpt = Annotated[
+    float, typer.Option(help="Shortest dev speech file used for a test mixture (s); lower it for short speech.")
+]
 
 
 def _progress():
@@ -86,7 +90,11 @@ def quality(
     noisy: Annotated[Path | None, typer.Option(help="Folder of noisy files (paired by name with --clean).")] = None,
     clean: Annotated[Path | None, typer.Option(help="Folder of clean references for --noisy.")] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Data root with speech/dev and noise/dev to mix a test set from.")
+        Path | None,
+        typer.Option(
+            help="Data root with speech/dev and noise/dev to mix a test set from (unless --noisy/--clean). "
+            "Default: shared/data in the folder that holds the repository (../shared/data from its root)."
+        ),
     ] = None,
     model: ModelsOpt = None,
     label: Annotated[
@@ -95,7 +103,11 @@ def quality(
     count: Annotated[int, typer.Option(min=1, help="Mixtures to generate.")] = 40,
     seconds: Annotated[float, typer.Option(min=1.0, help="Length of each generated mixture (s).")] = 6.0,
     seed: Annotated[int, typer.Option(help="Seed for the generated test set.")] = 0,
-    real: Annotated[Path | None, typer.Option(help="Folder of real noisy recordings (no clean): DNSMOS only.")] = None,
+    min_speech_seconds: MinSpeechOpt = 4.0,
+    real: Annotated[
+        Path | None,
+        typer.Option(help="Folder of real noisy recordings (no clean), scored in addition with DNSMOS only."),
+    ] = None,
     streaming: Annotated[bool, typer.Option(help="Also score rtpulse models through the streaming engine.")] = True,
     peers: Annotated[bool, typer.Option(help="Include the peer denoisers.")] = True,
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS (torchmetrics + speechmos ONNX files).")] = True,
@@ -122,6 +134,7 @@ def quality(
         count=count,
         seconds=seconds,
         seed=seed,
+        min_speech_seconds=min_speech_seconds,
         real=real,
         streaming=streaming,
         peers=peers,
@@ -138,6 +151,8 @@ def quality(
         fail(e)
     typer.echo(markdown(result))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 @bench_app.command()
@@ -162,7 +177,7 @@ def training(
     only: Annotated[list[str] | None, typer.Option(help="Run only this row (repeatable).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Test mixtures (the quality benchmark's set).")] = 20,
     seconds: Annotated[float, typer.Option(min=1.0, help="Length of each test mixture (s).")] = 6.0,
-    min_speech_seconds: Annotated[float, typer.Option(help="Shortest dev speech file used for a test mixture.")] = 4.0,
+    min_speech_seconds: MinSpeechOpt = 4.0,
     reference_floor_db: Annotated[
         float, typer.Option(help="Noise floor a test reference may have (as `bench quality`); 0 keeps all.")
     ] = -25.0,

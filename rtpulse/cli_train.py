@@ -196,7 +196,7 @@ def train(
                 context_seconds=context_seconds,
                 snr_min=snr_min,
                 snr_max=snr_max,
-                epochs=epochs or 10,
+                epochs=10 if epochs is None else epochs,
                 steps_per_epoch=steps_per_epoch,
                 batch_size=batch_size,
                 lr=lr,
@@ -279,6 +279,8 @@ def evaluate(
                 raise RtpulseError("give --noisy DIR --clean DIR (paired by file name), or --synth")
             result = evaluate_pairs(net, noisy, clean, opts)
         print_table(result, console)
+        for warning in result["warnings"]:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if json_out is not None:
             write_json(result, json_out)
     except RtpulseError as e:

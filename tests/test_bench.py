@@ -351,3 +351,112 @@ def test_a_model_whose_own_mask_is_the_posterior_is_also_scored_with_it(tmp_path
     want = enhance(model, torch.from_numpy(x), "posterior").numpy()
     np.testing.assert_allclose(systems["rtpulse p offline posterior"].run(x), want, atol=1e-6)
     assert np.max(np.abs(systems["rtpulse p offline"].run(x) - want)) > 1e-4  # soft is a different mask
+
+
+def _bench_quality(tmp_path, *args):
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+
+    return CliRunner().invoke(app, ["bench", "quality", "--out", str(tmp_path / "q"), "--no-peers", "--no-dnsmos",
+                                    "--no-streaming", *args])
+
+
+def _one_line_error(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("samples", "words"), [
+    (np.zeros(0, np.float32), "holds no samples"),
+    (np.r_[np.zeros(100), np.nan, np.zeros(99)].astype(np.float32), "holds 1 non-finite sample(s)"),
+])
+def test_bench_quality_refuses_empty_or_non_finite_input(tmp_path, samples, words):
+    import soundfile as sf
+
+    sf.write(tmp_path / "n.wav", samples, SR, subtype="FLOAT")
+    sf.write(tmp_path / "c.wav", _speechlike(0.5), SR, subtype="FLOAT")
+    res = _bench_quality(tmp_path, "--noisy", str(tmp_path / "n.wav"), "--clean", str(tmp_path / "c.wav"))
+    assert words in _one_line_error(res)
+    assert not (tmp_path / "q").exists()
+
+
+def test_too_few_speech_files_says_which_option_helps(tmp_path):
+    from benchmarks.quality import generated_set
+
+    _tiny_data(tmp_path)  # 4.5, 5 and 6 s files and a 1 s one, all quiet between words
+    res = _bench_quality(tmp_path, "--data", str(tmp_path), "--count", "4", "--seconds", "1")
+    line = _one_line_error(res)
+    assert "only 3 of the 4 speech files" in line and "(4 asked)" in line
+    assert "1 shorter than 4 s (lower --min-speech-seconds), 0 with a noise floor above -25 dB" in line
+    res = _bench_quality(tmp_path, "--data", str(tmp_path), "--count", "4", "--min-speech-seconds", "5.5")
+    assert "only 1 of the 4 speech files" in _one_line_error(res)  # the option reaches the test set: only c (6 s)
+    names = {it.name.split("-", 2)[2] for it in generated_set(tmp_path, 4, 1.0, 0, min_seconds=1.0)}
+    assert names == {"a", "b", "c", "short"}
+    assert "must be a finite number" in _one_line_error(
+        _bench_quality(tmp_path, "--data", str(tmp_path), "--min-speech-seconds", "nan"))
+
+
+def test_labels_must_match_the_models(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(PulseCNN(ModelConfig(preset="blocks2")).eval(), path)
+    for args, words in (
+        (["-m", str(path), "--label", "a", "--label", "b"], "2 --label for 1 --model"),
+        (["--label", "a"], "1 --label for 0 --model"),
+    ):
+        res = _bench_quality(tmp_path, "--data", str(tmp_path / "none"), *args)  # refused before the data is read
+        assert words in _one_line_error(res)
+
+
+def test_quality_help_states_the_default_data_root():
+    from pathlib import Path
+
+    import typer
+
+    from benchmarks.quality import DEFAULT_DATA
+    from rtpulse.cli_bench import bench_app
+
+    commands = typer.main.get_command(bench_app).commands
+    help_of = {c: {p.name: p.help for p in commands[c].params} for c in ("quality", "training")}
+    repository = Path(__file__).resolve().parent.parent
+    assert DEFAULT_DATA == repository.parent / "shared" / "data"  # what the help says:
+    assert "Default: shared/data in the folder that holds the repository (../shared/data" in help_of["quality"]["data"]
+    assert help_of["quality"]["min_speech_seconds"] == help_of["training"]["min_speech_seconds"]
+
+
+def test_real_recordings_need_dnsmos(tmp_path, monkeypatch):
+    from benchmarks import quality
+    from benchmarks.quality import QualityOptions, markdown, run_quality
+    from rtpulse.audio import write_audio
+    from rtpulse.errors import RtpulseError
+
+    (tmp_path / "real").mkdir()
+    write_audio(tmp_path / "real" / "r.wav", _speechlike(0.5), SR)
+    assert "--real is scored with DNSMOS only" in _one_line_error(_bench_quality(tmp_path, "--real", str(tmp_path / "real")))
+
+    # paired folders with a noisy file that has no partner and a pair 40 samples apart
+    for d in ("noisy", "clean"):
+        (tmp_path / d).mkdir()
+    x = _speechlike(0.5)
+    write_audio(tmp_path / "clean" / "p.wav", x, SR)
+    write_audio(tmp_path / "noisy" / "p.wav", np.r_[x, np.zeros(40, np.float32)], SR)
+    write_audio(tmp_path / "noisy" / "alone.wav", x, SR)
+
+    def no_dnsmos():
+        raise RuntimeError("speechmos is not installed")
+
+    monkeypatch.setattr(quality, "Dnsmos", no_dnsmos)
+    opts = QualityOptions(noisy=tmp_path / "noisy", clean=tmp_path / "clean", real=tmp_path / "real", peers=False,
+                          streaming=False, baselines=False)
+    result, _ = run_quality(opts)
+    assert "real" not in result and result["test_set"]["files"] == 1
+    assert result["systems"]["Noisy input"]["files"][0]["si_snri"] == 0.0
+    assert result["warnings"] == [
+        f"1 noisy file(s) without a clean partner in {tmp_path / 'clean'} skipped: alone",
+        "1 pair(s) differ in length (by up to 2.5 ms), scored over the shorter: p",
+        f"--real {tmp_path / 'real'} not scored: DNSMOS is unavailable (RuntimeError: speechmos is not installed)",
+    ]
+    assert all(f"- warning: {w}" in markdown(result).splitlines() for w in result["warnings"])
+    with pytest.raises(RtpulseError, match="not found"):  # a missing --real folder fails before scoring
+        run_quality(QualityOptions(noisy=tmp_path / "noisy", clean=tmp_path / "clean", real=tmp_path / "gone"))

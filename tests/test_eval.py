@@ -184,3 +184,105 @@ def test_synth_needs_mixtures_of_at_least_one_frame(pair, extra):
     res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--synth", "--clean", str(pair / "clean"),
                                    "--noise", str(pair / "noisy"), *extra])
     assert res.exit_code == 1 and "--count must be ≥ 1 and --seconds ≥ 0.064" in res.output, res.output
+
+
+def one_line_error(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("which", "samples", "words"), [
+    ("noisy", np.zeros(0, np.float32), "holds no samples"),
+    ("clean", np.zeros(0, np.float32), "holds no samples"),
+    ("noisy", np.r_[np.zeros(800), np.nan, np.zeros(799)].astype(np.float32), "holds 1 non-finite sample(s)"),
+    ("clean", np.r_[np.full(3, np.inf), np.zeros(1597)].astype(np.float32), "holds 3 non-finite sample(s)"),
+])
+def test_empty_or_non_finite_input_is_refused_not_scored(tmp_path, which, samples, words):
+    x = (0.1 * np.random.default_rng(0).standard_normal(1600)).astype(np.float32)
+    files = {"noisy": tmp_path / "n.wav", "clean": tmp_path / "c.wav"}
+    for name, path in files.items():
+        sf.write(path, samples if name == which else x, 16000, subtype="FLOAT")
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(files["noisy"]), "--clean",
+                                   str(files["clean"]), "--json", str(tmp_path / "s.json")])
+    line = one_line_error(res)
+    assert words in line and str(files[which]) in line
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_folder_mode_warns_of_unpaired_files_and_of_pairs_cut_to_the_shorter(pair):
+    # a second pair whose noisy file is 80 samples (0.5 %) longer, the extra tail loud noise: scored over the
+    # first 16000 samples it is the 6 dB mixture; scored over the whole file (zero-padded clean) it would be lower
+    clean = sf.read(pair / "clean" / "a" / "utt.wav", dtype="float32")[0]
+    noisy = sf.read(pair / "noisy" / "a" / "utt.wav", dtype="float32")[0]
+    sf.write(pair / "clean" / "long.wav", clean, 16000, subtype="FLOAT")
+    sf.write(pair / "noisy" / "long.wav", np.r_[noisy, np.ones(80, np.float32)], 16000, subtype="FLOAT")
+    out = pair / "scores.json"
+    keep = constant_model(pair / "keep.safetensors", -1.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(pair / "noisy"),
+                                   "--clean", str(pair / "clean"), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert [f["name"] for f in r["files"]] == ["a/utt", "long"]
+    assert r["files"][1]["si_snr"] == pytest.approx(SNR_DB, abs=0.01)
+    unpaired = f"1 noisy file(s) without a clean partner in {pair / 'clean'} skipped: unpaired"
+    cut = "1 pair(s) differ in length (by up to 5.0 ms), scored over the shorter: long"
+    assert r["warnings"][:2] == [unpaired, cut]
+    assert f"warning: {unpaired}" in res.output.splitlines() and f"warning: {cut}" in res.output.splitlines()
+
+
+def test_pair_of_very_different_lengths_is_an_error(pair):
+    clean = sf.read(pair / "clean" / "a" / "utt.wav", dtype="float32")[0]
+    sf.write(pair / "clean" / "a" / "utt.wav", clean[:15000], 16000, subtype="FLOAT")  # 6.25 % shorter
+    keep = constant_model(pair / "keep.safetensors", -1.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(pair / "noisy"),
+                                   "--clean", str(pair / "clean")])
+    line = one_line_error(res)
+    assert "(1.000 s)" in line and "(0.938 s)" in line and "differ in length by more than 5%" in line
+
+
+def test_each_mean_says_over_how_many_files(tmp_path):
+    pytest.importorskip("pystoi")
+    rng = np.random.default_rng(0)
+    for d in ("noisy", "clean"):
+        (tmp_path / d).mkdir()
+    for name, samples in (("long", 16000), ("tiny", 100)):  # pystoi cannot score 100 samples: no STOI for tiny
+        x = (0.1 * rng.standard_normal(samples)).astype(np.float32)
+        sf.write(tmp_path / "clean" / f"{name}.wav", x, 16000, subtype="FLOAT")
+        sf.write(tmp_path / "noisy" / f"{name}.wav", x + 0.05 * rng.standard_normal(samples).astype(np.float32),
+                 16000, subtype="FLOAT")
+    out = tmp_path / "s.json"
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(tmp_path / "noisy"),
+                                   "--clean", str(tmp_path / "clean"), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    rows = {f["name"]: f for f in r["files"]}
+    assert rows["tiny"]["stoi"] is None and rows["long"]["stoi"] is not None
+    assert r["mean"]["stoi"] == rows["long"]["stoi"]
+    assert r["mean"]["si_snr"] == pytest.approx((rows["long"]["si_snr"] + rows["tiny"]["si_snr"]) / 2)
+    assert r["mean_files"]["stoi"] == 1 and r["mean_files"]["si_snr"] == r["mean_files"]["si_snri"] == 2
+    assert "warning: stoi mean over 1 of 2 files (no score for tiny)" in res.output.splitlines()
+    counts = next(ln for ln in res.output.splitlines() if "files in mean" in ln)
+    cells = [c.strip() for c in counts.split("│") if c.strip()]  # file, si_snr, si_snr_noisy, si_snri, (pesq), stoi
+    assert cells[:4] == ["files in mean", "2", "2", "2"] and cells[-1] == "1"
+
+
+@pytest.mark.parametrize(("count", "seconds"), [("10001", "0.1"), ("2", "601"), ("2", "1e9"), ("100000000", "1"),
+                                                ("1000", "10")])
+def test_synth_sizes_are_bounded_before_any_work(tmp_path, count, seconds):
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    # the folders do not exist: the bound is checked before they are read
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--synth", "--clean", str(tmp_path / "none"),
+                                   "--noise", str(tmp_path / "none"), "--count", count, "--seconds", seconds])
+    line = one_line_error(res)
+    assert "--count must be ≤ 10000, --seconds ≤ 600 and --count × --seconds ≤ 3600" in line
+
+
+def test_synth_sizes_at_the_bounds_are_accepted(tmp_path):
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    for count, seconds in (("10000", "0.36"), ("6", "600")):  # 3600 s of audio each: past the bound check
+        res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--synth", "--clean", str(tmp_path / "none"),
+                                       "--noise", str(tmp_path / "none"), "--count", count, "--seconds", seconds])
+        assert "not found" in one_line_error(res)
