@@ -11,9 +11,11 @@ enhancement of the same impulse — the same response at minute 59 as at minute 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rtpulse.errors import RtpulseError
+from rtpulse.files import write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, load_model
 from rtpulse.stft import HOP, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, enhance
@@ -37,6 +41,34 @@ def rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError):
         return 0.0
+
+
+def _quiet(model: PulseCNN) -> int:
+    """Silence around each impulse: everything one output frame depends on (the receptive field and the level
+    normaliser's window, model.past_frames) plus a frame on each side, with margin."""
+    return 2 * (1024 + HOP * (model.past_frames + model.lookahead + 2))
+
+
+def min_seconds(model: PulseCNN, impulses: int = 8) -> float:
+    """The shortest run that holds the impulse plan: a second plus the silence at each end, and impulses more
+    than ``quiet`` apart (a closer one would sit in its neighbour's silence and be zeroed)."""
+    quiet = _quiet(model)
+    need = 2 * (quiet + SAMPLE_RATE) + (impulses - 1) * (quiet + HOP)
+    return math.ceil(need / SAMPLE_RATE * 10) / 10  # rounded up to 0.1 s, so the number given is enough
+
+
+def check_seconds(seconds: float, model: PulseCNN, impulses: int = 8) -> None:
+    """A one-line error for a run too short (or not finite) to measure anything."""
+    low = min_seconds(model, impulses)
+    if not (math.isfinite(seconds) and seconds >= low):  # written so that NaN is refused too
+        raise RtpulseError(f"--seconds must be at least {low:g} for this model ({impulses} impulses, each in "
+                           f"{_quiet(model) / SAMPLE_RATE:.2f} s of silence), got {seconds:g}")
+
+
+def soak_model(seed: int = 0) -> PulseCNN:
+    """The model soaked when none is given: a random blocks2 (the delay and memory checks need no training)."""
+    torch.manual_seed(seed)
+    return PulseCNN(ModelConfig(preset="blocks2")).eval()
 
 
 def _impulse_plan(total: int, count: int, quiet: int) -> list[int]:
@@ -56,17 +88,16 @@ def run_soak(
 ) -> dict:
     """Stream ``seconds`` of generated audio; returns the measurements (memory, delays, speed) as a dict.
 
-    ``progress(done_samples, total_samples)`` is called now and then (for a progress bar).
+    ``progress(done_samples, total_samples)`` is called now and then (for a progress bar). A run shorter than
+    :func:`min_seconds` is a :class:`RtpulseError`.
     """
     torch.set_num_threads(1)  # the engine's real-time configuration: one hop at a time on one core
     if model is None:
-        torch.manual_seed(seed)
-        model = PulseCNN(ModelConfig(preset="blocks2")).eval()
+        model = soak_model(seed)
+    check_seconds(seconds, model, impulses)
     engine = StreamingDenoiser(model, mask="soft")  # soft: every bin passes a little, so impulses show
     delay, lookahead = engine.delay, model.lookahead
-    # silence around each impulse: everything one output frame depends on (the receptive field and the level
-    # normaliser's window, model.past_frames) plus a frame on each side, with margin
-    quiet = 2 * (1024 + HOP * (model.past_frames + lookahead + 2))
+    quiet = _quiet(model)
     half_window = quiet // 4
     total = int(seconds * SAMPLE_RATE)
     spots = _impulse_plan(total, impulses, quiet)
@@ -152,11 +183,8 @@ def run_soak(
 
 def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
     """JSON with everything, and a short markdown summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / "soak.json", out_dir / "soak.md"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, js)
+    write_text_atomic(js, json.dumps(result, indent=2))
     r = result
     lines = [
         f"# Soak: {r['audio_seconds'] / 60:.0f} min of audio through StreamingDenoiser ({r['preset']}, L={r['lookahead']})",
@@ -177,7 +205,7 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
         f"Command: `python -m benchmarks.soak --seconds {r['audio_seconds']:.0f}"
         + (f" --model {shlex.quote(r['model_file'])}`" if r.get("model_file") else "`"),
     ]
-    md.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md, "\n".join(lines) + "\n")
     return js, md
 
 
@@ -187,17 +215,27 @@ def main() -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=3600.0, help="audio to stream (default: one hour)")
+    p.add_argument("--seconds", type=float, default=3600.0, help="audio to stream (default: one hour; at least ~7 s, more for models with a wider receptive field)")
     p.add_argument("--model", type=Path, default=None, help="model file (default: random blocks2)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    model = load_model(args.model) if args.model else None
-    with Progress(TextColumn("soak"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn()) as bar:
-        task = bar.add_task("soak", total=1.0)
-        result = run_soak(args.seconds, model, progress=lambda done, total: bar.update(task, completed=done / total))
-    if args.model:
-        result["model_file"] = str(args.model)
-    js, md = write_results(result, args.out)
+    try:
+        # model and length checked before the progress bar starts: a bad one is one line, nothing else
+        model = load_model(args.model) if args.model else soak_model()
+        check_seconds(args.seconds, model)
+        with Progress(
+            TextColumn("soak"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn()
+        ) as bar:
+            task = bar.add_task("soak", total=1.0)
+            result = run_soak(
+                args.seconds, model, progress=lambda done, total: bar.update(task, completed=done / total)
+            )
+        if args.model:
+            result["model_file"] = str(args.model)
+        js, md = write_results(result, args.out)
+    except RtpulseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(md.read_text())
     print(f"wrote {js} and {md}")
 

@@ -60,14 +60,33 @@ def denoise(
     ] = Engine.offline,
     force: Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")] = False,
 ) -> None:
-    """Denoise audio files. Output: mono, at each input's sample rate and length."""
+    """Denoise audio files. Output: mono, at each input's sample rate and length.
+
+    Ctrl-C (exit 130) or SIGTERM (exit 143) stops cleanly: finished files are kept, no partial file is left.
+    """
+    from rtpulse.denoise import Terminated, sigterm_interrupts
+
+    # SIGTERM (kill, a service stop) cleans up like Ctrl-C does: the unfinished output's temp file is removed.
+    # Exit status 143 = 128 + 15, what a shell reports for a process ended by SIGTERM (Ctrl-C gives 130).
+    try:
+        with sigterm_interrupts():
+            _denoise_all(inputs, output, model, mask, floor_db, engine, force)
+    except Terminated:
+        console.print("terminated (SIGTERM): the unfinished output was removed", highlight=False, soft_wrap=True)
+        raise typer.Exit(143) from None
+
+
+def _denoise_all(
+    inputs: list[Path], output: Path, model: Path | None, mask: Mask | None, floor_db: float | None, engine: Engine,
+    force: bool,
+) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtpulse.denoise import DenoiseOptions, denoise_file, plan_outputs
 
     try:
+        pairs = plan_outputs(inputs, output, force)  # first: a mistyped path fails before the model loads
         net = load_model_or_default(model)
-        pairs = plan_outputs(inputs, output, force)
         opts = DenoiseOptions(mask=mask_for(mask, net), floor_db=floor_db, engine=engine.value)
     except RtpulseError as e:
         fail(e)

@@ -10,6 +10,14 @@ import typer
 
 from rtpulse.errors import RtpulseError
 
+# Upper bounds: far beyond any real setting, low enough that a typo (--headroom 1e9) is an error, not an attempt
+# to allocate a terabyte of ring buffer. 16384 frames is 341 ms at 48 kHz; more than 2 s of delay is no longer
+# live audio.
+MAX_BLOCKSIZE = 16384
+MAX_RATE = 768_000  # the highest rate audio interfaces offer
+MAX_LATENCY_S = 2.0
+MAX_HEADROOM_MS = 2000.0
+
 
 def devices() -> None:
     """List audio input and output devices (index, name, host API, channels, default rate)."""
@@ -95,11 +103,15 @@ def live(
         bool,
         typer.Option("--no-dashboard", help="Print a status line every few seconds instead of the live dashboard."),
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace recording and stats files that already exist.")
+    ] = False,
 ) -> None:
-    """Microphone → denoise → speaker, in real time, with a live dashboard. Ctrl-C stops."""
+    """Microphone → denoise → speaker, in real time, with a live dashboard. Ctrl-C (or SIGTERM) stops."""
     from rich.console import Console
 
     from rtpulse.cli import fail, load_model_or_default, mask_for
+    from rtpulse.denoise import Terminated, sigterm_interrupts
     from rtpulse.files import check_json_output, check_output_file
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
@@ -116,6 +128,14 @@ def live(
         fail(RtpulseError("--latency and --duration must be positive, --headroom not negative"))
     if any(v is not None and math.isinf(v) for v in (latency, headroom, duration)):
         fail(RtpulseError("--latency, --headroom and --duration must be finite"))
+    for name, value, top, unit in (
+        ("--blocksize", blocksize, MAX_BLOCKSIZE, " frames"),
+        ("--rate", rate, MAX_RATE, " Hz"),
+        ("--latency", latency, MAX_LATENCY_S, " s"),
+        ("--headroom", headroom, MAX_HEADROOM_MS, " ms (it adds that much delay)"),
+    ):
+        if value is not None and value > top:
+            fail(RtpulseError(f"{name} must be at most {top:g}{unit}, got {value:g}"))
     for path in (record_in, record_out):
         if path is not None and path.suffix.lower() != ".wav":
             fail(RtpulseError(f"recordings are WAV files: {path} should end in .wav"))
@@ -127,6 +147,9 @@ def live(
             check_output_file(record_in)
         if record_out is not None:
             check_output_file(record_out, (record_in,))
+        for path in (record_in, record_out, stats_json):  # as denoise does: an old recording is never lost
+            if path is not None and path.exists() and not force:
+                raise RtpulseError(f"{path} exists; pass --force to replace it")
         net = load_model_or_default(model)
         opts = LiveOptions(
             input=input,
@@ -145,11 +168,18 @@ def live(
             dashboard=not no_dashboard,
         )
         name = (model or default_model_path()).name
-        stats = run_live(net, name, opts, console)
+        # SIGTERM stops a running session as Ctrl-C does (recordings and stats written, exit 0); before the
+        # stream runs it ends the command with 143 (= 128 + 15; Ctrl-C gives 130) and no temp file left
+        with sigterm_interrupts():
+            stats = run_live(net, name, opts, console)
     except RtpulseError as e:
         fail(e)
+    except Terminated:
+        console.print("terminated (SIGTERM) before the audio stream ran", highlight=False)
+        raise typer.Exit(143) from None
+    stopped = {"SIGTERM": "stopped (SIGTERM)", "SIGINT": "stopped (Ctrl-C)"}.get(stats["stop_signal"], "done")
     console.print(
-        f"{'stopped (Ctrl-C)' if stats['interrupted'] else 'done'}: {stats['seconds']:.1f} s at {stats['rate']} Hz, "
+        f"{stopped}: {stats['seconds']:.1f} s at {stats['rate']} Hz, "
         f"delay {stats['total_delay_ms']:.0f} ms, hop {stats['hop_ms_median']:.2f}/{stats['hop_ms_p99']:.2f} ms "
         f"(median/p99), CPU {stats['cpu_percent']:.0f}%, xruns in {stats['input_overflows']} "
         f"out {stats['output_underflows']}, dropped blocks {stats['dropped_blocks']}, faults {stats['faults']}"

@@ -10,7 +10,10 @@ computation on the whole file at once) to float tolerance, whatever the chunk si
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from math import gcd
@@ -21,8 +24,9 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from rtpulse.audio import output_format, resample, to_mono
+from rtpulse.audio import AUDIO_SUFFIXES, check_input_rate, check_output_rate, output_format, resample, to_mono
 from rtpulse.errors import RtpulseError
+from rtpulse.files import check_output_file
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
@@ -70,14 +74,58 @@ def denoise_array(model: PulseCNN, data: np.ndarray, rate: int, opts: DenoiseOpt
     return np.pad(out, (0, max(0, data.shape[0] - out.shape[0])))[: data.shape[0]]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM inside :func:`sigterm_interrupts`. A KeyboardInterrupt, so the cleanup Ctrl-C runs (temp files
+    removed, live recordings finalised) runs for it too; the CLI tells the two apart by the type."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (default: die at once, leaving temp files behind).
+
+    Only the main thread can set a handler; elsewhere (e.g. a test runner's thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _names_audio_file(path: Path) -> bool:
+    """``path`` ends in an audio suffix (fx.wav, a.FLAC, …): meant as a file, not as a folder."""
+    ext = path.suffix.lower()
+    return ext in AUDIO_SUFFIXES or (len(ext) > 1 and ext[1:].upper() in sf.available_formats())
+
+
 def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Path, Path]]:
-    """Pair each input with its output path; refuse overwriting an input, or an existing file without force."""
+    """Pair each input with its output path; refuse overwriting an input, or an existing file without force.
+
+    Inputs are checked first: a missing input is the error to report, not what its output name would be.
+    """
     if not inputs:
         raise RtpulseError("no input files given")
+    for src in inputs:
+        if not src.exists():
+            raise RtpulseError(f"input not found: {src}")
+        if src.is_dir():
+            raise RtpulseError(f"input is a directory, not an audio file: {src}")
+        if not os.access(src, os.R_OK):
+            raise RtpulseError(f"cannot read {src}: permission denied")
     to_dir = len(inputs) > 1 or output.is_dir() or str(output).endswith(("/", "\\"))
     if to_dir:
         if output.exists() and not output.is_dir():
             raise RtpulseError(f"several inputs need -o to be a directory, but {output} is a file")
+        # "-o fx.wav" with two inputs is a slip (e.g. "--force true" made "true" an input), not a folder name
+        if not output.is_dir() and len(inputs) > 1 and _names_audio_file(output):
+            raise RtpulseError(f"-o {output} names a file, but {len(inputs)} inputs were given; give a folder")
         names = [p.name for p in inputs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -90,8 +138,7 @@ def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Pa
         same = dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(dst, src))
         if same:
             raise RtpulseError(f"output {dst} is the input file; choose another output path")
-        if dst.exists() and dst.is_dir():
-            raise RtpulseError(f"output {dst} is a directory; give a file name")
+        check_output_file(dst)  # not a directory, and not under a file ("notes.txt/x.wav")
         if dst.exists() and not force:
             raise RtpulseError(f"output {dst} exists; pass --force to replace it")
     return pairs
@@ -273,6 +320,8 @@ def denoise_file(
         n_in, rate = f.frames, f.samplerate
         if n_in <= 0:
             raise RtpulseError(f"{src} holds no samples")
+        check_input_rate(src, rate)
+        check_output_rate(dst, rate)  # the output keeps the input's rate: refused before any work
         piece = HOP * chunk_frames
         block_in = max(1, piece * rate // SAMPLE_RATE)
 
@@ -291,6 +340,7 @@ def denoise_file(
         else:
             y16 = _offline_blocks(model, x16, n16, opts, chunk_frames)
         out = _trim(_resample_blocks(y16, n16, SAMPLE_RATE, rate, block_in), n_in)
+        check_output_file(dst)  # "notes.txt/x.wav": say notes.txt is a file, not mkdir's "File exists"
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

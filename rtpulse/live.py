@@ -458,11 +458,14 @@ class LiveOptions:
 def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
     """Open the duplex stream and denoise until ``opts.duration`` or Ctrl-C. Returns the final stats.
 
-    Recordings and the stats JSON are written (atomically) however the run ends.
+    Recordings and the stats JSON are written (atomically) however the run ends. ``stop_signal`` in the stats
+    is "SIGINT" or "SIGTERM" for a run stopped by one (SIGTERM raises only under a handler that makes it an
+    interrupt: :func:`rtpulse.denoise.sigterm_interrupts`), else None.
     """
     import torch
 
     from rtpulse.dashboard import render_dashboard, status_line
+    from rtpulse.denoise import Terminated
     from rtpulse.stream import StreamingDenoiser
 
     sd = import_sounddevice()
@@ -487,8 +490,8 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             recorders.append(Recorder(opts.record_in, rate, pipe.in_ring, lambda: pipe.n_in))
         if opts.record_out:
             recorders.append(Recorder(opts.record_out, rate, pipe.played_ring, lambda: pipe.n_read))
-    except RtpulseError:
-        for r in recorders:  # the first one's temp file must not stay behind
+    except BaseException:  # a bad path, Ctrl-C or SIGTERM: the first one's temp file must not stay behind
+        for r in recorders:
             r.abort()
         raise
 
@@ -512,11 +515,15 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         for r in recorders:
             r.abort()
         raise RtpulseError(f"cannot open {names}: {e}; run `rtpulse devices` to list devices") from None
+    except BaseException:  # Ctrl-C or SIGTERM while the device opens (that can take seconds): no temp file stays
+        for r in recorders:
+            r.abort()
+        raise
     worker = LiveWorker(pipe, on_idle=drain).start()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     device_ms = (stream.latency[0] + stream.latency[1]) * 1e3
     info = {"model": model_name, "devices": names, "device_latency_ms": device_ms, "channels": [ch_in, ch_out]}
-    interrupted, error = False, None
+    interrupted, stop_signal, error = False, None, None
 
     def snapshot() -> dict:
         wall = time.perf_counter() - wall0
@@ -558,15 +565,16 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             finally:
                 if view is not None:
                     view.stop()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under rtpulse.denoise.sigterm_interrupts
         interrupted = True
+        stop_signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except sd.PortAudioError as e:
         error = f"audio stream error on {names}: {e}; run `rtpulse devices`"
     finally:
         worker.stop()
         for r in recorders:
             r.close()
-    stats = {**snapshot(), "interrupted": interrupted, "error": error}
+    stats = {**snapshot(), "interrupted": interrupted, "stop_signal": stop_signal, "error": error}
     if opts.stats_json:
         write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
     if error:

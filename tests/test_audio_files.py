@@ -35,3 +35,21 @@ def test_absurd_header_rate_is_refused(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(RtpulseError, match="claims 100000007 Hz"):
         read_audio(path)
+
+
+def test_denoise_refuses_an_absurd_rate_and_an_opus_rate_before_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+
+    path = tmp_path / "r.wav"
+    sf.write(str(path), np.zeros(100, np.float32), 16000, subtype="FLOAT")
+    raw = bytearray(path.read_bytes())
+    raw[24:28] = (100_000_007).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    res = CliRunner().invoke(app, ["denoise", str(path), "-o", str(tmp_path / "out.wav")])
+    assert res.exit_code == 1 and "claims 100000007 Hz" in res.output and "Traceback" not in res.output
+    sf.write(str(tmp_path / "cd.wav"), np.zeros(4410, np.float32), 44100)
+    res = CliRunner().invoke(app, ["denoise", str(tmp_path / "cd.wav"), "-o", str(tmp_path / "out.opus")])
+    assert res.exit_code == 1 and "Opus stores 8, 12, 16, 24 or 48 kHz, this audio is 44100 Hz" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.wav", "r.wav"]

@@ -1,4 +1,11 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from conftest import noisy_signal, random_model
@@ -125,3 +132,100 @@ def test_default_mask_is_the_models_own_and_the_option_overrides_it(tmp_path):
     xt = torch.from_numpy(x)
     np.testing.assert_allclose(outs["default"], enhance(soft_model, xt, "soft").numpy(), atol=1e-6)
     np.testing.assert_allclose(outs["binary"], enhance(soft_model, xt, "binary").numpy(), atol=1e-6)
+
+
+# --- SIGTERM: cleaned up like Ctrl-C ----------------------------------------------------------------------
+
+
+def test_sigterm_mid_write_removes_the_temp_file_and_exits_143(tmp_path):
+    """A real process killed with SIGTERM while writing: the hidden temp file goes, no output appears.
+
+    143 (= 128 + 15) is what a shell reports for a process ended by SIGTERM; Ctrl-C gives 130.
+    """
+    src, out = tmp_path / "long.wav", tmp_path / "out"
+    sf.write(src, np.tile(noisy_signal(1.0, rate=8000), 120), 8000)  # 2 min: seconds of work after the first block
+    cmd = [sys.executable, "-c", "from rtpulse.cli import app; app()", "denoise", str(src), "-o", str(out / "y.wav"),
+           "-m", str(make_model(tmp_path))]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        temps = sorted(p.name for p in out.iterdir())
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert temps == [f".y.wav.tmp-{proc.pid}"]  # the kill landed while the temp file was being written
+    assert proc.returncode == 143, err  # 0 would mean it finished first; -15 that SIGTERM was not handled
+    assert list(out.iterdir()) == []  # neither the temp file nor a partial y.wav
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+
+
+def test_sigterm_inside_the_guard_raises_terminated_and_the_old_handler_comes_back():
+    from rtpulse.denoise import Terminated, sigterm_interrupts
+
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with pytest.raises(Terminated), sigterm_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):  # handlers run between bytecodes; this loop never finishes first
+                pass
+        assert issubclass(Terminated, KeyboardInterrupt)  # so every Ctrl-C cleanup path runs for it
+        os.kill(os.getpid(), signal.SIGTERM)  # outside the guard: the previous handler again
+        for _ in range(1000):
+            pass
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# --- inputs checked before outputs; an output that names a file is not made a folder ----------------------
+
+
+def test_a_stray_word_after_force_is_a_missing_input_and_no_folder_is_made(tmp_path):
+    """`-o fx.wav --force true`: "true" is taken as a second input. Said so; fx.wav/ is not created."""
+    src = tmp_path / "in1.flac"
+    sf.write(src, noisy_signal(0.3), 16000)
+    model = str(make_model(tmp_path))
+    fx = tmp_path / "fx.wav"
+    line = _one_line_error(runner.invoke(app, ["denoise", str(src), "-o", str(fx), "--force", "true", "-m", model]))
+    assert "input not found: true" in line
+    # two real inputs and an -o that names a file: refused, not turned into a folder fx.wav/
+    other = tmp_path / "in2.wav"
+    sf.write(other, noisy_signal(0.3), 16000)
+    line = _one_line_error(runner.invoke(app, ["denoise", str(src), str(other), "-o", str(fx), "-m", model]))
+    assert f"-o {fx} names a file, but 2 inputs were given" in line
+    assert not fx.exists()
+    # a folder that exists is the user's choice, whatever its name
+    (tmp_path / "takes.wav").mkdir()
+    r = runner.invoke(app, ["denoise", str(src), str(other), "-o", str(tmp_path / "takes.wav"), "-m", model])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "takes.wav").iterdir()) == ["in1.flac", "in2.wav"]
+
+
+def test_a_missing_input_is_reported_before_anything_about_the_output(tmp_path):
+    model = str(make_model(tmp_path))
+    line = _one_line_error(runner.invoke(app, ["denoise", str(tmp_path / "missing"), "-o", str(tmp_path / "d") + "/",
+                                               "-m", model]))
+    assert "input not found" in line and "format" not in line
+    # in a batch too, before any file is written: a typo does not cost an hour of half-done work
+    good = tmp_path / "good.wav"
+    sf.write(good, noisy_signal(0.3), 16000)
+    line = _one_line_error(runner.invoke(app, ["denoise", str(good), str(tmp_path / "nope.wav"), "-o",
+                                               str(tmp_path / "d"), "-m", model]))
+    assert "nope.wav" in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, noisy_signal(0.3), 16000)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    line = _one_line_error(runner.invoke(app, ["denoise", str(src), "-o", str(notes / "x.wav"),
+                                               "-m", str(make_model(tmp_path))]))
+    assert f"{notes} is a file, not a folder" in line
+    assert notes.read_text() == "mine"

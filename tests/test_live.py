@@ -8,12 +8,14 @@ engine's output from the restart position, then, past the receptive field, the u
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from rtpulse.audio import resample
@@ -413,3 +415,176 @@ def test_dashboard_and_status_line_show_the_counters(model):
     assert "m.safetensors" in text and "output underflows 3" in text and f"{s['total_delay_ms']:.0f} ms" in text
     line = status_line(s)
     assert "out 3" in line and "\n" not in line
+
+
+# --- the live command without a sound card: a fake sounddevice plays a tone into the real pipeline ---------
+
+
+def tone(start: int, n: int, rate: int) -> np.ndarray:
+    return (0.1 * np.sin(2 * np.pi * 440 * np.arange(start, start + n) / rate)).astype(np.float32)
+
+
+class FakeStream:
+    """sounddevice.Stream stand-in: a thread calls the callback with a tone, one block per block period."""
+
+    def __init__(self, callback, samplerate, blocksize, channels, **kw) -> None:
+        self.callback, self.rate, self.blocksize, self.channels = callback, samplerate, blocksize, channels
+        self.latency, self.active, self.fed = (0.005, 0.005), True, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        n, (c_in, c_out) = self.blocksize, self.channels
+        while not self._stop.is_set():
+            indata = np.repeat(tone(self.fed, n, self.rate)[:, None], c_in, axis=1)  # same on both: mono = tone
+            self.callback(indata, np.zeros((n, c_out), np.float32), n, None, None)
+            self.fed += n
+            time.sleep(n / self.rate)
+
+
+@pytest.fixture
+def fake_sd(fake_devices, monkeypatch):
+    """rtpulse.live's sounddevice, faked; ``.opened`` lists the streams made, ``.on_open`` runs before each."""
+    import sys
+
+    import rtpulse.live
+
+    sd = SimpleNamespace(opened=[], on_open=None, PortAudioError=type("PortAudioError", (Exception,), {}))
+    sd.check_input_settings = sd.check_output_settings = lambda **kw: None
+
+    def stream(**kw):
+        if sd.on_open is not None:
+            sd.on_open()
+        sd.opened.append(FakeStream(**kw))
+        return sd.opened[-1]
+
+    sd.Stream = stream
+    monkeypatch.setattr(rtpulse.live, "import_sounddevice", lambda: sd)
+    switch = sys.getswitchinterval()  # run_live shortens it for the whole process
+    yield sd
+    sys.setswitchinterval(switch)
+
+
+@pytest.fixture
+def sigterm_fallback():
+    """A SIGTERM handler that only records: should the code under test not install its own, the test fails
+    instead of killing the test run."""
+    import signal
+
+    seen: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGTERM, old)
+
+
+def _live(tmp_path, model, *extra: str):
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+    from rtpulse.model import save_model
+
+    save_model(model, tmp_path / "m.safetensors")
+    args = ["live", "--model", str(tmp_path / "m.safetensors"), "--rate", "16000", "--no-dashboard", *extra]
+    return CliRunner().invoke(app, args)
+
+
+def _one_line(r) -> str:
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("option", ["--record-in", "--record-out", "--stats-json"])
+def test_live_refuses_to_replace_a_file_without_force(fake_sd, tmp_path, model, option):
+    old = tmp_path / ("old.json" if option == "--stats-json" else "old.wav")
+    old.write_bytes(b"keep me")
+    line = _one_line(_live(tmp_path, model, "--duration", "0.2", option, str(old)))
+    assert f"{old} exists; pass --force to replace it" in line
+    assert old.read_bytes() == b"keep me" and fake_sd.opened == []  # refused before any device opened
+
+
+def test_live_force_replaces_recordings_and_stats(fake_sd, tmp_path, model):
+    rec_in, rec_out, stats = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "s.json"
+    for p in (rec_in, rec_out, stats):
+        p.write_bytes(b"old")
+    r = _live(tmp_path, model, "--duration", "0.3", "--force", "--record-in", str(rec_in), "--record-out",
+              str(rec_out), "--stats-json", str(stats))
+    assert r.exit_code == 0, r.output
+    recorded, rate = sf.read(rec_in, dtype="float32")
+    assert rate == 16000 and recorded.size >= 0.3 * 16000
+    np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))  # the input, sample for sample
+    assert sf.info(rec_out).frames >= 0.3 * 16000
+    assert json.loads(stats.read_text())["stop_signal"] is None
+
+
+@pytest.mark.parametrize(
+    "option,value,words",
+    [
+        ("--headroom", "1e9", "--headroom must be at most 2000 ms"),
+        ("--headroom", "2000.5", "--headroom must be at most 2000 ms"),
+        ("--blocksize", "16385", "--blocksize must be at most 16384 frames"),
+        ("--blocksize", str(2**40), "--blocksize must be at most 16384 frames"),
+        ("--latency", "2.5", "--latency must be at most 2 s"),
+        ("--rate", "1000000", "--rate must be at most 768000 Hz"),
+    ],
+)
+def test_live_refuses_sizes_no_device_could_use(fake_sd, tmp_path, model, option, value, words):
+    assert words in _one_line(_live(tmp_path, model, "--duration", "0.2", option, value)) and fake_sd.opened == []
+
+
+def test_the_largest_accepted_sizes_are_accepted_and_allocate_little(fake_sd, tmp_path, model):
+    from rtpulse.cli_live import MAX_BLOCKSIZE, MAX_HEADROOM_MS, MAX_RATE
+
+    # the bounds themselves pass: the error is the later .wav check
+    extra = ["--headroom", "2000", "--blocksize", "16384", "--latency", "2", "--record-in", str(tmp_path / "x.mp3")]
+    assert "should end in .wav" in _one_line(_live(tmp_path, model, *extra))
+    pipe = LivePipeline(FaultyEngine(model), MAX_RATE, MAX_BLOCKSIZE, headroom=round(MAX_HEADROOM_MS * MAX_RATE / 1e3))
+    assert pipe.delay > 2 * MAX_RATE  # the headroom really is in the delay …
+    assert sum(a.nbytes for a in (pipe.in_ring, pipe.out_ring, pipe.played_ring)) < 128 * 2**20  # … and fits
+
+
+def test_live_sigterm_stops_like_ctrl_c_and_keeps_the_recordings(fake_sd, sigterm_fallback, tmp_path, model):
+    import os
+    import signal
+
+    rec_in, stats = tmp_path / "rec" / "in.wav", tmp_path / "rec" / "s.json"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        r = _live(tmp_path, model, "--duration", "20", "--record-in", str(rec_in), "--stats-json", str(stats))
+    finally:
+        timer.cancel()
+    assert sigterm_fallback == [], "rtpulse live did not handle SIGTERM"
+    assert r.exit_code == 0 and "stopped (SIGTERM)" in r.output, r.output
+    s = json.loads(stats.read_text())
+    assert s["interrupted"] and s["stop_signal"] == "SIGTERM" and s["seconds"] < 10
+    recorded, _ = sf.read(rec_in, dtype="float32")
+    assert recorded.size == fake_sd.opened[0].fed > 0  # everything fed was recorded
+    np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))
+    assert sorted(p.name for p in rec_in.parent.iterdir()) == ["in.wav", "s.json"]  # no temp file
+
+
+def test_live_sigterm_while_the_device_opens_leaves_no_temp_file(fake_sd, sigterm_fallback, tmp_path, model):
+    import os
+    import signal
+
+    def slow_open():  # opening a device can take seconds; SIGTERM arrives meanwhile
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):
+            time.sleep(0.01)
+
+    fake_sd.on_open = slow_open
+    rec = tmp_path / "rec"
+    r = _live(tmp_path, model, "--duration", "0.2", "--record-in", str(rec / "in.wav"), "--record-out",
+              str(rec / "out.wav"))
+    assert sigterm_fallback == [], "rtpulse live did not handle SIGTERM"
+    assert r.exit_code == 143 and "terminated (SIGTERM)" in r.output, r.output
+    assert fake_sd.opened == [] and list(rec.iterdir()) == []  # the recorders' temp files are gone

@@ -432,3 +432,44 @@ def test_text_results_are_written_atomically_and_bad_places_are_one_line_errors(
     with pytest.raises(RtpulseError, match="same file"):
         check_output_file(tmp_path / "new" / ".." / "afile", (tmp_path / "afile",))
     assert (tmp_path / "afile").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "new"]
+
+
+# --- benchmarks.soak: bad arguments are one-line errors ------------------------------------------------------
+
+
+def _soak_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    from benchmarks import soak
+
+    monkeypatch.setattr(sys, "argv", ["soak", *args])
+    with pytest.raises(SystemExit) as e:
+        soak.main()
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf", "7"])
+def test_soak_too_short_is_a_one_line_error(tmp_path, monkeypatch, capsys, seconds):
+    code, err = _soak_main(monkeypatch, capsys, "--seconds", seconds, "--out", str(tmp_path / "res"))
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: --seconds must be at least 7.3 for this model") and "Traceback" not in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_soak_truncated_model_is_a_one_line_error(tmp_path, monkeypatch, capsys, model_path):
+    cut = tmp_path / "trunc.safetensors"
+    cut.write_bytes(model_path.read_bytes()[:5000])
+    code, err = _soak_main(monkeypatch, capsys, "--seconds", "60", "--model", str(cut), "--out", str(tmp_path / "res"))
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {cut} is not an rtpulse model file") and "Traceback" not in err
+
+
+def test_soak_minimum_length_is_enough_to_measure_the_delay():
+    """At exactly min_seconds every impulse sits in its own silence and is found at the declared delay; a
+    shorter run is refused rather than measured wrongly (shorter plans overlap the silences)."""
+    from benchmarks.soak import min_seconds, run_soak, soak_model
+
+    model = soak_model()
+    low = min_seconds(model)
+    result = run_soak(low, model, impulses=8)
+    assert result["delay_constant"] and result["max_abs_diff"] < 1e-4 * result["reference_peak"], result["impulses"]
+    with pytest.raises(RtpulseError, match="--seconds must be at least"):
+        run_soak(low - 0.1, model)
