@@ -45,6 +45,20 @@ def noisy_signal(seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> np.n
     return (0.2 * voice + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+def write_tiny_corpus(root) -> None:
+    """root/clean: 3 gated tones of 1 s (one 'voice' each); root/noise: 3 white noises of 1 s; 16 kHz WAV."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    for d in ("clean", "noise"):
+        (root / d).mkdir(parents=True)
+    for i in range(3):
+        voice = 0.3 * np.sin(2 * np.pi * (180 + 40 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+        sf.write(root / "clean" / f"s{i}.wav", voice.astype(np.float32), 16000)
+        sf.write(root / "noise" / f"n{i}.wav", (0.1 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Per-hop streaming work is many tiny ops: one thread is faster and does not fight other processes."""

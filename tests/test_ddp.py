@@ -104,17 +104,9 @@ def _train_worker(rank: int, port: int, args: list[str], out_dir: str) -> None:
 def test_two_rank_training_run_writes_once_and_only_rank_0_reports(tmp_path):
     import json
 
-    import numpy as np
-    import soundfile as sf
+    from conftest import write_tiny_corpus
 
-    rng = np.random.default_rng(0)
-    t = np.arange(16000) / 16000
-    for d in ("clean", "noise"):
-        (tmp_path / d).mkdir()
-    for i in range(3):
-        voice = 0.3 * np.sin(2 * np.pi * (180 + 40 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-        sf.write(tmp_path / "clean" / f"s{i}.wav", voice.astype(np.float32), 16000)
-        sf.write(tmp_path / "noise" / f"n{i}.wav", (0.1 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+    write_tiny_corpus(tmp_path)
     run = tmp_path / "run"
     args = ["--out", str(run), "--clean", str(tmp_path / "clean"), "--noise", str(tmp_path / "noise"),
             "--cache", str(tmp_path / "cache"), "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2",

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from conftest import write_tiny_corpus
 
 from rtpulse.model import load_model
 from trainer.checkpoint import load_checkpoint
@@ -28,14 +27,7 @@ _REST = "--dev-seconds 0.25 --dev-fraction 0.34 --seed 3 --device cpu --warmup-s
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    t = np.arange(16000) / 16000
-    for d in ("clean", "noise"):
-        (root / d).mkdir()
-    for i in range(3):
-        voice = 0.3 * np.sin(2 * np.pi * (180 + 40 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-        sf.write(root / "clean" / f"s{i}.wav", voice.astype(np.float32), 16000)
-        sf.write(root / "noise" / f"n{i}.wav", (0.1 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+    write_tiny_corpus(root)
     return root
 
 
