@@ -92,7 +92,11 @@ def sigterm_interrupts() -> Iterator[None]:
     def raise_terminated(signum, frame):
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:  # a parent chose to ignore it, or a handler not set from Python
+        yield
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:

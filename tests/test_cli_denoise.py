@@ -182,6 +182,21 @@ def test_sigterm_inside_the_guard_raises_terminated_and_the_old_handler_comes_ba
         signal.signal(signal.SIGTERM, old)
 
 
+def test_an_ignored_sigterm_stays_ignored_inside_the_guard():
+    from rtpulse.denoise import sigterm_interrupts
+
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. a parent's nohup-like choice
+    try:
+        with sigterm_interrupts():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 # --- inputs checked before outputs; an output that names a file is not made a folder ----------------------
 
 

@@ -455,3 +455,23 @@ def test_a_bad_init_model_fails_before_any_audio_is_decoded(corpus, tmp_path, mo
     monkeypatch.setattr("trainer.train.build_data", no_decoding)
     with pytest.raises(RtpulseError, match="model file not found"):
         run_training(tiny(corpus, tmp_path, init_from=str(tmp_path / "gone.safetensors")), progress=False)
+
+
+def test_a_run_killed_while_saving_its_first_checkpoint_starts_again(corpus, tmp_path, monkeypatch):
+    # a SIGKILL inside the first save leaves weights without a state file, a temp file and a half-written line
+    cfg = tiny(corpus, tmp_path, steps_per_epoch=1)
+    with monkeypatch.context() as m:
+        _kill_at(m, "save_checkpoint", 1)
+        with pytest.raises(Killed):
+            run_training(cfg, progress=False)
+    ckpt = tmp_path / "run" / "ckpt"
+    ckpt.mkdir(exist_ok=True)
+    (ckpt / "epoch-0001.safetensors").write_bytes(b"half")
+    (ckpt / ".epoch-0001.state.pt.tmp-1").write_bytes(b"half")
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "lo')
+    summary = run_training(cfg, progress=False)
+    assert summary["epochs"] == 1
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1]
+    assert load_checkpoint(tmp_path / "run")[1]["epoch"] == 1

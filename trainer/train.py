@@ -269,7 +269,8 @@ def _trim_metrics(path: Path, upto_epoch: int) -> None:
     """A killed run may have logged epochs it never checkpointed: keep lines up to ``upto_epoch``."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= upto_epoch]
+    # complete lines only: a kill inside a write leaves a last line without its newline (and maybe half its JSON)
+    keep = [ln for ln in path.read_text().split("\n")[:-1] if ln.strip() and json.loads(ln)["epoch"] <= upto_epoch]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
@@ -297,8 +298,8 @@ def _killed_in_first_epoch(run_dir: Path) -> bool:
     first checkpoint (it writes the config first, then epoch 1's line, best.safetensors and the checkpoint)."""
     try:
         TrainConfig.from_json((run_dir / "config.json").read_text())
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
-        return all(json.loads(ln)["epoch"] <= 1 for ln in lines if ln.strip())
+        lines = (run_dir / "metrics.jsonl").read_text().split("\n")[:-1] if (run_dir / "metrics.jsonl").exists() else []
+        return all(json.loads(ln)["epoch"] <= 1 for ln in lines if ln.strip())  # a half-written last line: not counted
     except (OSError, ValueError, TypeError, KeyError):
         return False
 
@@ -318,7 +319,8 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
 
     run_dir = cfg.run_dir
     # every rank checks (read-only), so no rank is left waiting at a barrier when rank 0 refuses
-    if not resume and (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").iterdir()):
+    # a state file marks a checkpoint; a kill while the first one was saved leaves only weights or a temp file
+    if not resume and any((run_dir / "ckpt").glob("epoch-*.state.pt")):
         raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
     earlier = [n for n in RUN_FILES if (run_dir / n).exists()]
     # files but no checkpoint: a run killed in its first epoch may start again; anything else (a user's files, a
