@@ -26,9 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -571,15 +574,34 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
     except sd.PortAudioError as e:
         error = f"audio stream error on {names}: {e}; run `rtpulse devices`"
     finally:
-        worker.stop()
-        for r in recorders:
-            r.close()
+        with stop_signals_held():  # a second Ctrl-C/SIGTERM must not leave the recordings unfinished
+            worker.stop()
+            for r in recorders:
+                r.close()
     stats = {**snapshot(), "interrupted": interrupted, "stop_signal": stop_signal, "error": error}
     if opts.stats_json:
         write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
     if error:
         raise RtpulseError(error)
     return stats
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM inside the block (the shutdown: up to the worker's 5 s join), then put the
+    handlers back. Only the main thread can set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = [sig for sig, handler in previous.items() if handler is not None]  # None: not set from Python, keep
+    for sig in held:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, previous[sig])
 
 
 __all__ = [

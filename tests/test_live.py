@@ -588,3 +588,28 @@ def test_live_sigterm_while_the_device_opens_leaves_no_temp_file(fake_sd, sigter
     assert sigterm_fallback == [], "rtpulse live did not handle SIGTERM"
     assert r.exit_code == 143 and "terminated (SIGTERM)" in r.output, r.output
     assert fake_sd.opened == [] and list(rec.iterdir()) == []  # the recorders' temp files are gone
+
+
+def test_shutdown_holds_stop_signals_and_puts_the_handlers_back():
+    import os
+    import signal
+
+    from rtpulse.live import stop_signals_held
+
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with stop_signals_held():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)  # a second stop request during the shutdown: dropped
+            for _ in range(1000):
+                pass
+        assert seen == []
+        os.kill(os.getpid(), signal.SIGTERM)  # afterwards the handler is back
+        for _ in range(1000):
+            pass
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
