@@ -64,7 +64,7 @@ def denoise(
 
     Ctrl-C (exit 130) or SIGTERM (exit 143) stops cleanly: finished files are kept, no partial file is left.
     """
-    from rtpulse.denoise import Terminated, sigterm_interrupts
+    from rtpulse.signals import Terminated, sigterm_interrupts
 
     # SIGTERM (kill, a service stop) cleans up like Ctrl-C does: the unfinished output's temp file is removed.
     # Exit status 143 = 128 + 15, what a shell reports for a process ended by SIGTERM (Ctrl-C gives 130).

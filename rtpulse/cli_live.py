@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
+from rtpulse.audio import MAX_INPUT_RATE
 from rtpulse.errors import RtpulseError
 
 # Upper bounds: far beyond any real setting, low enough that a typo (--headroom 1e9) is an error, not an attempt
 # to allocate a terabyte of ring buffer. 16384 frames is 341 ms at 48 kHz; more than 2 s of delay is no longer
 # live audio.
 MAX_BLOCKSIZE = 16384
-MAX_RATE = 768_000  # the highest rate audio interfaces offer
 MAX_LATENCY_S = 2.0
 MAX_HEADROOM_MS = 2000.0
 
@@ -111,10 +111,10 @@ def live(
     from rich.console import Console
 
     from rtpulse.cli import fail, load_model_or_default, mask_for
-    from rtpulse.denoise import Terminated, sigterm_interrupts
     from rtpulse.files import check_json_output, check_output_file
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
+    from rtpulse.signals import Terminated, sigterm_interrupts
     from rtpulse.stream import check_floor_db
 
     console = Console(stderr=True)
@@ -130,7 +130,7 @@ def live(
         fail(RtpulseError("--latency, --headroom and --duration must be finite"))
     for name, value, top, unit in (
         ("--blocksize", blocksize, MAX_BLOCKSIZE, " frames"),
-        ("--rate", rate, MAX_RATE, " Hz"),
+        ("--rate", rate, MAX_INPUT_RATE, " Hz"),
         ("--latency", latency, MAX_LATENCY_S, " s"),
         ("--headroom", headroom, MAX_HEADROOM_MS, " ms (it adds that much delay)"),
     ):

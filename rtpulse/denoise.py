@@ -10,10 +10,7 @@ computation on the whole file at once) to float tolerance, whatever the chunk si
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from math import gcd
@@ -72,35 +69,6 @@ def denoise_array(model: PulseCNN, data: np.ndarray, rate: int, opts: DenoiseOpt
     y = denoise_signal(model, x, opts)
     out = resample(y, SAMPLE_RATE, rate)
     return np.pad(out, (0, max(0, data.shape[0] - out.shape[0])))[: data.shape[0]]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM inside :func:`sigterm_interrupts`. A KeyboardInterrupt, so the cleanup Ctrl-C runs (temp files
-    removed, live recordings finalised) runs for it too; the CLI tells the two apart by the type."""
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises :class:`Terminated` (default: die at once, leaving temp files behind).
-
-    Only the main thread can set a handler; elsewhere (e.g. a test runner's thread) this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def raise_terminated(signum, frame):
-        raise Terminated
-
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or previous is None:  # a parent chose to ignore it, or a handler not set from Python
-        yield
-        return
-    signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _names_audio_file(path: Path) -> bool:

@@ -26,12 +26,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +38,7 @@ import numpy as np
 from rtpulse.errors import RtpulseError
 from rtpulse.files import write_text_atomic
 from rtpulse.resampler import StreamResampler
+from rtpulse.signals import Terminated, stop_signals_held
 from rtpulse.stft import HOP, SAMPLE_RATE
 
 LAG_MARGIN = 32  # device samples of extra slack for the resamplers' hold-back (≤ ~6 samples at 48 kHz)
@@ -463,12 +461,11 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
 
     Recordings and the stats JSON are written (atomically) however the run ends. ``stop_signal`` in the stats
     is "SIGINT" or "SIGTERM" for a run stopped by one (SIGTERM raises only under a handler that makes it an
-    interrupt: :func:`rtpulse.denoise.sigterm_interrupts`), else None.
+    interrupt: :func:`rtpulse.signals.sigterm_interrupts`), else None.
     """
     import torch
 
     from rtpulse.dashboard import render_dashboard, status_line
-    from rtpulse.denoise import Terminated
     from rtpulse.stream import StreamingDenoiser
 
     sd = import_sounddevice()
@@ -526,7 +523,7 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     device_ms = (stream.latency[0] + stream.latency[1]) * 1e3
     info = {"model": model_name, "devices": names, "device_latency_ms": device_ms, "channels": [ch_in, ch_out]}
-    interrupted, stop_signal, error = False, None, None
+    stop_signal, error = None, None
 
     def snapshot() -> dict:
         wall = time.perf_counter() - wall0
@@ -568,8 +565,7 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             finally:
                 if view is not None:
                     view.stop()
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under rtpulse.denoise.sigterm_interrupts
-        interrupted = True
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under rtpulse.signals.sigterm_interrupts
         stop_signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except sd.PortAudioError as e:
         error = f"audio stream error on {names}: {e}; run `rtpulse devices`"
@@ -578,30 +574,12 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             worker.stop()
             for r in recorders:
                 r.close()
-    stats = {**snapshot(), "interrupted": interrupted, "stop_signal": stop_signal, "error": error}
+    stats = {**snapshot(), "interrupted": stop_signal is not None, "stop_signal": stop_signal, "error": error}
     if opts.stats_json:
         write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
     if error:
         raise RtpulseError(error)
     return stats
-
-
-@contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM inside the block (the shutdown: up to the worker's 5 s join), then put the
-    handlers back. Only the main thread can set handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    held = [sig for sig, handler in previous.items() if handler is not None]  # None: not set from Python, keep
-    for sig in held:
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for sig in held:
-            signal.signal(sig, previous[sig])
 
 
 __all__ = [

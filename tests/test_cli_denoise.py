@@ -164,7 +164,7 @@ def test_sigterm_mid_write_removes_the_temp_file_and_exits_143(tmp_path):
 
 
 def test_sigterm_inside_the_guard_raises_terminated_and_the_old_handler_comes_back():
-    from rtpulse.denoise import Terminated, sigterm_interrupts
+    from rtpulse.signals import Terminated, sigterm_interrupts
 
     seen = []
     old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
@@ -183,7 +183,7 @@ def test_sigterm_inside_the_guard_raises_terminated_and_the_old_handler_comes_ba
 
 
 def test_an_ignored_sigterm_stays_ignored_inside_the_guard():
-    from rtpulse.denoise import sigterm_interrupts
+    from rtpulse.signals import sigterm_interrupts
 
     old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. a parent's nohup-like choice
     try:

@@ -541,7 +541,8 @@ def test_live_refuses_sizes_no_device_could_use(fake_sd, tmp_path, model, option
 
 
 def test_the_largest_accepted_sizes_are_accepted_and_allocate_little(fake_sd, tmp_path, model):
-    from rtpulse.cli_live import MAX_BLOCKSIZE, MAX_HEADROOM_MS, MAX_RATE
+    from rtpulse.audio import MAX_INPUT_RATE as MAX_RATE
+    from rtpulse.cli_live import MAX_BLOCKSIZE, MAX_HEADROOM_MS
 
     # the bounds themselves pass: the error is the later .wav check
     extra = ["--headroom", "2000", "--blocksize", "16384", "--latency", "2", "--record-in", str(tmp_path / "x.mp3")]
@@ -594,7 +595,7 @@ def test_shutdown_holds_stop_signals_and_puts_the_handlers_back():
     import os
     import signal
 
-    from rtpulse.live import stop_signals_held
+    from rtpulse.signals import stop_signals_held
 
     seen = []
     old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
