@@ -49,10 +49,12 @@ def fit_f_map(
     return edges, (num / den.clamp_min(1e-20)).clamp(0, 1).float()
 
 
-def masks_for(f: torch.Tensor, x: torch.Tensor, s: torch.Tensor, edges: torch.Tensor, gains: torch.Tensor) -> dict:
+def masks_for(
+    f: torch.Tensor, x: torch.Tensor, s: torch.Tensor, edges: torch.Tensor, gains: torch.Tensor, sharpness: float = 1.0
+) -> dict:
     n = x - s
     return {
-        "soft": mask_gain(f, "soft"),  # the engine's own soft mask
+        "soft": mask_gain(f, "soft", sharpness=sharpness),  # the engine's own soft mask
         "posterior": mask_gain(f, "posterior"),
         "f_map": gains[torch.bucketize(f, edges)],
         "irm": s.abs().square() / (s.abs().square() + n.abs().square()).clamp_min(1e-20),
@@ -75,7 +77,7 @@ def headroom(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> dict:
     for f, x, s, x_wave, s_wave in zip(fs, xs, ss, noisy, clean):
         ref = torch.from_numpy(s_wave)
         base = float(si_snr(torch.from_numpy(x_wave), ref))
-        masks = masks_for(f, x, s, edges, gains)
+        masks = masks_for(f, x, s, edges, gains, model.config.mask_sharpness)
         for name, mask in masks.items():
             scores[name].append(float(si_snr(istft(x * mask, x_wave.size), ref)) - base)
         local = 10 * torch.log10(s.abs().square() / (x - s).abs().square().clamp_min(1e-20) + 1e-20)

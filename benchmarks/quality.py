@@ -102,18 +102,19 @@ def generated_set(
     min_seconds: float = MIN_SPEECH_S,
     level_dbfs: float = -26.0,
     reference_floor_db: float = REFERENCE_FLOOR_DB,
+    split: str = "dev",
 ) -> list[Item]:
-    """``count`` seeded mixtures from ``data/speech/dev`` and ``data/noise/dev`` (speech files ≥ ``min_seconds``
+    """``count`` seeded mixtures from ``data/speech/SPLIT`` and ``data/noise/SPLIT`` (speech files ≥ ``min_seconds``
     whose noise floor is at most ``reference_floor_db``)."""
     from trainer.data import mix_at_snr, noise_floor_db
 
     for name, value, low in (("--seconds", seconds, 1 / 16), ("--min-speech-seconds", min_seconds, 0.0)):
         if not low <= value < float("inf"):
             raise RtpulseError(f"{name} must be a finite number ≥ {low:g}, got {value}")
-    speech_dir, noise_dir = data / "speech" / "dev", data / "noise" / "dev"
+    speech_dir, noise_dir = data / "speech" / split, data / "noise" / split
     for d in (speech_dir, noise_dir):
         if not d.is_dir():
-            raise RtpulseError(f"no {d}: pass --data ROOT (with speech/dev and noise/dev) or --noisy/--clean")
+            raise RtpulseError(f"no {d}: pass --data ROOT (with speech/{split} and noise/{split}) or --noisy/--clean")
     rng = np.random.default_rng(seed)
     speech_files = find_audio_files(speech_dir)
     noise_files = find_audio_files(noise_dir)
@@ -207,19 +208,20 @@ def rtpulse_systems(opts: QualityOptions) -> tuple[list[System], list[str]]:
         model = load_model(path)
         cfg = model.config
         desc = f"{cfg.method.upper()}, {cfg.preset}, L={cfg.lookahead}, compress={cfg.compress}"
-        # soft σ(−f), the paper's binary 1[f < 0], and the PU posterior for a model that names it as its own
+        soft = "soft" if cfg.mask_sharpness == 1 else f"soft (sharpness {cfg.mask_sharpness:g})"
+        # soft σ(−s·f), the paper's binary 1[f < 0], and the PU posterior for a model that names it as its own
         for mask in ("soft", "binary", *(("posterior",) if cfg.mask == "posterior" else ())):
             suffix = "" if mask == "soft" else f" {mask}"
             systems.append(System(
                 f"{label} offline{suffix}", "rtpulse",
                 lambda x, model=model, mask=mask: enhance(model, torch.from_numpy(x), mask).numpy(),
-                f"{desc}, {mask} mask",
+                f"{desc}, {soft if mask == 'soft' else mask} mask",
             ))
         if opts.streaming:
             systems.append(System(
                 f"{label} streaming", "rtpulse",
                 lambda x, model=model: stream_offline_equivalent(model, x, mask="soft"),
-                f"{desc}, soft mask; streaming engine, {1024 + 256 * cfg.lookahead}-sample delay removed",
+                f"{desc}, {soft} mask; streaming engine, {1024 + 256 * cfg.lookahead}-sample delay removed",
             ))
     return systems, notes
 

@@ -32,9 +32,9 @@ ModelOpt = Annotated[
 MaskOpt = Annotated[
     Mask | None,
     typer.Option(
-        help="binary: keep bins the model calls speech (the paper); soft: σ(−f); posterior: 1 − e^f/2 (PU "
-        "models trained with --risk pvu). Default: the model's own choice (soft for the shipped model; binary for "
-        "models that name none)."
+        help="binary: keep bins the model calls speech (the paper); soft: σ(−s·f), s the model's sharpness; "
+        "posterior: 1 − e^f/2 (PU models trained with --risk pvu). Default: the model's own choice (soft for the "
+        "shipped model; binary for models that name none)."
     ),
 ]
 

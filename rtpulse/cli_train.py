@@ -253,7 +253,10 @@ def evaluate(
     engine: Annotated[Engine, typer.Option(help="offline or stream (the real-time engine).")] = Engine.offline,
     mask: Annotated[
         Mask | None,
-        typer.Option(help="binary (the paper), soft σ(−f) or posterior 1 − e^f/2. Default: the model's own choice."),
+        typer.Option(
+            help="binary (the paper), soft σ(−s·f) (s: the model's sharpness) or posterior 1 − e^f/2. "
+            "Default: the model's own choice."
+        ),
     ] = None,
     floor_db: Annotated[float | None, typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-file and mean scores here.")] = None,

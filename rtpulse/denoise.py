@@ -207,7 +207,7 @@ def _offline_blocks(
         with torch.no_grad():
             logits = model(spec.abs().unsqueeze(0))[0, 0]  # [513, last − first]
         keep = slice(a - first, keep_end - first)
-        masked = spec[:, keep] * mask_gain(logits[:, keep], opts.mask, opts.floor_db)
+        masked = spec[:, keep] * mask_gain(logits[:, keep], opts.mask, opts.floor_db, model.config.mask_sharpness)
         n = min(HOP * b, length) - HOP * a
         yield istft(masked, n).numpy()
         window.drop_before(HOP * max(0, b - past) - LEAD)

@@ -77,6 +77,9 @@ FLOOR_RATIO_SCALE = 0.25  # log ratios of ±14 (±60 dB) → ±3.5, the range of
 # the gradient, so a channel of ±3 (the range of the other inputs) is learned 3× faster than one of ±1.
 FREQ_SCALE = 3.0
 
+# config.mask_sharpness bounds: below 0.1 every soft gain sits near 0.5; above 100 it is the binary mask.
+MIN_SHARPNESS, MAX_SHARPNESS = 0.1, 100.0
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -92,10 +95,14 @@ class ModelConfig:
         the trainer's normalised mixtures have — so a quiet microphone and a loud file look alike to the
         network. The mask still applies to the unscaled spectrum.
     mask: the mask this model is meant to be used with when the user names none — "binary" (the paper's
-        1[f < 0]), "soft" (σ(−f)) or "posterior" (1 − e^f/2, see rtpulse.stream.mask_gain); measured scores decide.
+        1[f < 0]), "soft" (σ(−s·f), s = mask_sharpness) or "posterior" (1 − e^f/2, see rtpulse.stream.mask_gain);
+        measured scores decide.
     floor_frames: 0 = one input channel; K > 0 = two more, from a causal noise-floor tracker over the last K
         frames (see FLOOR_SMOOTH_FRAMES).
     freq_input: one more input channel holding each bin's frequency (−3 at DC … +3 at Nyquist, see FREQ_SCALE).
+    mask_sharpness: s in the soft mask σ(−s·f) (1 = PULSE's σ(−f)). The logits keep their PU meaning (the
+        posterior mask and f = 0 as the decision boundary are unchanged); a PU classifier trained briefly is less
+        confident than SI-SNR rewards, so s is picked on held-out mixtures (benchmarks/mask_sharpness.py).
     """
 
     preset: str = "blocks2"
@@ -108,6 +115,7 @@ class ModelConfig:
     mask: str = "binary"
     floor_frames: int = 0
     freq_input: bool = False
+    mask_sharpness: float = 1.0
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
     def __post_init__(self) -> None:
@@ -127,6 +135,9 @@ class ModelConfig:
             raise RtpulseError(f"floor_frames must be an integer 0…1000, got {self.floor_frames!r}")
         if not isinstance(self.freq_input, bool):
             raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
+        sharp = self.mask_sharpness
+        if isinstance(sharp, bool) or not isinstance(sharp, (int, float)) or not MIN_SHARPNESS <= sharp <= MAX_SHARPNESS:
+            raise RtpulseError(f"mask_sharpness must be a number {MIN_SHARPNESS:g}…{MAX_SHARPNESS:g}, got {sharp!r}")
         n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")

@@ -26,10 +26,13 @@ def check_floor_db(floor_db: float | None) -> None:
         raise RtpulseError(f"--floor-db must be {FLOOR_DB_MIN:g}…0 dB (a minimum gain, e.g. -30), got {floor_db}")
 
 
-def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
+def mask_gain(
+    logits: torch.Tensor, mask: str = "binary", floor_db: float | None = None, sharpness: float = 1.0
+) -> torch.Tensor:
     """Noise logits f (f ≥ 0: noise) → speech gain in [0, 1], same shape.
 
-    binary: the paper's 1[f < 0]; soft: σ(−f); posterior: 1 − e^f/2, clipped to [0, 1] — the posterior of speech
+    binary: the paper's 1[f < 0]; soft: σ(−s·f) with s = ``sharpness`` (the model's ``config.mask_sharpness``;
+    binary and posterior ignore it); posterior: 1 − e^f/2, clipped to [0, 1] — the posterior of speech
     when f is what the P-vs-U loss (``--risk pvu``, P weight 2π) estimates, log(2π·p_P/p_U), since the share of
     noise in a U bin is π·p_P/p_U = e^f/2. ``floor_db`` (e.g. −30) keeps a minimum gain so that removed bins are
     attenuated rather than zeroed.
@@ -37,7 +40,7 @@ def mask_gain(logits: torch.Tensor, mask: str = "binary", floor_db: float | None
     if mask == "binary":
         gain = (logits < 0).to(torch.float32)
     elif mask == "soft":
-        gain = torch.sigmoid(-logits.float())
+        gain = torch.sigmoid(-sharpness * logits.float())
     elif mask == "posterior":
         gain = (1.0 - torch.exp(logits.float()) / 2.0).clamp(0.0, 1.0)  # e^f = inf → −inf → 0
     else:
@@ -90,7 +93,7 @@ def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: fl
     batched = sanitize(x.reshape(-1, length))  # stays on x's device
     spec = stft(batched, tail=tail_for_lookahead(length, model.lookahead))  # [B, 513, M]
     logits = model(spec.abs())[:, 0]  # [B, 513, M]
-    out = istft(spec * mask_gain(logits, mask, floor_db), length)  # [B, T]
+    out = istft(spec * mask_gain(logits, mask, floor_db, model.config.mask_sharpness), length)  # [B, T]
     return out.reshape(x.shape)
 
 
@@ -115,6 +118,7 @@ class StreamingDenoiser:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
         self.model = model.eval()
         self.mask = mask
+        self.sharpness = model.config.mask_sharpness
         check_floor_db(floor_db)
         self.floor_db = floor_db
         self.lookahead = model.lookahead
@@ -174,7 +178,7 @@ class StreamingDenoiser:
         if logits is None:
             return np.zeros(HOP, dtype=np.float32)
         target = self._frames.pop(0)  # the frame L hops back, which these logits belong to
-        block = self.stft.synthesize(target * mask_gain(logits[0, 0], self.mask, self.floor_db))
+        block = self.stft.synthesize(target * mask_gain(logits[0, 0], self.mask, self.floor_db, self.sharpness))
         start, self._recon_start = self._recon_start, self._recon_start + HOP
         if start < 0:  # leading zero padding: the signal has not started yet
             return np.zeros(HOP, dtype=np.float32)

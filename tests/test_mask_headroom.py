@@ -7,6 +7,7 @@ import torch
 
 from benchmarks.mask_headroom import fit_f_map, headroom, masks_for
 from rtpulse.metrics import si_snr
+from rtpulse.model import ModelConfig
 from rtpulse.stream import enhance
 
 
@@ -35,6 +36,7 @@ class ToneDetector(torch.nn.Module):
     """Logits from |X|: speech (f = −8) where a bin is 20 dB above the frame's median, noise (f = +8) elsewhere."""
 
     lookahead = 0
+    config = ModelConfig(mask_sharpness=0.5)  # the engine and headroom read the soft mask's sharpness from it
 
     def forward(self, mag: torch.Tensor) -> torch.Tensor:
         loud = mag > 10 * mag.median(dim=1, keepdim=True).values

@@ -134,6 +134,11 @@ def test_header_claiming_a_huge_size_is_a_one_line_error(tmp_path):
         (lambda c: {**c, "lookahead": "2"}, "lookahead must be an integer"),
         (lambda c: {**c, "dropout": "x"}, "dropout"),
         (lambda c: {**c, "out_channels": 10**9}, "out_channels"),  # refused before anything is allocated
+        (lambda c: {**c, "mask_sharpness": 0}, "mask_sharpness"),
+        (lambda c: {**c, "mask_sharpness": 1e9}, "mask_sharpness"),
+        (lambda c: {**c, "mask_sharpness": "2"}, "mask_sharpness"),
+        (lambda c: {**c, "mask_sharpness": True}, "mask_sharpness"),
+        (lambda c: {**c, "mask_sharpness": float("nan")}, "mask_sharpness"),
         (lambda c: "[" * 100_000 + "]" * 100_000, "broken config"),  # json's RecursionError
     ],
 )
@@ -221,8 +226,8 @@ def test_wrong_dtype_tensor_is_refused_or_converted(tmp_path):
 # --- round trips -------------------------------------------------------------------------------------
 
 CONFIGS = [
-    ModelConfig(preset=p, lookahead=la, compress=c, method=m)
-    for p in PRESETS
+    ModelConfig(preset=p, lookahead=la, compress=c, method=m, mask_sharpness=s)
+    for s, p in [(1.0, p) for p in PRESETS] + [(2.5, "blocks2")]
     for la, c, m in [(0, "power", "pu"), (sum(k == 3 for *_, k in PRESETS[p]), "linear", "pn"), (1, "log1p", "mixit")]
 ]
 
@@ -267,3 +272,9 @@ def test_saved_model_has_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0666 & ~umask, like any file the user creates
+
+
+def test_a_model_file_from_before_mask_sharpness_loads_with_the_plain_soft_mask(tmp_path):
+    path = _saved(tmp_path)
+    _rewrite_config(path, lambda c: {k: v for k, v in c.items() if k != "mask_sharpness"})
+    assert load_model(path).config.mask_sharpness == 1.0

@@ -137,6 +137,28 @@ def test_mask_gain_values():
     torch.testing.assert_close(posterior, torch.tensor([1 - math.exp(-2) / 2, 0.5, 0.0, 0.0, 0.0]))
     floored = mask_gain(f, "binary", floor_db=-20.0)
     assert torch.allclose(floored, torch.tensor([1.0, 0.1, 0.1, 0.1]))
+    # sharpness s: the soft mask is σ(−s·f) — at f = 1, s = 2: 1/(1 + e²) = 0.1192; binary and posterior ignore s
+    sharp = mask_gain(torch.tensor([1.0, -1.0, 0.0]), "soft", sharpness=2.0)
+    torch.testing.assert_close(sharp, torch.tensor([1 / (1 + math.e**2), 1 / (1 + math.e**-2), 0.5]))
+    for mask in ("binary", "posterior"):
+        assert torch.equal(mask_gain(f, mask, sharpness=3.0), mask_gain(f, mask))
+
+
+@pytest.mark.parametrize("chunking", [1, 256, "random"])
+def test_the_models_mask_sharpness_is_used_by_both_engines_alike(chunking):
+    x = noisy_signal(0.7, seed=5)
+    plain = random_model("blocks2", 2, spread=1.0)
+    sharp = random_model("blocks2", 2, spread=1.0, mask_sharpness=2.5)  # the same weights (seeded)
+    off = enhance(sharp, torch.from_numpy(x), mask="soft").numpy()
+    engine = StreamingDenoiser(sharp, mask="soft")
+    y = run_stream(engine, x, chunking)
+    assert np.max(np.abs(y[engine.delay :] - off)) <= 1e-5
+    # and it is σ(−2.5 f): the same as a model whose last layer (its logits) is 2.5 times larger
+    with torch.no_grad():
+        plain.convs[-1].weight.mul_(2.5)
+        plain.convs[-1].bias.mul_(2.5)
+    np.testing.assert_allclose(off, enhance(plain, torch.from_numpy(x), mask="soft").numpy(), atol=1e-5)
+    assert np.max(np.abs(off - enhance(sharp, torch.from_numpy(x), mask="binary").numpy())) > 1e-2
 
 
 def test_stream_offline_equivalent_helper_matches_enhance():

@@ -1,0 +1,115 @@
+"""Pick a model's soft-mask sharpness s (the mask σ(−s·f)) on held-out mixtures; optionally write the model with it.
+
+The PU logits keep their meaning (f = 0 stays the decision boundary); s only decides how hard the soft mask
+commits. A briefly trained PU classifier is less confident than SI-SNR rewards, so s > 1 gains SI-SNRi; PESQ and
+STOI fall once the mask is too hard, so of the values within TOLERANCE_DB of the best the gentlest wins.
+
+The selection mixtures are made like the quality benchmark's test set (benchmarks.quality.generated_set), from
+the **train** split by default: speakers and noise recordings the test set (dev split) never uses. Clean speech
+only scores the candidates, as it picks the trainer's checkpoint; the network is not trained on it.
+
+    python -m benchmarks.mask_sharpness --data /work/shared/data -m MODEL [--write OUT]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.quality import DEFAULT_DATA, generated_set
+from rtpulse.errors import RtpulseError
+from rtpulse.metrics import si_snr
+from rtpulse.model import MAX_SHARPNESS, MIN_SHARPNESS, load_model, save_model
+from rtpulse.stft import istft, stft
+from rtpulse.stream import mask_gain, sanitize, tail_for_lookahead
+
+GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+TOLERANCE_DB = 0.05
+
+
+@dataclasses.dataclass
+class Case:
+    """One mixture: logits f and noisy STFT X ``[F, M]``, noisy and clean waveforms ``[T]``."""
+
+    logits: torch.Tensor
+    spec: torch.Tensor
+    noisy: torch.Tensor
+    clean: torch.Tensor
+
+
+def cases_for(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> list[Case]:
+    """The model's logits on each mixture, computed once (the frames rtpulse.stream.enhance computes)."""
+    out = []
+    with torch.no_grad():
+        for x, s in zip(noisy, clean, strict=True):
+            wave = sanitize(torch.from_numpy(x))
+            spec = stft(wave[None], tail=tail_for_lookahead(x.size, model.lookahead))[0]
+            out.append(Case(model(spec.abs()[None])[0, 0], spec, wave, torch.from_numpy(s)))
+    return out
+
+
+def grid_scores(cases: list[Case], grid: tuple[float, ...] = GRID) -> list[float]:
+    """Mean SI-SNRi (dB) of the soft mask σ(−s·f) for each s of ``grid``."""
+    scores = []
+    for s in grid:
+        gains = [
+            float(si_snr(istft(c.spec * mask_gain(c.logits, "soft", sharpness=s), c.noisy.numel()), c.clean))
+            - float(si_snr(c.noisy, c.clean))
+            for c in cases
+        ]
+        scores.append(float(np.mean(gains)))
+    return scores
+
+
+def pick(grid: tuple[float, ...], scores: list[float], tolerance_db: float = TOLERANCE_DB) -> float:
+    """The smallest s whose score is within ``tolerance_db`` of the best."""
+    best = max(scores)
+    return min(s for s, v in zip(grid, scores, strict=True) if v >= best - tolerance_db)
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="root with speech/SPLIT and noise/SPLIT")
+    p.add_argument("-m", "--model", type=Path, required=True, help="model file")
+    p.add_argument("--split", default="train", help="which split's mixtures choose s (default: train)")
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--write", type=Path, help="write the model with the chosen sharpness here (a new file)")
+    args = p.parse_args()
+    if not 1 <= args.count <= 10_000:
+        p.error("--count must be 1…10000")
+    try:
+        if args.write is not None and args.write.exists():
+            raise RtpulseError(f"{args.write} exists; give a new path for the model with the chosen sharpness")
+        model = load_model(args.model).eval()  # before minutes of decoding
+        items = generated_set(args.data, args.count, args.seconds, args.seed, split=args.split)
+    except (RtpulseError, OSError) as e:
+        sys.exit(f"error: {e}")
+    grid = tuple(s for s in GRID if MIN_SHARPNESS <= s <= MAX_SHARPNESS)
+    scores = grid_scores(cases_for(model, [it.noisy for it in items], [it.clean for it in items]), grid)
+    chosen = pick(grid, scores)
+    print(f"soft-mask SI-SNRi (dB) on {len(items)} mixtures of the {args.split} split (seed {args.seed}), {args.model}")
+    print("\n| sharpness | " + " | ".join(f"{s:g}" for s in grid) + " |")
+    print("|---|" + "---|" * len(grid))
+    print("| SI-SNRi | " + " | ".join(f"{v:+.2f}" for v in scores) + " |")
+    print(f"\nchosen: {chosen:g} (the gentlest within {TOLERANCE_DB:g} dB of the best, {max(scores):+.2f})")
+    if args.write is not None:
+        extra = dict(model.config.extra)
+        extra["mask_sharpness_selection"] = {
+            "split": args.split, "count": len(items), "seconds": args.seconds, "seed": args.seed,
+            "grid": list(grid), "si_snri": [round(v, 3) for v in scores],
+        }
+        model.config = dataclasses.replace(model.config, mask_sharpness=chosen, extra=extra)
+        save_model(model, args.write)
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()
