@@ -1,7 +1,7 @@
 """Where a PU model's SI-SNRi is lost: the mask mapping, or the classifier's ranking of bins.
 
 For each test mixture (the quality benchmark's set) it scores, with the project's one SI-SNR:
-- ``soft``: the model's mask σ(−f), as shipped;
+- ``soft``: the model's soft mask σ(−s·f) with its own sharpness s (``config.mask_sharpness``), as shipped;
 - ``posterior``: 1 − e^f/2, the PU posterior of speech when f is the P-vs-U optimum log(2π p_P / p_U);
 - ``f_map``: the best mask that is a function of f alone — a least-squares gain per f quantile (GROUPS of them),
   fitted in-sample with the clean references of these same files: what any remapping of f could reach, roughly;

@@ -1,12 +1,14 @@
-"""Pick a model's soft-mask sharpness s (the mask σ(−s·f)) on held-out mixtures; optionally write the model with it.
+"""Pick a model's soft-mask sharpness s (the mask σ(−s·f)) on scored mixtures; optionally write the model with it.
 
 The PU logits keep their meaning (f = 0 stays the decision boundary); s only decides how hard the soft mask
 commits. A briefly trained PU classifier is less confident than SI-SNR rewards, so s > 1 gains SI-SNRi; PESQ and
 STOI fall once the mask is too hard, so of the values within TOLERANCE_DB of the best the gentlest wins.
 
 The selection mixtures are made like the quality benchmark's test set (benchmarks.quality.generated_set), from
-the **train** split by default: speakers and noise recordings the test set (dev split) never uses. Clean speech
-only scores the candidates, as it picks the trainer's checkpoint; the network is not trained on it.
+the **train** split by default: speakers and noise recordings the test set (dev split) never uses (the model was
+trained on them as noisy mixtures and noise clips, so this set ranks s, never one model against another). Clean speech
+only scores the candidates, as it picks the trainer's checkpoint; the network is not trained on it. `rtpulse train`
+writes s = 1 (and selects checkpoints with it); s is chosen afterwards with this tool.
 
     python -m benchmarks.mask_sharpness --data /work/shared/data -m MODEL [--write OUT]
 """
@@ -14,6 +16,8 @@ only scores the candidates, as it picks the trainer's checkpoint; the network is
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import torch
 
 from benchmarks.quality import DEFAULT_DATA, generated_set
 from rtpulse.errors import RtpulseError
+from rtpulse.files import check_output_file
 from rtpulse.metrics import si_snr
 from rtpulse.model import MAX_SHARPNESS, MIN_SHARPNESS, load_model, save_model
 from rtpulse.stft import istft, stft
@@ -67,8 +72,23 @@ def grid_scores(cases: list[Case], grid: tuple[float, ...] = GRID) -> list[float
 
 def pick(grid: tuple[float, ...], scores: list[float], tolerance_db: float = TOLERANCE_DB) -> float:
     """The smallest s whose score is within ``tolerance_db`` of the best."""
+    if not all(math.isfinite(v) for v in scores):
+        raise RtpulseError(f"non-finite SI-SNRi among {scores}: the model's outputs are not usable")
     best = max(scores)
     return min(s for s, v in zip(grid, scores, strict=True) if v >= best - tolerance_db)
+
+
+def write_new(model, path: Path) -> None:
+    """:func:`save_model` to a temp name beside ``path``, then a hard link: never replaces a file that appeared
+    meanwhile (os.replace would)."""
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    try:
+        save_model(model, tmp)
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RtpulseError(f"{path} exists; give a new path for the model with the chosen sharpness") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -85,30 +105,40 @@ def main() -> None:
     args = p.parse_args()
     if not 1 <= args.count <= 10_000:
         p.error("--count must be 1…10000")
+    if not 0 <= args.seed < 2**32:
+        p.error("--seed must be 0…2^32−1")
     try:
-        if args.write is not None and args.write.exists():
-            raise RtpulseError(f"{args.write} exists; give a new path for the model with the chosen sharpness")
+        if args.write is not None:
+            if args.write.exists():
+                raise RtpulseError(f"{args.write} exists; give a new path for the model with the chosen sharpness")
+            check_output_file(args.write, (args.model,))  # its folder: before minutes of scoring
         model = load_model(args.model).eval()  # before minutes of decoding
         items = generated_set(args.data, args.count, args.seconds, args.seed, split=args.split)
+        grid = tuple(s for s in GRID if MIN_SHARPNESS <= s <= MAX_SHARPNESS)
+        scores = grid_scores(cases_for(model, [it.noisy for it in items], [it.clean for it in items]), grid)
+        chosen = pick(grid, scores)
     except (RtpulseError, OSError) as e:
         sys.exit(f"error: {e}")
-    grid = tuple(s for s in GRID if MIN_SHARPNESS <= s <= MAX_SHARPNESS)
-    scores = grid_scores(cases_for(model, [it.noisy for it in items], [it.clean for it in items]), grid)
-    chosen = pick(grid, scores)
     print(f"soft-mask SI-SNRi (dB) on {len(items)} mixtures of the {args.split} split (seed {args.seed}), {args.model}")
     print("\n| sharpness | " + " | ".join(f"{s:g}" for s in grid) + " |")
     print("|---|" + "---|" * len(grid))
     print("| SI-SNRi | " + " | ".join(f"{v:+.2f}" for v in scores) + " |")
     print(f"\nchosen: {chosen:g} (the gentlest within {TOLERANCE_DB:g} dB of the best, {max(scores):+.2f})")
+    if chosen == grid[-1]:
+        print(f"note: {chosen:g} is the largest value tried; a sharper mask might score higher still")
     if args.write is not None:
         extra = dict(model.config.extra)
         extra["mask_sharpness_selection"] = {
             "split": args.split, "count": len(items), "seconds": args.seconds, "seed": args.seed,
             "grid": list(grid), "si_snri": [round(v, 3) for v in scores],
         }
-        model.config = dataclasses.replace(model.config, mask_sharpness=chosen, extra=extra)
-        save_model(model, args.write)
-        print(f"wrote {args.write}")
+        # mask "soft": the sharpness acts on the soft mask only, and a trainer's model names "binary"
+        model.config = dataclasses.replace(model.config, mask="soft", mask_sharpness=chosen, extra=extra)
+        try:
+            write_new(model, args.write)
+        except (RtpulseError, OSError) as e:
+            sys.exit(f"error: {e}")
+        print(f"wrote {args.write} (mask soft, sharpness {chosen:g})")
 
 
 if __name__ == "__main__":

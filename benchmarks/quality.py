@@ -118,6 +118,8 @@ def generated_set(
     rng = np.random.default_rng(seed)
     speech_files = find_audio_files(speech_dir)
     noise_files = find_audio_files(noise_dir)
+    if not noise_files:
+        raise RtpulseError(f"no audio files in {noise_dir}")
     rng.shuffle(speech_files)
     noises: dict[Path, np.ndarray] = {}
     items: list[Item] = []

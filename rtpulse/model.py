@@ -102,7 +102,8 @@ class ModelConfig:
     freq_input: one more input channel holding each bin's frequency (−3 at DC … +3 at Nyquist, see FREQ_SCALE).
     mask_sharpness: s in the soft mask σ(−s·f) (1 = PULSE's σ(−f)). The logits keep their PU meaning (the
         posterior mask and f = 0 as the decision boundary are unchanged); a PU classifier trained briefly is less
-        confident than SI-SNR rewards, so s is picked on held-out mixtures (benchmarks/mask_sharpness.py).
+        confident than SI-SNR rewards, so s is picked after training on mixtures with clean references
+        (benchmarks/mask_sharpness.py); training writes s = 1.
     """
 
     preset: str = "blocks2"

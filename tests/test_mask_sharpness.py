@@ -10,6 +10,7 @@ import torch
 from conftest import noisy_signal, random_model
 
 from benchmarks.mask_sharpness import GRID, Case, grid_scores, pick
+from rtpulse.errors import RtpulseError
 from rtpulse.model import load_model, save_model
 from rtpulse.stft import istft
 
@@ -39,6 +40,8 @@ def test_pick_prefers_the_gentlest_mask_within_the_tolerance():
     assert pick(grid, [4.00, 4.40, 4.44, 4.30]) == 1.5  # 4.40 is within 0.05 dB of 4.44
     assert pick(grid, [4.00, 4.38, 4.44, 4.30]) == 2.0
     assert pick(grid, [4.00, 4.38, 4.44, 4.30], tolerance_db=0.0) == 2.0
+    with pytest.raises(RtpulseError, match="non-finite"):
+        pick(grid, [4.0, float("nan"), 4.4, 4.3])
 
 
 def test_the_tool_writes_the_model_with_its_choice_and_never_overwrites(tmp_path):
@@ -57,8 +60,10 @@ def test_the_tool_writes_the_model_with_its_choice_and_never_overwrites(tmp_path
            "--count", "2", "--seconds", "1", "--write", str(out)]
     run = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    chosen = load_model(out).config.mask_sharpness
+    written = load_model(out).config
+    chosen = written.mask_sharpness
     assert chosen in GRID
+    assert written.mask == "soft"  # the source names "binary", which ignores the sharpness
     assert f"chosen: {chosen:g}" in run.stdout
     sel = load_model(out).config.extra["mask_sharpness_selection"]
     assert sel["split"] == "train" and sel["count"] == 2 and len(sel["si_snri"]) == len(GRID)
@@ -78,3 +83,20 @@ def test_a_missing_split_is_a_one_line_error(tmp_path, split):
     run = subprocess.run([sys.executable, "-m", "benchmarks.mask_sharpness", "--data", str(tmp_path), "-m", str(model),
                           "--split", split], check=False, capture_output=True, text=True)
     assert run.returncode != 0 and f"speech/{split}" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("bad", ["write_under_a_file", "seed", "no_noise"])
+def test_bad_arguments_are_one_line_errors_before_any_scoring(tmp_path, bad):
+    model = tmp_path / "m.safetensors"
+    save_model(random_model("blocks2", 0), model)
+    for part in ("speech", "noise"):
+        (tmp_path / "data" / part / "train").mkdir(parents=True)
+    sf.write(tmp_path / "data/speech/train/s.wav", noisy_signal(4.5), 16000)
+    (tmp_path / "afile").write_text("x")
+    args = {"write_under_a_file": ["--write", str(tmp_path / "afile" / "out.safetensors")],
+            "seed": ["--seed", "-1"], "no_noise": []}[bad]
+    run = subprocess.run([sys.executable, "-m", "benchmarks.mask_sharpness", "--data", str(tmp_path / "data"),
+                          "-m", str(model), "--count", "1", *args], check=False, capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert {"write_under_a_file": "afile", "seed": "--seed", "no_noise": "no audio files"}[bad] in run.stderr
+    assert "SI-SNRi" not in run.stdout

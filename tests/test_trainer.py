@@ -203,10 +203,14 @@ def test_resume_keeps_its_file_split_epochs_and_survives_a_moved_init_model(corp
     data = tmp_path / "data"
     shutil.copytree(corpus, data)
     start = tmp_path / "start.safetensors"
-    save_model(build_model(tiny(corpus, tmp_path)), start)
+    sharp = build_model(tiny(corpus, tmp_path))
+    sharp.config = dataclasses.replace(sharp.config, mask_sharpness=2.5)
+    save_model(sharp, start)
     cfg = tiny(corpus, tmp_path, clean=str(data / "clean"), noise=str(data / "noise"), steps_per_epoch=1,
                init_from=str(start))
     run_training(cfg, progress=False)
+    # training uses and writes the plain soft mask whatever its starting model's sharpness (chosen afterwards)
+    assert load_model(tmp_path / "run" / "last.safetensors").config.mask_sharpness == 1.0
     split = (tmp_path / "run" / "split.json").read_text()
     start.unlink()  # the starting model is not needed to resume
     shutil.copy(data / "noise" / "n0.flac", data / "noise" / "n9.flac")  # a new file would re-shuffle the split
