@@ -84,6 +84,11 @@ def train(
     freq_input: Annotated[
         bool, typer.Option(help="Add an input channel holding each bin's frequency (convolutions cannot see it).")
     ] = False,
+    freq_scale: Annotated[
+        float | None,
+        typer.Option(help="The frequency channel's range ±X (default 3): Adam moves its weights ~lr per step, so a "
+                     "larger range is learned faster (a model started with another range is rescaled: the same logits)."),
+    ] = None,
     clean: Annotated[Path | None, typer.Option(help="Clean speech folder (synthetic recipe).")] = None,
     noise: Annotated[Path | None, typer.Option(help="Noise recordings folder (P clips; mixed into speech).")] = None,
     noisy: Annotated[Path | None, typer.Option(help="Real noisy recordings folder (U clips; PU only).")] = None,
@@ -183,6 +188,7 @@ def train(
                 level_frames=level_frames,
                 floor_frames=floor_frames,
                 freq_input=freq_input,
+                **({} if freq_scale is None else {"freq_scale": freq_scale}),  # None: rtpulse.model.FREQ_SCALE
                 clean=_s(clean),
                 noise=_s(noise),
                 noisy=_s(noisy),

@@ -76,6 +76,7 @@ FLOOR_RATIO_SCALE = 0.25  # log ratios of ±14 (±60 dB) → ±3.5, the range of
 # grown into a trained model its weights start at zero, and Adam moves a weight by about lr per step whatever
 # the gradient, so a channel of ±3 (the range of the other inputs) is learned 3× faster than one of ±1.
 FREQ_SCALE = 3.0
+MAX_FREQ_SCALE = 1000.0
 
 # config.mask_sharpness bounds: below 0.1 every soft gain sits near 0.5; above 100 it is the binary mask.
 MIN_SHARPNESS, MAX_SHARPNESS = 0.1, 100.0
@@ -100,6 +101,7 @@ class ModelConfig:
     floor_frames: 0 = one input channel; K > 0 = two more, from a causal noise-floor tracker over the last K
         frames (see FLOOR_SMOOTH_FRAMES).
     freq_input: one more input channel holding each bin's frequency (−3 at DC … +3 at Nyquist, see FREQ_SCALE).
+    freq_scale: that channel's range, ±freq_scale (FREQ_SCALE by default; larger = learned faster, see there).
     mask_sharpness: s in the soft mask σ(−s·f) (1 = PULSE's σ(−f)). The logits keep their PU meaning (the
         posterior mask and f = 0 as the decision boundary are unchanged); a PU classifier trained briefly is less
         confident than SI-SNR rewards, so s is picked after training on mixtures with clean references
@@ -116,6 +118,7 @@ class ModelConfig:
     mask: str = "binary"
     floor_frames: int = 0
     freq_input: bool = False
+    freq_scale: float = FREQ_SCALE
     mask_sharpness: float = 1.0
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
@@ -136,6 +139,9 @@ class ModelConfig:
             raise RtpulseError(f"floor_frames must be an integer 0…1000, got {self.floor_frames!r}")
         if not isinstance(self.freq_input, bool):
             raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
+        scale = self.freq_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.1 <= scale <= MAX_FREQ_SCALE:
+            raise RtpulseError(f"freq_scale must be a number 0.1…{MAX_FREQ_SCALE:g}, got {scale!r}")
         sharp = self.mask_sharpness
         if isinstance(sharp, bool) or not isinstance(sharp, (int, float)) or not MIN_SHARPNESS <= sharp <= MAX_SHARPNESS:
             raise RtpulseError(f"mask_sharpness must be a number {MIN_SHARPNESS:g}…{MAX_SHARPNESS:g}, got {sharp!r}")
@@ -218,7 +224,8 @@ class PulseCNN(nn.Module):
             nn.Conv2d(cin, cout, k, dilation=(d, 1)) for (cin, cout, k), d in zip(config.layers, config.freq_dilations)
         )
         # the frequency channel's values, made once (not per streaming hop); not persistent: never in a model file
-        self.register_buffer("freq_position", torch.linspace(-FREQ_SCALE, FREQ_SCALE, N_BINS), persistent=False)
+        position = torch.linspace(-config.freq_scale, config.freq_scale, N_BINS)
+        self.register_buffer("freq_position", position, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         # Time padding (past, future) per layer; the first `lookahead` 3×3 layers get one future frame.
         pads, budget = [], config.lookahead

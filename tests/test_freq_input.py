@@ -7,7 +7,7 @@ import torch
 from conftest import random_model
 
 from rtpulse.errors import RtpulseError
-from rtpulse.model import ModelConfig, load_model, save_model
+from rtpulse.model import ModelConfig, PulseCNN, load_model, save_model
 from trainer.config import TrainConfig
 from trainer.train import build_model
 
@@ -64,3 +64,31 @@ def test_a_frequency_input_model_cannot_start_a_run_without_it(tmp_path):
     save_model(build_model(TrainConfig(**cfg, freq_input=True)), tmp_path / "f.safetensors")
     with pytest.raises(RtpulseError, match="give --freq-input"):
         build_model(TrainConfig(**cfg, floor_frames=10, init_from=str(tmp_path / "f.safetensors")))
+
+
+def test_freq_scale_sets_the_channels_range_and_is_validated():
+    m = random_model("blocks2", 0, freq_input=True, freq_scale=30.0)
+    x = m.features(torch.rand(1, 513, 4))
+    assert x[0, 1, 0, 0].item() == -30.0 and x[0, 1, 512, 3].item() == 30.0
+    for bad in (0.0, -3.0, 1e9, True, "3"):
+        with pytest.raises(RtpulseError, match="freq_scale"):
+            ModelConfig(freq_input=True, freq_scale=bad)
+
+
+@pytest.mark.parametrize("start_scale, new_scale", [(3.0, 30.0), (30.0, 3.0)])
+def test_a_run_with_another_freq_scale_starts_with_the_same_logits(tmp_path, start_scale, new_scale):
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "compress": "linear", "lookahead": 2,
+           "init": "he", "dropout": 0.0, "freq_input": True}
+    small = build_model(TrainConfig(**cfg, freq_scale=start_scale, seed=3))
+    with torch.no_grad():  # the frequency weights matter: make them as large as the magnitude's
+        small.convs[0].weight[:, 1] = small.convs[0].weight[:, 0].flip(0) / start_scale
+    save_model(small, tmp_path / "small.safetensors")
+    big = build_model(TrainConfig(**cfg, freq_scale=new_scale, init_from=str(tmp_path / "small.safetensors")))
+    assert big.config.freq_scale == new_scale
+    mag = torch.rand(1, 513, 40) * 3
+    with torch.no_grad():
+        want, got = small(mag), big(mag)
+        unscaled = PulseCNN(big.config).eval()
+        unscaled.load_state_dict(small.state_dict())  # the same weights without the rescale: other logits
+        assert (unscaled(mag) - want).abs().max() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

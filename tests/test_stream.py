@@ -83,7 +83,8 @@ def test_streaming_equals_offline(preset, lookahead, chunking):
 
 @pytest.mark.parametrize(
     "trackers",
-    [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}, {"level_frames": 20, "freq_input": True}],
+    [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}, {"level_frames": 20, "freq_input": True},
+     {"level_frames": 20, "freq_input": True, "freq_scale": 30.0}],
 )
 @pytest.mark.parametrize("lookahead", [0, 2])
 @pytest.mark.parametrize("chunking", [1, 256, "random"])

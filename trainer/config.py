@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_output_dir
-from rtpulse.model import ModelConfig
+from rtpulse.model import FREQ_SCALE, ModelConfig
 from trainer.data import P_MIX_MARGIN_DB
 
 _JSON_TYPES = {"float": float, "int": int, "str": str, "bool": bool}  # the field types a run config may hold
@@ -27,6 +27,7 @@ class TrainConfig:
     level_frames: int = 0
     floor_frames: int = 0
     freq_input: bool = False
+    freq_scale: float = FREQ_SCALE
     # data: synthetic (clean + noise) or real (noisy + noise); optional clean validation set
     clean: str | None = None
     noise: str | None = None
@@ -157,7 +158,7 @@ class TrainConfig:
         return ModelConfig(preset=self.preset, compress=self.compress, lookahead=self.lookahead, method=self.method,
                            out_channels=3 if self.method == "mixit" else 1, dropout=self.dropout,
                            level_frames=self.level_frames, floor_frames=self.floor_frames,
-                           freq_input=self.freq_input)
+                           freq_input=self.freq_input, freq_scale=self.freq_scale)
 
     @property
     def p_mix_margin(self) -> float:

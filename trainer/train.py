@@ -174,6 +174,9 @@ def build_model(cfg: TrainConfig, resume: bool = False) -> PulseCNN:
             from trainer.grow import grow_into
 
             grow_into(start, model)
+        if start.config.freq_input and mc.freq_input and start.config.freq_scale != mc.freq_scale:
+            with torch.no_grad():  # the channel's range changes: its weights scale inversely, the logits stay
+                model.convs[0].weight[:, mc.input_names.index("frequency")] *= start.config.freq_scale / mc.freq_scale
     if cfg.output_bias is not None:
         with torch.no_grad():  # e.g. negative: start by calling bins speech (f < 0)
             model.convs[-1].bias.fill_(cfg.output_bias)
