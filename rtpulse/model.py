@@ -100,8 +100,8 @@ class ModelConfig:
         measured scores decide.
     floor_frames: 0 = one input channel; K > 0 = two more, from a causal noise-floor tracker over the last K
         frames (see FLOOR_SMOOTH_FRAMES).
-    freq_input: one more input channel holding each bin's frequency (−3 at DC … +3 at Nyquist, see FREQ_SCALE).
-    freq_scale: that channel's range, ±freq_scale (FREQ_SCALE by default; larger = learned faster, see there).
+    freq_input: one more input channel holding each bin's frequency, −freq_scale at DC … +freq_scale at Nyquist.
+    freq_scale: that channel's range (FREQ_SCALE = 3 by default; larger = learned faster, see there).
     mask_sharpness: s in the soft mask σ(−s·f) (1 = PULSE's σ(−f)). The logits keep their PU meaning (the
         posterior mask and f = 0 as the decision boundary are unchanged); a PU classifier trained briefly is less
         confident than SI-SNR rewards, so s is picked after training on mixtures with clean references

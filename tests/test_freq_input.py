@@ -2,6 +2,8 @@
 invariance across frequency, and growing it (by input name) into trained models (stream = offline is in
 test_stream.py)."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import random_model
@@ -75,20 +77,21 @@ def test_freq_scale_sets_the_channels_range_and_is_validated():
             ModelConfig(freq_input=True, freq_scale=bad)
 
 
-@pytest.mark.parametrize("start_scale, new_scale", [(3.0, 30.0), (30.0, 3.0)])
-def test_a_run_with_another_freq_scale_starts_with_the_same_logits(tmp_path, start_scale, new_scale):
+@pytest.mark.parametrize("start_scale, new_scale, added", [(3.0, 30.0, {}), (30.0, 3.0, {}),
+                                                          (3.0, 30.0, {"floor_frames": 30})])  # channel 1 → 3
+def test_a_run_with_another_freq_scale_starts_with_the_same_logits(tmp_path, start_scale, new_scale, added):
     cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "compress": "linear", "lookahead": 2,
-           "init": "he", "dropout": 0.0, "freq_input": True}
+           "init": "he", "dropout": 0.0, "freq_input": True, "level_frames": 20}
     small = build_model(TrainConfig(**cfg, freq_scale=start_scale, seed=3))
     with torch.no_grad():  # the frequency weights matter: make them as large as the magnitude's
         small.convs[0].weight[:, 1] = small.convs[0].weight[:, 0].flip(0) / start_scale
     save_model(small, tmp_path / "small.safetensors")
-    big = build_model(TrainConfig(**cfg, freq_scale=new_scale, init_from=str(tmp_path / "small.safetensors")))
+    big = build_model(TrainConfig(**cfg, **added, freq_scale=new_scale, init_from=str(tmp_path / "small.safetensors")))
     assert big.config.freq_scale == new_scale
     mag = torch.rand(1, 513, 40) * 3
     with torch.no_grad():
         want, got = small(mag), big(mag)
-        unscaled = PulseCNN(big.config).eval()
+        unscaled = PulseCNN(dataclasses.replace(small.config, freq_scale=new_scale)).eval()
         unscaled.load_state_dict(small.state_dict())  # the same weights without the rescale: other logits
         assert (unscaled(mag) - want).abs().max() > 0.1
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -325,6 +325,8 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     # refused before any audio is decoded: the data folders "c" and "n" do not even exist
     (["--clean", "c", "--noise", "n", "--lookahead", "99"], "lookahead must be 0…6 for preset 'blocks2'"),
     (["--clean", "c", "--noise", "n", "--device", "bogus"], "is not a device"),
+    (["--clean", "c", "--noise", "n", "--freq-scale", "30"], "give --freq-input"),
+    (["--clean", "c", "--noise", "n", "--freq-input", "--freq-scale", "0"], "--freq-scale must be 0.1…1000"),
     (["--clean", "c", "--noise", "n", "--beta", "-0.1"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
     (["--clean", "c", "--noise", "n", "--gamma", "1.5"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
     (["--clean", "c", "--noise", "n", "--gamma", "-1"], "--beta must be ≥ 0 and --gamma in [0, 1]"),
