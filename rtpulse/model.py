@@ -76,7 +76,7 @@ FLOOR_RATIO_SCALE = 0.25  # log ratios of ±14 (±60 dB) → ±3.5, the range of
 # grown into a trained model its weights start at zero, and Adam moves a weight by about lr per step whatever
 # the gradient, so a channel of ±3 (the range of the other inputs) is learned 3× faster than one of ±1.
 FREQ_SCALE = 3.0
-MAX_FREQ_SCALE = 1000.0
+MIN_FREQ_SCALE, MAX_FREQ_SCALE = 0.1, 1000.0  # config.freq_scale bounds
 
 # config.mask_sharpness bounds: below 0.1 every soft gain sits near 0.5; above 100 it is the binary mask.
 MIN_SHARPNESS, MAX_SHARPNESS = 0.1, 100.0
@@ -140,8 +140,8 @@ class ModelConfig:
         if not isinstance(self.freq_input, bool):
             raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
         scale = self.freq_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.1 <= scale <= MAX_FREQ_SCALE:
-            raise RtpulseError(f"freq_scale must be a number 0.1…{MAX_FREQ_SCALE:g}, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not MIN_FREQ_SCALE <= scale <= MAX_FREQ_SCALE:
+            raise RtpulseError(f"freq_scale must be a number {MIN_FREQ_SCALE:g}…{MAX_FREQ_SCALE:g}, got {scale!r}")
         sharp = self.mask_sharpness
         if isinstance(sharp, bool) or not isinstance(sharp, (int, float)) or not MIN_SHARPNESS <= sharp <= MAX_SHARPNESS:
             raise RtpulseError(f"mask_sharpness must be a number {MIN_SHARPNESS:g}…{MAX_SHARPNESS:g}, got {sharp!r}")

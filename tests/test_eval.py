@@ -39,12 +39,14 @@ def pair(tmp_path):
     return tmp_path
 
 
-def run_eval(tmp_path, model, *extra):
+def run_eval(tmp_path, model, *extra, with_output: bool = False):
+    """``eval`` of tmp_path/noisy against tmp_path/clean: its JSON report (and what it printed, ``with_output``)."""
     out = tmp_path / "scores.json"
     res = CliRunner().invoke(app, ["eval", "--model", str(model), "--noisy", str(tmp_path / "noisy"),
                                    "--clean", str(tmp_path / "clean"), "--json", str(out), *extra])
     assert res.exit_code == 0, res.output
-    return json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    return (report, res.output) if with_output else report
 
 
 @pytest.mark.parametrize("engine", ["offline", "stream"])
@@ -218,18 +220,13 @@ def test_folder_mode_warns_of_unpaired_files_and_of_pairs_cut_to_the_shorter(pai
     noisy = sf.read(pair / "noisy" / "a" / "utt.wav", dtype="float32")[0]
     sf.write(pair / "clean" / "long.wav", clean, 16000, subtype="FLOAT")
     sf.write(pair / "noisy" / "long.wav", np.r_[noisy, np.ones(80, np.float32)], 16000, subtype="FLOAT")
-    out = pair / "scores.json"
-    keep = constant_model(pair / "keep.safetensors", -1.0)
-    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(pair / "noisy"),
-                                   "--clean", str(pair / "clean"), "--json", str(out)])
-    assert res.exit_code == 0, res.output
-    r = json.loads(out.read_text())
+    r, printed = run_eval(pair, constant_model(pair / "keep.safetensors", -1.0), with_output=True)
     assert [f["name"] for f in r["files"]] == ["a/utt", "long"]
     assert r["files"][1]["si_snr"] == pytest.approx(SNR_DB, abs=0.01)
     unpaired = f"1 noisy file(s) without a clean partner in {pair / 'clean'} skipped: unpaired"
     cut = "1 pair(s) differ in length (by up to 5.0 ms), scored over the shorter: long"
     assert r["warnings"][:2] == [unpaired, cut]
-    assert f"warning: {unpaired}" in res.output.splitlines() and f"warning: {cut}" in res.output.splitlines()
+    assert f"warning: {unpaired}" in printed.splitlines() and f"warning: {cut}" in printed.splitlines()
 
 
 def test_pair_of_very_different_lengths_is_an_error(pair):
@@ -252,19 +249,14 @@ def test_each_mean_says_over_how_many_files(tmp_path):
         sf.write(tmp_path / "clean" / f"{name}.wav", x, 16000, subtype="FLOAT")
         sf.write(tmp_path / "noisy" / f"{name}.wav", x + 0.05 * rng.standard_normal(samples).astype(np.float32),
                  16000, subtype="FLOAT")
-    out = tmp_path / "s.json"
-    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
-    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(tmp_path / "noisy"),
-                                   "--clean", str(tmp_path / "clean"), "--json", str(out)])
-    assert res.exit_code == 0, res.output
-    r = json.loads(out.read_text())
+    r, printed = run_eval(tmp_path, constant_model(tmp_path / "keep.safetensors", -1.0), with_output=True)
     rows = {f["name"]: f for f in r["files"]}
     assert rows["tiny"]["stoi"] is None and rows["long"]["stoi"] is not None
     assert r["mean"]["stoi"] == rows["long"]["stoi"]
     assert r["mean"]["si_snr"] == pytest.approx((rows["long"]["si_snr"] + rows["tiny"]["si_snr"]) / 2)
     assert r["mean_files"]["stoi"] == 1 and r["mean_files"]["si_snr"] == r["mean_files"]["si_snri"] == 2
-    assert "warning: stoi mean over 1 of 2 files (no score for tiny)" in res.output.splitlines()
-    counts = next(ln for ln in res.output.splitlines() if "files in mean" in ln)
+    assert "warning: stoi mean over 1 of 2 files (no score for tiny)" in printed.splitlines()
+    counts = next(ln for ln in printed.splitlines() if "files in mean" in ln)
     cells = [c.strip() for c in counts.split("│") if c.strip()]  # file, si_snr, si_snr_noisy, si_snri, (pesq), stoi
     assert cells[:4] == ["files in mean", "2", "2", "2"] and cells[-1] == "1"
 

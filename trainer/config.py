@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_output_dir
-from rtpulse.model import FREQ_SCALE, MAX_FREQ_SCALE, ModelConfig
+from rtpulse.model import FREQ_SCALE, MAX_FREQ_SCALE, MIN_FREQ_SCALE, ModelConfig
 from trainer.data import P_MIX_MARGIN_DB
 
 _JSON_TYPES = {"float": float, "int": int, "str": str, "bool": bool}  # the field types a run config may hold
@@ -149,8 +149,8 @@ class TrainConfig:
             raise RtpulseError("--lr must be > 0")
         if self.select_mask not in ("binary", "soft"):
             raise RtpulseError("--select-mask must be binary or soft")
-        if not 0.1 <= self.freq_scale <= MAX_FREQ_SCALE:
-            raise RtpulseError(f"--freq-scale must be 0.1…{MAX_FREQ_SCALE:g}")
+        if not MIN_FREQ_SCALE <= self.freq_scale <= MAX_FREQ_SCALE:
+            raise RtpulseError(f"--freq-scale must be {MIN_FREQ_SCALE:g}…{MAX_FREQ_SCALE:g}")
         if self.freq_scale != FREQ_SCALE and not self.freq_input:
             raise RtpulseError("--freq-scale sets the range of --freq-input's channel: give --freq-input")
         self.model_config()  # preset, lookahead, compress …: refused here, before any audio is decoded
