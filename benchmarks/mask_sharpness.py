@@ -59,12 +59,12 @@ def cases_for(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> list[C
 
 def grid_scores(cases: list[Case], grid: tuple[float, ...] = GRID) -> list[float]:
     """Mean SI-SNRi (dB) of the soft mask σ(−s·f) for each s of ``grid``."""
+    noisy_scores = [float(si_snr(c.noisy, c.clean)) for c in cases]  # the same for every s
     scores = []
     for s in grid:
         gains = [
-            float(si_snr(istft(c.spec * mask_gain(c.logits, "soft", sharpness=s), c.noisy.numel()), c.clean))
-            - float(si_snr(c.noisy, c.clean))
-            for c in cases
+            float(si_snr(istft(c.spec * mask_gain(c.logits, "soft", sharpness=s), c.noisy.numel()), c.clean)) - base
+            for c, base in zip(cases, noisy_scores, strict=True)
         ]
         scores.append(float(np.mean(gains)))
     return scores

@@ -131,8 +131,8 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, 
                 gaps = [r["name"] for r in rows if r.get(k) is None]
                 warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)})")
     return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
-            "mask_sharpness": model.config.mask_sharpness, "floor_db": opts.floor_db, **source, "count": len(rows), "mean": mean, "mean_files": mean_files,
-            "warnings": warnings, "files": rows}
+            "mask_sharpness": model.config.mask_sharpness, "floor_db": opts.floor_db, **source, "count": len(rows),
+            "mean": mean, "mean_files": mean_files, "warnings": warnings, "files": rows}
 
 
 def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: EvalOptions) -> dict:
