@@ -26,6 +26,7 @@ class Preset(str, Enum):
     blocks2 = "blocks2"
     blocks3 = "blocks3"
     blocks2f = "blocks2f"
+    blocks3t = "blocks3t"
 
 
 class Compress(str, Enum):
@@ -69,7 +70,7 @@ class SelectMask(str, Enum):  # the masks the dev pass scores (trainer.validate)
 def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics, plot).")] = None,
     method: Annotated[Method, typer.Option(help="pu: PULSE (noisy + noise only); pn: supervised; mixit.")] = Method.pu,
-    preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3; blocks2f = blocks2 dilated across frequency (65-bin view).")] = Preset.blocks2,
+    preset: Annotated[Preset, typer.Option(help="Network size: paper (11 layers), blocks2, blocks3; blocks2f = blocks2 dilated across frequency (65-bin view); blocks3t = blocks3 plus two time-dilated layers (57-frame view).")] = Preset.blocks2,
     lookahead: Annotated[int, typer.Option(help="Future frames the model sees (0 = causal; 16 ms each).")] = 0,
     compress: Annotated[
         Compress, typer.Option(help="Input: power |X|^(1/15), linear |X|/15, log1p.")
@@ -155,7 +156,7 @@ def train(
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     init_from: Annotated[
         Path | None,
-        typer.Option(help="Start from this model file's weights (fine-tuning; same compress; L may differ; a smaller preset (blocks2 < blocks3 < paper) grows into this one, its logits unchanged if L and --level-frames match)."),
+        typer.Option(help="Start from this model file's weights (fine-tuning; same compress; L may differ; a smaller preset (blocks2 < blocks3 < paper or blocks3t) grows into this one, its logits unchanged if L and --level-frames match)."),
     ] = None,
     select_mask: Annotated[
         SelectMask, typer.Option(help="Mask whose dev SI-SNRi picks best.safetensors.")

@@ -47,7 +47,14 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
 # Time is never dilated, so the streaming caches stay (k − 1) frames per layer.
 PRESETS["blocks2f"] = PRESETS["blocks2"]
 FREQ_DILATIONS: dict[str, tuple[int, ...]] = {"blocks2f": (1, 2, 4, 8, 16, 1, 1)}
-assert all(len(d) == len(PRESETS[name]) for name, d in FREQ_DILATIONS.items()), "one dilation per layer"
+# Time dilation per layer (default 1). blocks3 sees 17 frames (0.27 s): too short to tell a steady noise from a
+# held vowel. blocks3t adds two causal 64→64 layers dilated 4 and 16 frames in time (57 frames, 0.9 s), placed
+# before the output layer so that a trained blocks3 grows into it unchanged (trainer.grow). A layer dilated d in
+# time caches 2d frames when streaming; lookahead layers are never dilated (ModelConfig checks).
+PRESETS["blocks3t"] = PRESETS["blocks3"][:-1] + ((64, 64, 3), (64, 64, 3), (64, 1, 1))
+TIME_DILATIONS: dict[str, tuple[int, ...]] = {"blocks3t": (1,) * 8 + (4, 16, 1)}
+for _dilations in (FREQ_DILATIONS, TIME_DILATIONS):
+    assert all(len(d) == len(PRESETS[name]) for name, d in _dilations.items()), "one dilation per layer"
 
 COMPRESSIONS = ("power", "linear", "log1p")
 MASKS = ("binary", "soft", "posterior")  # how logits become a gain: rtpulse.stream.mask_gain
@@ -145,7 +152,7 @@ class ModelConfig:
         sharp = self.mask_sharpness
         if isinstance(sharp, bool) or not isinstance(sharp, (int, float)) or not MIN_SHARPNESS <= sharp <= MAX_SHARPNESS:
             raise RtpulseError(f"mask_sharpness must be a number {MIN_SHARPNESS:g}…{MAX_SHARPNESS:g}, got {sharp!r}")
-        n3 = sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
+        n3 = self.max_lookahead
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
         if not isinstance(self.out_channels, int) or not 1 <= self.out_channels <= 16:
@@ -174,8 +181,19 @@ class ModelConfig:
         return FREQ_DILATIONS.get(self.preset, (1,) * len(PRESETS[self.preset]))
 
     @property
+    def time_dilations(self) -> tuple[int, ...]:
+        return TIME_DILATIONS.get(self.preset, (1,) * len(PRESETS[self.preset]))
+
+    @property
     def max_lookahead(self) -> int:
-        return sum(1 for _, _, k in PRESETS[self.preset] if k == 3)
+        """The 3×3 layers before the first time-dilated one: each can carry one frame of lookahead."""
+        n = 0
+        for (_, _, k), d in zip(PRESETS[self.preset], self.time_dilations):
+            if k == 3:
+                if d > 1:
+                    break
+                n += 1
+        return n
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -194,7 +212,8 @@ class ModelConfig:
 class StreamState:
     """Per-layer caches and streaming kernels for :meth:`PulseCNN.step`.
 
-    caches[i]: the last (k−1) input columns of layer i, ``[B, C_in, k−1, F]`` (empty for 1×1 layers).
+    caches[i]: the last (k−1)·d input columns of layer i (time dilation d), ``[B, C_in, (k−1)·d, F]`` (empty for
+        1×1 layers); a step reads every d-th of them.
     kernels[i]: layer i's weight folded for a one-column step — ``[C_out, C_in·k_t, k_f]``, the time taps
         moved into the channel axis so a step is one 1-D convolution over frequency (several times
         faster than a 2-D convolution on a 3-column input). A snapshot: re-init after changing weights.
@@ -221,7 +240,8 @@ class PulseCNN(nn.Module):
         super().__init__()
         self.config = config
         self.convs = nn.ModuleList(
-            nn.Conv2d(cin, cout, k, dilation=(d, 1)) for (cin, cout, k), d in zip(config.layers, config.freq_dilations)
+            nn.Conv2d(cin, cout, k, dilation=(d_f, d_t))
+            for (cin, cout, k), d_f, d_t in zip(config.layers, config.freq_dilations, config.time_dilations)
         )
         # the frequency channel's values, made once (not per streaming hop); not persistent: never in a model file
         position = torch.linspace(-config.freq_scale, config.freq_scale, N_BINS)
@@ -229,14 +249,14 @@ class PulseCNN(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         # Time padding (past, future) per layer; the first `lookahead` 3×3 layers get one future frame.
         pads, budget = [], config.lookahead
-        for _, _, k in config.layers:
+        for (_, _, k), d in zip(config.layers, config.time_dilations):
             if k == 1:
                 pads.append((0, 0))
-            elif budget > 0:
+            elif budget > 0:  # never a dilated layer (max_lookahead stops before the first)
                 pads.append((1, 1))
                 budget -= 1
             else:
-                pads.append((2, 0))
+                pads.append(((k - 1) * d, 0))
         self.time_pads: tuple[tuple[int, int], ...] = tuple(pads)
 
     @property
@@ -248,16 +268,16 @@ class PulseCNN(nn.Module):
         """(frequency bins, time frames) that one output bin sees."""
         layers = self.config.layers
         rf_f = 1 + sum((k - 1) * d for (_, _, k), d in zip(layers, self.config.freq_dilations))
-        return rf_f, 1 + sum(k - 1 for _, _, k in layers)
+        return rf_f, 1 + sum((k - 1) * d for (_, _, k), d in zip(layers, self.config.time_dilations))
 
     @property
     def past_frames(self) -> int:
-        """Past frames one output frame depends on: 2 per causal 3×3 layer, 1 per lookahead layer, plus
-        the longer of the level normaliser's K − 1 and the floor tracker's. Chunked processing needs this much
-        context to be exact."""
+        """Past frames one output frame depends on: 2d per causal 3×3 layer (time dilation d), 1 per lookahead
+        layer, plus the longer of the level normaliser's K − 1 and the floor tracker's. Chunked processing needs
+        this much context to be exact."""
         level = self.config.level_frames - 1 if self.config.level_frames else 0
         floor = self.config.floor_frames + FLOOR_SMOOTH_FRAMES - 2 if self.config.floor_frames else 0
-        return 2 * self.config.max_lookahead - self.lookahead + max(level, floor)
+        return sum(past for past, _ in self.time_pads) + max(level, floor)
 
     def level_gain(self, mag: torch.Tensor) -> torch.Tensor:
         """Causal level-normalising gain: magnitudes ``[B, F, T]`` → ``[B, 1, T]`` (ones when off).
@@ -345,7 +365,8 @@ class PulseCNN(nn.Module):
         for conv in self.convs:
             w = conv.weight.detach()  # [C_out, C_in, k_f, k_t]
             c_out, c_in, k_f, k_t = w.shape
-            caches.append(torch.zeros(batch, c_in, k_t - 1, N_BINS, dtype=w.dtype, device=w.device))
+            span = (k_t - 1) * conv.dilation[1]
+            caches.append(torch.zeros(batch, c_in, span, N_BINS, dtype=w.dtype, device=w.device))
             folded = w.permute(0, 1, 3, 2).reshape(c_out, c_in * k_t, k_f).contiguous()  # channel = c_in·k_t + t
             kernels.append((folded, None if conv.bias is None else conv.bias.detach().clone()))
         warmup = [future for _, future in self.time_pads]
@@ -381,12 +402,13 @@ class PulseCNN(nn.Module):
         state.frames_seen += 1
         x = self.features(mag_col.unsqueeze(-1), gain, floor)[..., 0]  # [B, C_in, F]
         last = len(self.convs) - 1
-        for i, ((weight, bias), d) in enumerate(zip(state.kernels, self.config.freq_dilations)):
+        dilations = zip(self.config.freq_dilations, self.config.time_dilations)
+        for i, ((weight, bias), (d, d_t)) in enumerate(zip(state.kernels, dilations)):
             cache = state.caches[i]
             if cache.shape[2] > 0:
-                window = torch.cat((cache, x.unsqueeze(2)), dim=2)  # [B, C_in, k_t, F], oldest column first
+                window = torch.cat((cache, x.unsqueeze(2)), dim=2)  # [B, C_in, (k_t−1)·d_t + 1, F], oldest first
                 state.caches[i] = window[:, :, 1:]
-                x = window.reshape(x.shape[0], -1, x.shape[-1])  # [B, C_in·k_t, F]
+                x = window[:, :, ::d_t].reshape(x.shape[0], -1, x.shape[-1])  # [B, C_in·k_t, F]
             x = F.conv1d(x, weight, bias, padding=d * (weight.shape[-1] // 2), dilation=d)  # [B, C_out, F]
             if state.warmup[i] > 0:
                 state.warmup[i] -= 1

@@ -29,6 +29,23 @@ def test_preset_size_and_receptive_field(preset, params, rf_f, rf, max_la):
     assert (t_idx.min().item(), t_idx.max().item()) == (20 - (rf - 1) // 2, 20 + (rf - 1) // 2)
 
 
+@pytest.mark.parametrize("lookahead", [0, 2, 8])
+def test_time_dilated_preset_sees_57_frames_and_keeps_lookahead_out_of_its_dilated_layers(lookahead):
+    """blocks3t: blocks3 + 64→64 layers dilated 4 and 16 in time → 17 + 8 + 32 = 57 frames; only the past grows."""
+    model = PulseCNN(ModelConfig(preset="blocks3t", lookahead=lookahead))
+    assert count_parameters(model) == 73_529 + 2 * (64 * 64 * 9 + 64)
+    assert model.receptive_field == (21, 57) and model.config.max_lookahead == 8
+    assert model.past_frames == 56 - lookahead
+    m = random_model("blocks3t", lookahead=lookahead)
+    mag = torch.rand(1, 513, 120) + 1.0
+    bumped = mag.clone()
+    bumped[0, 200, 40] += 5.0
+    moved_t = ((m(bumped) - m(mag)).abs()[0, 0] > 0).any(0).nonzero().flatten()
+    assert (moved_t.min().item(), moved_t.max().item()) == (40 - lookahead, 40 - lookahead + 56)
+    with pytest.raises(RtpulseError, match="lookahead must be 0…8"):
+        ModelConfig(preset="blocks3t", lookahead=9)
+
+
 @pytest.mark.parametrize("lookahead", [0, 2, 6])
 def test_lookahead_is_causality(lookahead):
     """Output frame t must not depend on input frames beyond t + lookahead."""
@@ -75,7 +92,7 @@ def test_load_rejects_non_model_file(tmp_path):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("preset, lookahead", [("paper", 0), ("paper", 8), ("blocks2", 0)])
+@pytest.mark.parametrize("preset, lookahead", [("paper", 0), ("paper", 8), ("blocks2", 0), ("blocks3t", 2)])
 def test_step_costs_one_column_per_layer(preset, lookahead):
     """A streaming step's FLOPs equal exactly one output column per layer — no receptive-field recompute."""
     m = random_model(preset, lookahead)

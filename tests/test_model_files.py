@@ -228,7 +228,7 @@ def test_wrong_dtype_tensor_is_refused_or_converted(tmp_path):
 CONFIGS = [
     ModelConfig(preset=p, lookahead=la, compress=c, method=m, mask_sharpness=s)
     for s, p in [(1.0, p) for p in PRESETS] + [(2.5, "blocks2")]
-    for la, c, m in [(0, "power", "pu"), (sum(k == 3 for *_, k in PRESETS[p]), "linear", "pn"), (1, "log1p", "mixit")]
+    for la, c, m in [(0, "power", "pu"), (ModelConfig(preset=p).max_lookahead, "linear", "pn"), (1, "log1p", "mixit")]
 ]
 
 

@@ -145,7 +145,8 @@ def test_init_from_a_smaller_preset_grows_it_with_the_same_logits_and_room_to_le
 
     mag = torch.rand(2, 513, 40) * 300
     small_path = tmp_path / "small.safetensors"
-    for small_preset, big_preset in (("blocks2", "blocks3"), ("blocks3", "paper"), ("blocks2", "paper")):
+    pairs = (("blocks2", "blocks3"), ("blocks3", "paper"), ("blocks2", "paper"), ("blocks3", "blocks3t"))
+    for small_preset, big_preset in pairs:
         small = build_model(_cfg(tmp_path, preset=small_preset, lookahead=2, compress="linear", init="he", seed=3))
         save_model(small, small_path)
         big = build_model(
@@ -160,7 +161,11 @@ def test_init_from_a_smaller_preset_grows_it_with_the_same_logits_and_room_to_le
         # the added channels are live: the output layer's zero weights on them get a gradient
         got.sum().backward()
         c = small.convs[-1].in_channels
-        assert big.convs[-1].weight.grad[:, c:].abs().sum() > 0
+        if big.convs[-1].in_channels > c:
+            assert big.convs[-1].weight.grad[:, c:].abs().sum() > 0
+        else:  # blocks3t adds no channels: its identity-started dilated layers learn on their other taps
+            for conv in big.convs[len(small.convs) - 1 : -1]:
+                assert conv.dilation[1] > 1 and conv.weight.grad[:, :, :, :2].abs().sum() > 0
     save_model(build_model(_cfg(tmp_path, preset="paper", compress="linear", init="he")), small_path)
     with pytest.raises(RtpulseError, match="cannot grow a 'paper' model into 'blocks2': a model only grows into a bigger"):
         build_model(_cfg(tmp_path, preset="blocks2", compress="linear", init_from=str(small_path)))

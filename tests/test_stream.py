@@ -81,6 +81,20 @@ def test_streaming_equals_offline(preset, lookahead, chunking):
     assert np.max(np.abs(off - x)) > 1e-2
 
 
+@pytest.mark.parametrize("lookahead", [0, 2])
+@pytest.mark.parametrize("chunking", [1, 256, "random"])
+def test_time_dilated_streaming_equals_offline(lookahead, chunking):
+    """blocks3t's layers dilated 4 and 16 frames cache 8 and 32 columns: 2.5 s (156 frames) wraps them many times."""
+    x = noisy_signal(2.5, seed=5)
+    m = random_model("blocks3t", lookahead, level_frames=20, freq_input=True)
+    assert move_logits_off_zero(m, x) > 1e-4
+    off = enhance(m, torch.from_numpy(x), mask="soft").numpy()
+    engine = StreamingDenoiser(m, mask="soft")
+    y = run_stream(engine, x, chunking)
+    assert np.max(np.abs(y[engine.delay :] - off)) <= 1e-5
+    assert np.max(np.abs(off - x)) > 1e-2
+
+
 @pytest.mark.parametrize(
     "trackers",
     [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}, {"level_frames": 20, "freq_input": True},
@@ -106,7 +120,7 @@ def test_level_normalisation_makes_the_mask_independent_of_input_level():
         assert (np.max(np.abs(loud - quiet)) < 1e-6) == same
 
 
-@pytest.mark.parametrize("preset, lookahead", [("blocks2", 0), ("blocks2", 1), ("paper", 8)])
+@pytest.mark.parametrize("preset, lookahead", [("blocks2", 0), ("blocks2", 1), ("paper", 8), ("blocks3t", 2)])
 def test_impulse_comes_out_exactly_one_delay_later(preset, lookahead):
     m = pass_through_model(preset, lookahead)
     engine = StreamingDenoiser(m)

@@ -1,6 +1,7 @@
 """Start a deeper preset from a trained smaller one without changing what it computes (Net2Net-style).
 
-``blocks2`` is a prefix of ``blocks3`` and ``blocks3`` of ``paper`` (same layer shapes) up to the final 1×1 layer.
+``blocks2`` is a prefix of ``blocks3`` and ``blocks3`` of ``paper`` and ``blocks3t`` (same layer shapes) up to the
+final 1×1 layer.
 The shared layers are copied; each added hidden layer passes the old features through unchanged on its first c
 channels (an identity kernel at the tap for "this frame"; ReLU of features that are already ≥ 0 is a no-op) and
 starts its other channels as initialised; the new output layer reads the old output layer's weights from those
@@ -28,7 +29,7 @@ def grow_into(small: PulseCNN, big: PulseCNN) -> None:
     )
     added = list(new)[shared:-1]
     if not shapes_ok or any(m.in_channels < c or m.out_channels < c for m in added) or new[-1].in_channels < c:
-        why = ("a model only grows into a bigger preset (blocks2 < blocks3 < paper); give --preset "
+        why = ("a model only grows into a bigger preset (blocks2 < blocks3 < paper or blocks3t); give --preset "
                f"{small.config.preset} or bigger" if len(new) <= len(old) else
                "its hidden layers must be the first layers of the bigger preset")
         raise RtpulseError(f"cannot grow a {small.config.preset!r} model into {big.config.preset!r}: {why}")
@@ -44,7 +45,8 @@ def grow_into(small: PulseCNN, big: PulseCNN) -> None:
             conv.weight[:c].zero_()
             conv.bias[:c].zero_()
             idx = torch.arange(c)
-            conv.weight[idx, idx, kf // 2, past] = 1.0  # tap `past` of a kernel padded (past, future) is frame t
+            # tap past/d of a kernel padded (past, future), time dilation d, is frame t
+            conv.weight[idx, idx, kf // 2, past // conv.dilation[1]] = 1.0
         last = new[-1]
         last.weight.zero_()
         last.weight[:, :c].copy_(old[-1].weight)
