@@ -131,7 +131,8 @@ def recompute_ms(model: PulseCNN, repeats: int = 100) -> float:
 def profile_step(model: PulseCNN, repeats: int = 200) -> dict:
     """Where a step's time goes, from torch's profiler over ``repeats`` steps (whatever ``step`` runs).
 
-    ``layers``: each convolution call, grouped by input shape (one per layer), mean ms per step.
+    ``layers``: the convolution calls grouped by input shape (one row per layer, except that layers of equal shapes,
+    such as blocks3t's last three 3×3, share one), mean ms per step.
     ``ops_ms``: self time per torch op (profiled, so slightly inflated). ``gmac_per_s``: multiply-adds per
     second the unprofiled step achieves; ``rtf_at_30_gmacs``: the rtf its MACs alone would give at 30 GMAC/s
     (about what one core sustains on these shapes) — whether the step is compute- or overhead-bound.

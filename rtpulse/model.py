@@ -4,7 +4,7 @@ Layout everywhere: magnitudes ``[B, F, T]`` (F = 513 bins, T = frames) → logit
 Channel 0 is the noise logit f: f ≥ 0 means the bin is noise (PU's positive class), f < 0 speech.
 
 Time padding is explicit per layer so that streaming and offline agree: a 3-wide time kernel is padded
-(2, 0) when causal and (1, 1) when it carries one frame of lookahead. The first ``lookahead`` 3×3 layers
+(2d, 0) when causal (time dilation d, TIME_DILATIONS) and (1, 1) when it carries one frame of lookahead. The first ``lookahead`` 3×3 layers
 carry lookahead, so the model's output for frame t depends on input frames ≤ t + lookahead.
 Frequency is always 'same'-padded: (d, d) for a 3-wide kernel with frequency dilation d (FREQ_DILATIONS).
 """
@@ -44,7 +44,6 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
 
 # Frequency dilation per layer (default 1): the same kernels and MACs, a wider view across frequency. blocks2's
 # 13 bins (200 Hz) hold about one harmonic spacing of a voice; blocks2f sees 65 bins (1 kHz), several harmonics.
-# Time is never dilated, so the streaming caches stay (k − 1) frames per layer.
 PRESETS["blocks2f"] = PRESETS["blocks2"]
 FREQ_DILATIONS: dict[str, tuple[int, ...]] = {"blocks2f": (1, 2, 4, 8, 16, 1, 1)}
 # Time dilation per layer (default 1). blocks3 sees 17 frames (0.27 s): too short to tell a steady noise from a
@@ -382,7 +381,7 @@ class PulseCNN(nn.Module):
     def step(self, mag_col: torch.Tensor, state: StreamState) -> torch.Tensor | None:
         """One new frame: magnitudes ``[B, F]`` → logits ``[B, C_out, F]`` for frame (t − lookahead).
 
-        Each layer computes exactly one output column from its cached (k−1) columns plus the new one;
+        Each layer computes exactly one output column from its cached (k−1)·d columns plus the new one;
         nothing is recomputed. Returns None for the first ``lookahead`` frames (output not yet defined).
         Dropout is not applied (call on a model in eval mode for parity with :meth:`forward`).
         """

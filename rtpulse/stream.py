@@ -107,7 +107,8 @@ class StreamingDenoiser:
 
     Robustness: input is passed through :func:`sanitize` (NaN/±Inf → 0, clipped to ±MAX_ABS), so the output is
     always finite; after a burst of bad samples ending at input sample b, the output equals the clean engine's
-    again from input sample b + 1024 + 256·(2·n3 − L) on (n3 = 3×3 layers: the receptive field plus one frame).
+    again from input sample b + 1024 + 256·(P − L) on (P − L: the network's past frames, 2·n3 − L for n3 undilated
+    3×3 layers; the receptive field plus one frame).
     Loudness bound with any mask gain in [0, 1]: ``|out| ≤ OUTPUT_GAIN_BOUND · max|in|`` (27.41 =
     ‖w‖₂ · max Σ₄ w / Σ₄ w² for the periodic Hamming; a frame's masked iFFT is at most ‖w·x‖₂). Measured with
     random binary masks on square waves, chirps, DC, clicks and noise the worst ratio was 2.1.

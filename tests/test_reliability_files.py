@@ -260,6 +260,23 @@ def test_chunked_file_equals_whole_file(tmp_path, engine, lookahead, rate, chunk
     np.testing.assert_allclose(y, whole, atol=1e-6)
 
 
+@pytest.mark.parametrize("engine", ["offline", "stream"])
+def test_chunked_file_equals_whole_file_with_a_time_dilated_model(tmp_path, engine):
+    """blocks3t looks back 54 frames at L = 2 (layers dilated 4 and 16): each chunk needs all of them (past_frames)."""
+    from conftest import random_model
+
+    model = random_model("blocks3t", 2, level_frames=12, freq_input=True)
+    data = _signal(40000, 1, seed=13)  # 2.5 s: 156 frames, chunks of 2
+    src = tmp_path / "in.wav"
+    sf.write(src, data, 16000, subtype="FLOAT")
+    opts = DenoiseOptions(engine=engine, mask="soft")
+    denoise_file(model, src, tmp_path / "out.wav", opts, chunk_frames=2)
+    y, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    whole = denoise_array(model, data, 16000, opts)
+    assert np.abs(y - data[:, 0]).max() > 0.01  # the model really masks
+    np.testing.assert_allclose(y, whole, atol=1e-6)
+
+
 @pytest.mark.parametrize("trackers", [{"level_frames": 12}, {"level_frames": 12, "floor_frames": 25}])
 def test_chunked_file_equals_whole_file_with_level_normalisation(tmp_path, trackers):
     """The level normaliser and the floor tracker look back: chunks need that much more context to stay exact."""
