@@ -4,8 +4,9 @@ Layout everywhere: magnitudes ``[B, F, T]`` (F = 513 bins, T = frames) → logit
 Channel 0 is the noise logit f: f ≥ 0 means the bin is noise (PU's positive class), f < 0 speech.
 
 Time padding is explicit per layer so that streaming and offline agree: a 3-wide time kernel is padded
-(2d, 0) when causal (time dilation d, TIME_DILATIONS) and (1, 1) when it carries one frame of lookahead. The first ``lookahead`` 3×3 layers
-carry lookahead, so the model's output for frame t depends on input frames ≤ t + lookahead.
+(2d, 0) when causal (time dilation d, TIME_DILATIONS) and (1, 1) when it carries one frame of lookahead. The
+first ``lookahead`` 3×3 layers carry lookahead, so the model's output for frame t depends on input frames
+≤ t + lookahead.
 Frequency is always 'same'-padded: (d, d) for a 3-wide kernel with frequency dilation d (FREQ_DILATIONS).
 """
 
@@ -212,7 +213,8 @@ class StreamState:
     """Per-layer caches and streaming kernels for :meth:`PulseCNN.step`.
 
     caches[i]: the last (k−1)·d input columns of layer i (time dilation d), ``[B, C_in, (k−1)·d, F]`` (empty for
-        1×1 layers); a step reads every d-th of them.
+        1×1 layers), a ring whose oldest column sits at slot positions[i]; a step reads every d-th column and
+        overwrites the oldest, so a hop copies k−1 columns per layer, not the whole span.
     kernels[i]: layer i's weight folded for a one-column step — ``[C_out, C_in·k_t, k_f]``, the time taps
         moved into the channel axis so a step is one 1-D convolution over frequency (several times
         faster than a 2-D convolution on a 3-column input). A snapshot: re-init after changing weights.
@@ -226,6 +228,7 @@ class StreamState:
     caches: list[torch.Tensor]
     kernels: list[tuple[torch.Tensor, torch.Tensor | None]]
     warmup: list[int]
+    positions: list[int] = field(default_factory=list)
     level_powers: torch.Tensor | None = None  # [B, 2, K]: gated mean |X|² and loud flag of the last K frames
     frames_seen: int = 0
     floor_powers: torch.Tensor | None = None  # [B, F, FLOOR_SMOOTH_FRAMES]
@@ -371,7 +374,7 @@ class PulseCNN(nn.Module):
         warmup = [future for _, future in self.time_pads]
         k, dev = self.config.level_frames, caches[0].device
         powers = torch.zeros(batch, 2, k, device=dev) if k else None
-        state = StreamState(caches, kernels, warmup, powers)
+        state = StreamState(caches, kernels, warmup, level_powers=powers, positions=[0] * len(caches))
         if self.config.floor_frames:
             state.floor_powers = torch.zeros(batch, N_BINS, FLOOR_SMOOTH_FRAMES, device=dev)
             state.floor_smooth = torch.full((batch, N_BINS, self.config.floor_frames), math.inf, device=dev)
@@ -403,11 +406,14 @@ class PulseCNN(nn.Module):
         last = len(self.convs) - 1
         dilations = zip(self.config.freq_dilations, self.config.time_dilations)
         for i, ((weight, bias), (d, d_t)) in enumerate(zip(state.kernels, dilations)):
-            cache = state.caches[i]
-            if cache.shape[2] > 0:
-                window = torch.cat((cache, x.unsqueeze(2)), dim=2)  # [B, C_in, (k_t−1)·d_t + 1, F], oldest first
-                state.caches[i] = window[:, :, 1:]
-                x = window[:, :, ::d_t].reshape(x.shape[0], -1, x.shape[-1])  # [B, C_in·k_t, F]
+            cache, oldest = state.caches[i], state.positions[i]
+            span = cache.shape[2]
+            if span > 0:
+                taps = [cache[:, :, (oldest + j) % span] for j in range(0, span, d_t)]  # frames t − span … t − d_t
+                window = torch.stack((*taps, x), dim=2)  # [B, C_in, k_t, F], oldest column first
+                cache[:, :, oldest] = x
+                state.positions[i] = (oldest + 1) % span
+                x = window.reshape(x.shape[0], -1, x.shape[-1])  # [B, C_in·k_t, F]
             x = F.conv1d(x, weight, bias, padding=d * (weight.shape[-1] // 2), dilation=d)  # [B, C_out, F]
             if state.warmup[i] > 0:
                 state.warmup[i] -= 1
