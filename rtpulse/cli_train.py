@@ -149,6 +149,10 @@ def train(
         float | None,
         typer.Option(help="With --p-level mixed: by how much the added noise must lead the noisy clip in a bin for the bin to count as P (amplitude dB, 0…60; default 10)."),
     ] = None,
+    noise_warp: Annotated[
+        float,
+        typer.Option(help="Share of training noise clips (0…1; in the noisy mixtures and the P clips alike) played 0.8…1.25× as fast and re-coloured, so a few recordings stand for more noises. Validation noise is never warped."),
+    ] = 0.0,
     p_gain: Annotated[
         PGain, typer.Option(help="Level gain for P clips: their own, or the U clip's beside them (noise at a mixture's level).")
     ] = PGain.own,
@@ -203,6 +207,7 @@ def train(
                 context_seconds=context_seconds,
                 snr_min=snr_min,
                 snr_max=snr_max,
+                noise_warp=noise_warp,
                 epochs=10 if epochs is None else epochs,
                 steps_per_epoch=steps_per_epoch,
                 batch_size=batch_size,

@@ -42,6 +42,7 @@ class TrainConfig:
     context_seconds: float = 0.0  # audio before each crop that only feeds the level/floor trackers
     snr_min: float = -5.0
     snr_max: float = 10.0
+    noise_warp: float = 0.0  # share of noise clips (in U and P alike) played at another rate and re-coloured
     # optimisation
     epochs: int = 10
     steps_per_epoch: int = 100
@@ -85,6 +86,8 @@ class TrainConfig:
             raise RtpulseError(f"--snr-min and --snr-max must be −50…50 dB, got {self.snr_min:g} and {self.snr_max:g}")
         if self.snr_min > self.snr_max:
             raise RtpulseError(f"--snr-min {self.snr_min} is above --snr-max {self.snr_max}")
+        if not 0 <= self.noise_warp <= 1:
+            raise RtpulseError(f"--noise-warp is a share of the noise clips: 0…1, got {self.noise_warp:g}")
         if self.method not in ("pu", "pn", "mixit"):
             raise RtpulseError(f"--method must be pu, pn or mixit, got {self.method!r}")
         if self.noise is None:

@@ -31,6 +31,14 @@ STD_EPS = 1e-5
 # neighbours of a noise-dominated bin inside a noisy recording do.
 P_MIX_DB = (-10.0, 5.0)
 P_MIX_MARGIN_DB = 10.0  # default lead of the added noise over the host, amplitude dB (20·log10 of |STFT| ratios)
+# --noise-augment: 39 min of training noise from a few dozen recordings, and the test noises are other recordings.
+# A warped noise clip is played faster or slower (every frequency × rate, so a 6 kHz chirp lands anywhere in
+# 4.8…7.5 kHz) and re-coloured (a tilt plus a few broad bumps). U's noise and the P clips are warped alike, so P
+# stays the noise that U holds.
+WARP_RATE = 1.25  # rates log-uniform in [1/WARP_RATE, WARP_RATE]
+WARP_TILT_DB = 9.0  # gain at Nyquist re DC, uniform in ±this
+WARP_BUMP_DB = 3.0  # amplitude of each of WARP_BUMPS cosines across 0…Nyquist, uniform in ±this
+WARP_BUMPS = 3
 
 
 def default_cache_dir() -> Path:
@@ -133,6 +141,33 @@ class AudioBank:
         return self.samples[idx] * valid
 
 
+def warp_clips(x: torch.Tensor, sizes: torch.Tensor, gain_db: torch.Tensor, length: int) -> torch.Tensor:
+    """Play ``x[i, :sizes[i]]`` in ``length`` samples (rate sizes[i]/length: faster when larger), then weight its
+    spectrum by ``gain_db[i]`` (``[n, length // 2 + 1]`` bins, 0 … Nyquist). ``x [n, ≥ max(sizes)]`` → ``[n, length]``.
+
+    Band-limited: the spectrum of the first sizes[i] samples is cut or zero-padded to ``length`` samples' bins, so
+    nothing aliases (a faster clip loses what would land above Nyquist; a slower one has an empty top band)."""
+    bins = length // 2 + 1
+    out = []
+    for row, size, gain in zip(x, sizes.tolist(), gain_db):
+        spec = torch.fft.rfft(row[:size])
+        spec = spec[:bins] if spec.numel() >= bins else torch.cat([spec, spec.new_zeros(bins - spec.numel())])
+        out.append(torch.fft.irfft(spec * 10.0 ** (gain / 20.0), n=length) * (length / size))  # same level
+    return torch.stack(out)
+
+
+def draw_warps(n: int, length: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(sizes [n], gain_db [n, length // 2 + 1])`` for :func:`warp_clips` (see WARP_*)."""
+    log_rate = (2 * torch.rand(n, device=device, generator=gen) - 1) * np.log(WARP_RATE)
+    sizes = (length * log_rate.exp()).round().long()
+    f = torch.linspace(0.0, 1.0, length // 2 + 1, device=device)  # 0 … Nyquist
+    tilt = (2 * torch.rand(n, 1, device=device, generator=gen) - 1) * WARP_TILT_DB
+    bumps = (2 * torch.rand(n, WARP_BUMPS, device=device, generator=gen) - 1) * WARP_BUMP_DB
+    k = torch.arange(1, WARP_BUMPS + 1, device=device, dtype=f.dtype)
+    gain_db = tilt * f + bumps @ torch.cos(np.pi * k[:, None] * f[None])
+    return sizes, gain_db
+
+
 def noise_floor_db(x: np.ndarray, frame: int = 256) -> float:
     """How far a recording's quiet frames sit below its loud ones: 10th minus 95th percentile of 16 ms frame
     power, in dB. Clean read speech with pauses is −30 dB or lower; a recording with a steady background is
@@ -185,14 +220,25 @@ class Recipe:
 
     def __init__(
         self, method: str, noise: AudioBank, clean: AudioBank | None = None, noisy: AudioBank | None = None,
-        snr_range: tuple[float, float] = (-5.0, 10.0), p_level: str = "unit",
+        snr_range: tuple[float, float] = (-5.0, 10.0), p_level: str = "unit", noise_warp: float = 0.0,
     ) -> None:
         if (clean is None) == (noisy is None):
             raise RtpulseError("give either clean speech (synthetic recipe) or noisy recordings (real), not both")
         if noisy is not None and method != "pu":
             raise RtpulseError(f"--method {method} needs clean speech (--clean); real noisy recordings train PU only")
         self.method, self.noise, self.clean, self.noisy, self.snr_range = method, noise, clean, noisy, snr_range
-        self.p_level = p_level
+        self.p_level, self.noise_warp = p_level, noise_warp
+
+    def noise_clips(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+        """``[n, length]`` noise crops; with ``noise_warp`` > 0 that share of them warped (:func:`warp_clips`)."""
+        if self.noise_warp <= 0:
+            return self.noise.crops(n, length, gen)
+        dev = self.noise.samples.device
+        sizes, gain_db = draw_warps(n, length, gen, dev)
+        warped = torch.rand(n, device=dev, generator=gen) < self.noise_warp
+        sizes = torch.where(warped, sizes, length)
+        gain_db = gain_db * warped[:, None]
+        return warp_clips(self.noise.crops(n, int(sizes.max()), gen), sizes, gain_db, length)
 
     def to(self, device) -> Recipe:
         for bank in (self.noise, self.clean, self.noisy):
@@ -205,7 +251,7 @@ class Recipe:
         if self.noisy is not None:
             return standardise(self.noisy.crops(n, length, gen)), None
         speech = self.clean.crops(n, length, gen)
-        noise = self.noise.crops(n, length, gen)
+        noise = self.noise_clips(n, length, gen)
         lo, hi = self.snr_range
         snr = lo + (hi - lo) * torch.rand(n, device=speech.device, generator=gen)
         noisy, clean, _ = mix_at_snr(speech, noise, snr)
@@ -216,7 +262,7 @@ class Recipe:
         if self.method == "pn":
             return Batch(u=noisy, clean=clean)
         # P clips / MixIT's second noise: fresh crops, never the noise inside the noisy clips.
-        noise = standardise(self.noise.crops(n, length, gen))
+        noise = standardise(self.noise_clips(n, length, gen))
         if self.method == "pu":
             if self.p_level == "matched":
                 # the level noise has inside a unit-std mixture at an SNR from the same range: 1/√(1 + 10^(snr/10)).
