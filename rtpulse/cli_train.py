@@ -85,6 +85,9 @@ def train(
     freq_input: Annotated[
         bool, typer.Option(help="Add an input channel holding each bin's frequency (convolutions cannot see it).")
     ] = False,
+    band_input: Annotated[
+        bool, typer.Option(help="Add four input channels holding each frame's mean input in 0–1, 1–2, 2–4 and 4–8 kHz (what the spectrum beyond a layer's view is doing).")
+    ] = False,
     freq_scale: Annotated[
         float | None,
         typer.Option(help="The frequency channel's range ±X (default 3): Adam moves its weights ~lr per step, so a "
@@ -193,6 +196,7 @@ def train(
                 level_frames=level_frames,
                 floor_frames=floor_frames,
                 freq_input=freq_input,
+                band_input=band_input,
                 **({} if freq_scale is None else {"freq_scale": freq_scale}),  # None: rtpulse.model.FREQ_SCALE
                 clean=_s(clean),
                 noise=_s(noise),

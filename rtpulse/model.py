@@ -13,6 +13,7 @@ Frequency is always 'same'-padded: (d, d) for a 3-wide kernel with frequency dil
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -85,6 +86,14 @@ FLOOR_RATIO_SCALE = 0.25  # log ratios of ±14 (±60 dB) → ±3.5, the range of
 FREQ_SCALE = 3.0
 MIN_FREQ_SCALE, MAX_FREQ_SCALE = 0.1, 1000.0  # config.freq_scale bounds
 
+# The band inputs (config.band_input): a 3×3 stack sees 17 bins (270 Hz), so at 6 kHz it cannot tell insects'
+# chirps in a pause from a voice's upper harmonics over a voiced frame below. Four channels hold each frame's mean
+# input (the compressed magnitude channel) in 0–1, 1–2, 2–4 and 4–8 kHz, the same at every bin: what the rest of
+# the spectrum is doing now. Per frame only, so streaming needs no state for them. Scaled ×BAND_SCALE for the
+# reason FREQ_SCALE is: grown into a trained model their weights start at zero and move about lr per step.
+BAND_EDGES = (0, 64, 128, 256, N_BINS)  # bins: 0, 1, 2, 4, 8 kHz (15.625 Hz per bin)
+BAND_SCALE = 3.0
+
 # config.mask_sharpness bounds: below 0.1 every soft gain sits near 0.5; above 100 it is the binary mask.
 MIN_SHARPNESS, MAX_SHARPNESS = 0.1, 100.0
 
@@ -109,6 +118,7 @@ class ModelConfig:
         frames (see FLOOR_SMOOTH_FRAMES).
     freq_input: one more input channel holding each bin's frequency, −freq_scale at DC … +freq_scale at Nyquist.
     freq_scale: that channel's range (FREQ_SCALE = 3 by default; larger = learned faster, see there).
+    band_input: four more input channels, each frame's mean input in 0–1, 1–2, 2–4, 4–8 kHz (see BAND_EDGES).
     mask_sharpness: s in the soft mask σ(−s·f) (1 = PULSE's σ(−f)). The logits keep their PU meaning (the
         posterior mask and f = 0 as the decision boundary are unchanged); a PU classifier trained briefly is less
         confident than SI-SNR rewards, so s is picked after training on mixtures with clean references
@@ -126,6 +136,7 @@ class ModelConfig:
     floor_frames: int = 0
     freq_input: bool = False
     freq_scale: float = FREQ_SCALE
+    band_input: bool = False
     mask_sharpness: float = 1.0
     extra: dict = field(default_factory=dict)  # free-form notes (training command, scores)
 
@@ -146,6 +157,8 @@ class ModelConfig:
             raise RtpulseError(f"floor_frames must be an integer 0…1000, got {self.floor_frames!r}")
         if not isinstance(self.freq_input, bool):
             raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
+        if not isinstance(self.band_input, bool):
+            raise RtpulseError(f"band_input must be true or false, got {self.band_input!r}")
         scale = self.freq_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not MIN_FREQ_SCALE <= scale <= MAX_FREQ_SCALE:
             raise RtpulseError(f"freq_scale must be a number {MIN_FREQ_SCALE:g}…{MAX_FREQ_SCALE:g}, got {scale!r}")
@@ -164,7 +177,8 @@ class ModelConfig:
     def input_names(self) -> tuple[str, ...]:
         """The input channels in order (how a model grows more inputs: trainer.grow.widen_inputs)."""
         floor = ("floor", "floor_snr") if self.floor_frames else ()
-        return ("magnitude", *floor, *(("frequency",) if self.freq_input else ()))
+        bands = ("band_0_1k", "band_1_2k", "band_2_4k", "band_4_8k") if self.band_input else ()
+        return ("magnitude", *floor, *(("frequency",) if self.freq_input else ()), *bands)
 
     @property
     def in_channels(self) -> int:
@@ -341,6 +355,10 @@ class PulseCNN(nn.Module):
             channels.append(ratio * FLOOR_RATIO_SCALE)
         if self.config.freq_input:
             channels.append(self.freq_position.to(channels[0].dtype)[:, None].expand_as(channels[0]))
+        if self.config.band_input:
+            for lo, hi in itertools.pairwise(BAND_EDGES):
+                band = channels[0][:, lo:hi].mean(1, keepdim=True) * BAND_SCALE  # [B, 1, T]
+                channels.append(band.expand_as(channels[0]))
         return torch.stack(channels, 1)
 
     def forward(self, mag: torch.Tensor, context_frames: int = 0, gain: torch.Tensor | None = None) -> torch.Tensor:

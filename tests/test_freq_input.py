@@ -40,6 +40,7 @@ def test_only_the_frequency_input_tells_bins_of_a_flat_spectrum_apart():
     ({}, {"freq_input": True}),
     ({"floor_frames": 30}, {"floor_frames": 30, "freq_input": True}),
     ({"freq_input": True}, {"floor_frames": 30, "freq_input": True}),  # the frequency weights move to channel 3
+    ({"freq_input": True}, {"freq_input": True, "band_input": True}),
 ])
 def test_a_trained_model_grows_new_inputs_with_the_same_logits(tmp_path, start, grown):
     cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "compress": "linear", "lookahead": 2,

@@ -98,7 +98,8 @@ def test_time_dilated_streaming_equals_offline(lookahead, chunking):
 @pytest.mark.parametrize(
     "trackers",
     [{"level_frames": 20}, {"level_frames": 20, "floor_frames": 30}, {"level_frames": 20, "freq_input": True},
-     {"level_frames": 20, "freq_input": True, "freq_scale": 30.0}],
+     {"level_frames": 20, "freq_input": True, "freq_scale": 30.0},
+     {"level_frames": 20, "freq_input": True, "band_input": True}],
 )
 @pytest.mark.parametrize("lookahead", [0, 2])
 @pytest.mark.parametrize("chunking", [1, 256, "random"])

@@ -27,6 +27,7 @@ class TrainConfig:
     level_frames: int = 0
     floor_frames: int = 0
     freq_input: bool = False
+    band_input: bool = False
     freq_scale: float = FREQ_SCALE
     # data: synthetic (clean + noise) or real (noisy + noise); optional clean validation set
     clean: str | None = None
@@ -165,7 +166,7 @@ class TrainConfig:
         return ModelConfig(preset=self.preset, compress=self.compress, lookahead=self.lookahead, method=self.method,
                            out_channels=3 if self.method == "mixit" else 1, dropout=self.dropout,
                            level_frames=self.level_frames, floor_frames=self.floor_frames,
-                           freq_input=self.freq_input, freq_scale=self.freq_scale)
+                           freq_input=self.freq_input, freq_scale=self.freq_scale, band_input=self.band_input)
 
     @property
     def p_mix_margin(self) -> float:

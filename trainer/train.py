@@ -158,6 +158,7 @@ def build_model(cfg: TrainConfig, resume: bool = False) -> PulseCNN:
             wanted = [opt for opt, has, keeps in (
                 ("--floor-frames", bool(start.config.floor_frames), bool(mc.floor_frames)),
                 ("--freq-input", start.config.freq_input, mc.freq_input),
+                ("--band-input", start.config.band_input, mc.band_input),
             ) if has and not keeps]
             if wanted:
                 raise RtpulseError(f"--init-from {cfg.init_from}: it reads more inputs; give {' and '.join(wanted)}")
