@@ -72,6 +72,34 @@ def test_recipe_warps_the_share_asked_for_in_u_and_p_alike():
     assert 0.3 < half < 0.7
 
 
+def test_unwarped_clips_keep_their_colour():
+    rng = np.random.default_rng(4)
+    white = AudioBank([rng.standard_normal(4 * SR).astype(np.float32)], ["white"])
+
+    def tilts_db(share: float) -> np.ndarray:  # per clip: power 6–8 kHz over 0–2 kHz
+        noise = Recipe("pu", white, clean=white, noise_warp=share).noise_clips(64, N, torch.Generator().manual_seed(5))
+        power = torch.fft.rfft(noise).abs() ** 2
+        return 10 * np.log10((power[:, 6000:8001].sum(1) / power[:, :2001].sum(1)).numpy())
+
+    assert np.abs(tilts_db(0.0)).max() < 1.0  # white noise is flat: 0 dB up to the estimate's spread (σ ≈ 0.15 dB)
+    half = tilts_db(0.5)
+    coloured = np.abs(half) > 1.0
+    assert 0.2 < coloured.mean() < 0.8  # the warped half is re-coloured (a faster clip also loses its top band) …
+    assert np.abs(half[~coloured]).max() < 1.0  # … and the other half is left flat
+
+
+def test_validation_and_noisy_recordings_are_refused_or_unwarped(tmp_path):
+    import inspect
+
+    from trainer import train
+    from trainer.config import TrainConfig
+
+    with pytest.raises(RtpulseError, match="--noise-warp warps the noise mixed into --clean"):
+        TrainConfig(out=str(tmp_path / "run"), noisy=str(tmp_path), noise=str(tmp_path), noise_warp=0.5).validate()
+    # the dev recipes are built without noise_warp: only the training Recipe passes it
+    assert inspect.getsource(train.build_data).count("noise_warp=") == 1
+
+
 def test_noise_warp_outside_0_to_1_is_refused(tmp_path):
     from trainer.config import TrainConfig
 

@@ -89,6 +89,9 @@ class TrainConfig:
             raise RtpulseError(f"--snr-min {self.snr_min} is above --snr-max {self.snr_max}")
         if not 0 <= self.noise_warp <= 1:
             raise RtpulseError(f"--noise-warp is a share of the noise clips: 0…1, got {self.noise_warp:g}")
+        if self.noise_warp > 0 and self.noisy is not None:  # U would hold the recordings' own noise, P warped noise
+            raise RtpulseError("--noise-warp warps the noise mixed into --clean speech; with --noisy recordings P would "
+                               "no longer be the noise U holds")
         if self.method not in ("pu", "pn", "mixit"):
             raise RtpulseError(f"--method must be pu, pn or mixit, got {self.method!r}")
         if self.noise is None:

@@ -31,7 +31,7 @@ STD_EPS = 1e-5
 # neighbours of a noise-dominated bin inside a noisy recording do.
 P_MIX_DB = (-10.0, 5.0)
 P_MIX_MARGIN_DB = 10.0  # default lead of the added noise over the host, amplitude dB (20·log10 of |STFT| ratios)
-# --noise-augment: 39 min of training noise from a few dozen recordings, and the test noises are other recordings.
+# --noise-warp: 39 min of training noise from a few dozen recordings, and the test noises are other recordings.
 # A warped noise clip is played faster or slower (every frequency × rate, so a 6 kHz chirp lands anywhere in
 # 4.8…7.5 kHz) and re-coloured (a tilt plus a few broad bumps). U's noise and the P clips are warped alike, so P
 # stays the noise that U holds.
