@@ -272,6 +272,21 @@ def test_heldout_risk_with_mixed_p_counts_only_the_bins_training_counts(corpus, 
     assert got["val_risk_p"] != pytest.approx(dev_pu_risk(model, dev.u, dev.p, cfg, "cpu")["val_risk_p"], rel=1e-3)
 
 
+@pytest.mark.parametrize("val", [False, True])  # held-out files, or --val-clean/--val-noise folders
+def test_noise_warp_warps_training_noise_but_never_the_dev_clips(corpus, tmp_path, val):
+    from trainer.ddp import Dist
+    from trainer.train import build_data
+
+    folders = {"val_clean": str(corpus / "clean"), "val_noise": str(corpus / "noise")} if val else {}
+    plain, warped = (build_data(tiny(corpus, tmp_path, noise_warp=w, **folders).validate(), Dist(), None)
+                     for w in (0.0, 1.0))
+    assert warped[0].noise_warp == 1.0
+    torch.testing.assert_close(warped[1].noisy, plain[1].noisy, rtol=0, atol=0)
+    torch.testing.assert_close(warped[1].clean, plain[1].clean, rtol=0, atol=0)
+    draw = [r.batch(4, 1600, torch.Generator().manual_seed(0)).p for r in (plain[0], warped[0])]
+    assert (draw[0] - draw[1]).abs().max() > 0.1  # the training noise itself is warped
+
+
 def test_heldout_risk_weighs_a_short_last_batch_by_its_clips(corpus, tmp_path, monkeypatch):
     # 3 clips in batches of 2: the mean over the batches must equal the one-batch mean (each clip has the same bins),
     # not count the last clip as much as the first two together

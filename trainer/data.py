@@ -149,7 +149,7 @@ def warp_clips(x: torch.Tensor, sizes: torch.Tensor, gain_db: torch.Tensor, leng
     nothing aliases (a faster clip loses what would land above Nyquist; a slower one has an empty top band)."""
     bins = length // 2 + 1
     out = []
-    for row, size, gain in zip(x, sizes.tolist(), gain_db):
+    for row, size, gain in zip(x, sizes.tolist(), gain_db):  # one FFT pair per clip (sizes differ): ≪ a step's cost
         spec = torch.fft.rfft(row[:size])
         spec = spec[:bins] if spec.numel() >= bins else torch.cat([spec, spec.new_zeros(bins - spec.numel())])
         out.append(torch.fft.irfft(spec * 10.0 ** (gain / 20.0), n=length) * (length / size))  # same level
