@@ -174,6 +174,9 @@ def training(
         str | None, typer.Option(help="Replace `paper` in every row (e.g. blocks2 on a CPU); L is capped.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="Each row's `rtpulse train --precision`: auto, fp32 or bf16 (a CPU with native bf16).")
+    ] = "auto",
     only: Annotated[list[str] | None, typer.Option(help="Run only this row (repeatable).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Test mixtures (the quality benchmark's set).")] = 20,
     seconds: Annotated[float, typer.Option(min=1.0, help="Length of each test mixture (s).")] = 6.0,
@@ -199,6 +202,7 @@ def training(
         pvu_steps=pvu_steps,
         preset=preset,
         device=device,
+        precision=precision,
         only=list(only or []),
         count=count,
         seconds=seconds,

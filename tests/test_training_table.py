@@ -64,6 +64,9 @@ def test_row_commands_share_the_recipe_and_cap_the_lookahead(tmp_path):
     for name in ROWS:  # every row names its output folder after itself
         args = row_args(name, _opts(tmp_path, tmp_path))
         assert args[args.index("--out") + 1] == str(tmp_path / "runs" / name)
+        assert "--precision" not in args  # auto: each row's trainer picks (its config says "auto")
+        fast = row_args(name, _opts(tmp_path, tmp_path, precision="bf16"))
+        assert fast[fast.index("--precision") + 1] == "bf16"
 
 
 def test_a_model_that_keeps_every_bin_scores_zero_improvement(data, tmp_path):
