@@ -70,12 +70,16 @@ def step_seconds(preset: str, precision: str, keep: bool, batch_size: int, secon
 
 def _in_fresh_process(*args) -> list[float]:
     code = "import json, sys; from benchmarks.train_speed import step_seconds; print(json.dumps(step_seconds(*json.loads(sys.argv[1]))))"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=False, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise RtpulseError(f"a timing process failed: {lines[-1] if lines else proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=False, capture_output=True,
+                              text=True, timeout=3600)
+    except subprocess.TimeoutExpired:
+        raise RtpulseError(f"a timing process ran over an hour: {args}") from None
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        err = proc.stderr.strip().splitlines()
+        raise RtpulseError(f"a timing process failed: {err[-1] if err else f'exit status {proc.returncode}'}")
+    return json.loads(lines[-1])
 
 
 def loss_rel_diff(preset: str, batch: Batch) -> float:
@@ -86,6 +90,15 @@ def loss_rel_diff(preset: str, batch: Batch) -> float:
         with torch.no_grad():
             losses.append(float(compute_loss(build_model(cfg), batch, cfg)[0]))
     return abs(losses[1] - losses[0]) / abs(losses[0])
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+        return line.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def _key(precision: str, keep: bool) -> str:
@@ -109,9 +122,9 @@ def measure(presets=PRESETS, batch_size: int = 8, seconds: float = 1.0, rounds: 
                      "clips_s": {k: batch_size / m for k, m in median.items()},
                      "speedup": {k: base / m for k, m in median.items()},
                      "loss_rel_diff": loss_rel_diff(preset, _batch(batch_size, seconds))})
-    return {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor()
-            or platform.machine(), "threads": threads, "torch": torch.__version__, "batch_u_clips": batch_size,
-            "clip_seconds": seconds, "rows": rows}
+    return {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": cpu_name(),
+            "threads": threads, "torch": torch.__version__, "batch_u_clips": batch_size, "clip_seconds": seconds,
+            "rows": rows}
 
 
 def to_markdown(result: dict) -> str:
@@ -119,8 +132,8 @@ def to_markdown(result: dict) -> str:
         "# Training speed: precision and malloc, on this CPU",
         "",
         (f"One trainer step = {result['batch_u_clips']} U + {result['batch_u_clips']} P clips of "
-        f"{result['clip_seconds']:g} s (STFT, model, PU risk, backward, Adam); {result['threads']} threads, torch "
-        f"{result['torch']}, {result['when']}. U clips/s, and in brackets the speed-up over fp32 with glibc's default "
+        f"{result['clip_seconds']:g} s (STFT, model, PU risk, backward, Adam); {result['machine']}, "
+        f"{result['threads']} threads, torch {result['torch']}, {result['when']}. U clips/s, and in brackets the speed-up over fp32 with glibc's default "
         "malloc (the trainer before session 15). \"kept\": freed memory kept mapped (`trainer.memory`, what `rtpulse "
         "train` does now). Each variant runs in its own process, in alternating rounds in one run; the ratios are "
         "the figures to read (this machine is shared). `python -m benchmarks.train_speed`"),

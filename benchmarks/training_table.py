@@ -63,7 +63,7 @@ class TableOptions:
     pvu_steps: int = 0  # P-vs-U warm start before nnPU/uPU (0 = the paper's method from the first step)
     preset: str | None = None  # replaces `paper` in every row (e.g. blocks2 on a CPU); L is capped to its maximum
     device: str | None = None
-    precision: str = "auto"  # rtpulse train --precision (bf16 on a CPU with native bf16: ~2.5× the clips/s)
+    precision: str = "auto"  # rtpulse train --precision (bf16 on a CPU with native bf16: ~2× the clips/s)
     cache: Path | None = None  # decoded-audio cache (default: the trainer's, ~/.cache/rtpulse)
     only: list[str] = field(default_factory=list)
     count: int = 20  # test set: the quality benchmark's mixtures (same seed → the same files as quality.md)
@@ -126,8 +126,12 @@ def _train(name: str, opts: TableOptions) -> str:
     """Train one row (or continue it where a killed table left it); returns the command that trained it."""
     run_dir = opts.out / "runs" / name
     args = ["train", *row_args(name, opts)]
-    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):  # an interrupted row continues with its own settings
+    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):  # an interrupted row continues with its own recipe…
         args = ["train", "--resume", str(run_dir)]
+        if opts.device:  # …on this machine
+            args += ["--device", opts.device]
+        if opts.precision != "auto":
+            args += ["--precision", opts.precision]
     elif run_dir.exists():  # killed before its first checkpoint: nothing to keep
         shutil.rmtree(run_dir)
     proc = subprocess.run([sys.executable, "-m", "rtpulse.cli", *args], check=False)

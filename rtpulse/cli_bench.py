@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from rtpulse.cli_common import console, fail
+from rtpulse.cli_train import Precision
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_json_output, check_output_dir
 
@@ -175,8 +176,8 @@ def training(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, … (default: cuda if available).")] = None,
     precision: Annotated[
-        str, typer.Option(help="Each row's `rtpulse train --precision`: auto, fp32 or bf16 (a CPU with native bf16).")
-    ] = "auto",
+        Precision, typer.Option(help="Each row's `rtpulse train --precision` (bf16: a CPU with native bf16, or CUDA).")
+    ] = Precision.auto,
     only: Annotated[list[str] | None, typer.Option(help="Run only this row (repeatable).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Test mixtures (the quality benchmark's set).")] = 20,
     seconds: Annotated[float, typer.Option(min=1.0, help="Length of each test mixture (s).")] = 6.0,
@@ -202,7 +203,7 @@ def training(
         pvu_steps=pvu_steps,
         preset=preset,
         device=device,
-        precision=precision,
+        precision=precision.value,
         only=list(only or []),
         count=count,
         seconds=seconds,

@@ -462,11 +462,11 @@ def test_real_recordings_need_dnsmos(tmp_path, monkeypatch):
         run_quality(QualityOptions(noisy=tmp_path / "noisy", clean=tmp_path / "clean", real=tmp_path / "gone"))
 
 
-def test_train_speed_times_every_variant_in_its_own_process_and_reports_ratios(monkeypatch):
+def test_train_speed_times_the_four_variants_and_reports_ratios_to_the_old_default():
     from benchmarks import train_speed
 
     if not train_speed.cpu_has_native_bf16():
-        pytest.skip("this CPU has no native bf16: the benchmark refuses to run (tested below)")
+        pytest.skip("this CPU has no native bf16: the benchmark refuses to run (the next test)")
     res = train_speed.measure(presets=("blocks2",), batch_size=1, seconds=0.1, rounds=2, steps=1, threads=1)
     (row,) = res["rows"]
     assert row["steps_timed"] == 2 and set(row["clips_s"]) == {"fp32_default", "fp32_kept", "bf16_default", "bf16_kept"}
@@ -475,6 +475,11 @@ def test_train_speed_times_every_variant_in_its_own_process_and_reports_ratios(m
         assert row["speedup"][k] == pytest.approx(rate / row["clips_s"]["fp32_default"])
     assert 0 < row["loss_rel_diff"] < 0.02  # bf16 really ran (≠ 0), and changed the loss by little
     assert f"({row['speedup']['bf16_kept']:.2f}×)**" in train_speed.to_markdown(res)
+
+
+def test_train_speed_refuses_a_cpu_without_native_bf16(monkeypatch):
+    from benchmarks import train_speed
+
     monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(train_speed.RtpulseError, match="no native bf16"):
         train_speed.measure(presets=("blocks2",))

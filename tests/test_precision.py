@@ -1,6 +1,8 @@
 """--precision: bf16 autocast for the model's forward (on CPU too), float32 losses, and its refusals."""
 
 import json
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +62,17 @@ def test_resume_takes_a_new_precision_and_an_old_config_without_one_is_auto(tmp_
     (run / "config.json").write_text(json.dumps({"out": "r", "clean": "c", "noise": "n", "precision": "bf16"}))
     assert resume_config(run).precision == "bf16"
     assert resume_config(run, precision="fp32").precision == "fp32"
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="reads x86 /proc/cpuinfo")
+def test_native_bf16_is_what_the_cpu_flags_say():
+    flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+    # AVX512 alone is not enough: oneDNN then emulates bf16 at half fp32's speed
+    assert trainer.config.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)
+
+
+def test_a_missing_probe_means_no_native_bf16(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.setattr(trainer.config.Path, "read_text", lambda self: "")  # nor any /proc/cpuinfo flag
+    assert trainer.config.cpu_has_native_bf16() is False

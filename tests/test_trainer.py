@@ -496,3 +496,16 @@ def test_a_run_killed_while_saving_its_first_checkpoint_starts_again(corpus, tmp
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1]
     assert load_checkpoint(tmp_path / "run")[1]["epoch"] == 1
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_a_run_keeps_freed_memory_and_records_the_precision_it_used(corpus, tmp_path, monkeypatch, precision):
+    import trainer.train
+
+    calls = []
+    monkeypatch.setattr(trainer.train, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(trainer.config, "cpu_has_native_bf16", lambda: True)  # bf16 runs emulated where it is not
+    run_training(tiny(corpus, tmp_path, precision=precision, steps_per_epoch=1), progress=False)
+    assert calls == [1]
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["precision"] == ("bf16" if precision == "bf16" else "fp32")  # auto on a CPU: float32

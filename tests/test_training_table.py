@@ -134,3 +134,21 @@ def test_an_unknown_row_is_a_one_line_error(data, tmp_path):
 
     with pytest.raises(RtpulseError, match="unknown row 'nope'"):
         run_table(_opts(data, tmp_path, only=["nope"]))
+
+
+def test_a_resumed_row_gets_this_machines_device_and_precision(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks import training_table
+
+    run_dir = tmp_path / "runs" / "pn-paper-L0"
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "ckpt" / "epoch-0001.state.pt").write_bytes(b"")
+    (run_dir / "config.json").write_text(json.dumps({"command": "rtpulse train --the-first-command"}))
+    ran = []
+    monkeypatch.setattr(training_table.subprocess, "run",
+                        lambda args, check: ran.append(args) or subprocess.CompletedProcess(args, 0))
+    training_table._train("pn-paper-L0", _opts(tmp_path, tmp_path, precision="bf16"))
+    training_table._train("pn-paper-L0", _opts(tmp_path, tmp_path, device=None))
+    assert ran[0][3:] == ["train", "--resume", str(run_dir), "--device", "cpu", "--precision", "bf16"]
+    assert ran[1][3:] == ["train", "--resume", str(run_dir)]  # auto precision, no device: the run's own

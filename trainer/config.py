@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class TrainConfig:
     select_mask: str = "binary"
     seed: int = 0
     device: str | None = None
-    # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16" on CPU needs native bf16 (AVX512-BF16/AMX): ~2.5× faster
+    # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16" on CPU needs native bf16 (AVX512-BF16/AMX): ~2× faster
     precision: str = "auto"
     command: str = ""
 
@@ -219,6 +220,11 @@ def _check_device(name: str | None) -> None:
         raise RtpulseError(f"--device {name}: training runs on cpu or cuda")
 
 
+def effective_precision(precision: str, device_type: str) -> str:
+    """What --precision means on this device: "bf16" (the model under bf16 autocast) or "fp32"."""
+    return "bf16" if precision == "bf16" or (precision == "auto" and device_type == "cuda") else "fp32"
+
+
 def _check_precision(precision: str, device: str | None) -> None:
     """auto, fp32 or bf16; bf16 on a CPU only where it has native bf16 (emulated, it is slower than float32)."""
     if precision not in ("auto", "fp32", "bf16"):
@@ -234,7 +240,18 @@ def _check_precision(precision: str, device: str | None) -> None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    """Whether this CPU computes in bf16 natively: AVX512-BF16 or AMX on x86, the BF16 extension on Arm.
+
+    (oneDNN's own ``_is_mkldnn_bf16_supported`` is true on any AVX512 CPU, where it emulates bf16 at half fp32's
+    speed.) False when it cannot tell."""
     import torch
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+            probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+                      getattr(torch.cpu, "_is_amx_tile_supported", None))
+            return any(bool(probe()) for probe in probes if probe is not None)
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("Features"))
+        return "bf16" in flags.split(":", 1)[1].split()  # Arm Linux: the FEAT_BF16 hwcap
+    except Exception:  # noqa: BLE001 — a private probe gone, no /proc: say no, and --precision bf16 is refused
+        return False

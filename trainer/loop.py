@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rtpulse.errors import RtpulseError
 from rtpulse.stft import HOP, SAMPLE_RATE
+from trainer.config import effective_precision
 from trainer.ddp import rank_seed
 
 REFRESH_STEPS = 10  # host syncs for the live line happen this often, not every step
@@ -61,7 +62,7 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                                    "lower --lr or set --clip-grad, and check the data")
             record = {"epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"], **avg,
                       "clips_per_s": cfg.steps_per_epoch * cfg.batch_size * d.world / seconds,
-                      "train_seconds": seconds}
+                      "train_seconds": seconds, "precision": effective_precision(cfg.precision, d.device.type)}
             if d.main:
                 record.update(_validate(model, dev, cfg, d.device, dev_sisnri, dev_pu_risk))
                 score = _score(record, cfg)

@@ -25,7 +25,7 @@ from rtpulse.files import write_text_atomic
 from rtpulse.model import PulseCNN, save_model
 from rtpulse.stft import HOP, SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, effective_precision
 from trainer.data import (
     AudioBank,
     Batch,
@@ -57,7 +57,7 @@ def context_frames(cfg: TrainConfig) -> int:
 
 def autocast_for(precision: str, device: torch.device):
     """The model's forward under bf16 autocast ("bf16", or "auto" on CUDA), else float32. Losses stay float32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if effective_precision(precision, device.type) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
