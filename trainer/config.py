@@ -231,10 +231,9 @@ def _check_precision(precision: str, device: str | None) -> None:
         raise RtpulseError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     if precision != "bf16":
         return
-    import torch
+    from trainer.ddp import pick_device  # the device the run will use
 
-    on_cpu = torch.device(device).type == "cpu" if device not in (None, "", "auto") else not torch.cuda.is_available()
-    if on_cpu and not cpu_has_native_bf16():
+    if pick_device(device).type == "cpu" and not cpu_has_native_bf16():
         raise RtpulseError("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where it would run "
                            "slower than float32; use --precision fp32")
 
