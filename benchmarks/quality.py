@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.align import signed_lag
 from benchmarks.latency import _save_fig, have_matplotlib, machine
-from rtpulse.audio import find_audio_files, load_mono
+from rtpulse.audio import find_audio_files
 from rtpulse.errors import RtpulseError
 from rtpulse.files import write_text_atomic
 from rtpulse.metrics import perceptual_scores, si_snr_np
@@ -106,15 +106,17 @@ def generated_set(
 ) -> list[Item]:
     """``count`` seeded mixtures from ``data/speech/SPLIT`` and ``data/noise/SPLIT`` (speech files ≥ ``min_seconds``
     whose noise floor is at most ``reference_floor_db``)."""
-    from trainer.data import mix_at_snr, noise_floor_db
+    from trainer.data import decode_cached, mix_at_snr, noise_floor_db
 
     for name, value, low in (("--seconds", seconds, 1 / 16), ("--min-speech-seconds", min_seconds, 0.0)):
         if not low <= value < float("inf"):
             raise RtpulseError(f"{name} must be a finite number ≥ {low:g}, got {value}")
+    if not -80 <= level_dbfs <= 0:  # NaN fails this too
+        raise RtpulseError(f"--level-dbfs must be −80…0 dB, got {level_dbfs}")
     speech_dir, noise_dir = data / "speech" / split, data / "noise" / split
     for d in (speech_dir, noise_dir):
         if not d.is_dir():
-            raise RtpulseError(f"no {d}: pass --data ROOT (with speech/{split} and noise/{split}) or --noisy/--clean")
+            raise RtpulseError(f"no {d}: pass --data ROOT holding speech/{split} and noise/{split}")
     rng = np.random.default_rng(seed)
     speech_files = find_audio_files(speech_dir)
     noise_files = find_audio_files(noise_dir)
@@ -128,7 +130,7 @@ def generated_set(
     for path in speech_files:
         if len(items) == count:
             break
-        s = load_mono(path, SAMPLE_RATE)
+        s = decode_cached(path, None)  # a NaN sample is an error naming the file, not a table of NaN
         if s.size < min_seconds * SAMPLE_RATE:
             too_short += 1
             continue
@@ -139,7 +141,7 @@ def generated_set(
         s = s[start : start + length_max]
         npath = noise_files[int(rng.integers(len(noise_files)))]
         if npath not in noises:
-            noises[npath] = load_mono(npath, SAMPLE_RATE)
+            noises[npath] = decode_cached(npath, None)
         nz = noises[npath]
         if nz.size < s.size:
             nz = np.tile(nz, s.size // nz.size + 1)

@@ -10,7 +10,6 @@ several shells or machines that write into the same folder.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -126,18 +125,31 @@ def _train(name: str, opts: TableOptions) -> str:
     """Train one row (or continue it where a killed table left it); returns the command that trained it."""
     run_dir = opts.out / "runs" / name
     args = ["train", *row_args(name, opts)]
-    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):  # an interrupted row continues with its own recipe…
+    states = sorted((run_dir / "ckpt").glob("epoch-*.state.pt"))
+    if states and _trained_epochs(states[-1]) >= _run_epochs(run_dir):  # finished; killed while it was scored
+        return json.loads((run_dir / "config.json").read_text())["command"]
+    if states:  # an interrupted row continues with its own recipe…
         args = ["train", "--resume", str(run_dir)]
         if opts.device:  # …on this machine
             args += ["--device", opts.device]
         if opts.precision != "auto":
             args += ["--precision", opts.precision]
-    elif run_dir.exists():  # killed before its first checkpoint: nothing to keep
-        shutil.rmtree(run_dir)
+    # else a fresh start; the trainer itself restarts a run killed in its first epoch and refuses other files there
     proc = subprocess.run([sys.executable, "-m", "rtpulse.cli", *args], check=False)
     if proc.returncode != 0:
         raise RtpulseError(f"row {name}: rtpulse train exited with {proc.returncode}")
     return json.loads((run_dir / "config.json").read_text())["command"]  # what ran, also after a resume
+
+
+def _trained_epochs(state_file: Path) -> int:
+    return int(state_file.name.split("-")[1].split(".")[0])  # epoch-NNNN.state.pt
+
+
+def _run_epochs(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "config.json").read_text())["epochs"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return 1 << 30  # unreadable: let `rtpulse train --resume` say what is wrong with it
 
 
 def _cost(run_dir: Path) -> dict:
@@ -179,7 +191,7 @@ def run_table(opts: TableOptions) -> dict:
         done = opts.out / "rows" / f"{name}.json"
         run_dir = opts.out / "runs" / name
         if done.exists():
-            row = json.loads(done.read_text())
+            row = read_row(done)
             if row.get("test_set") != test_set:  # finished under another test set: re-score, do not retrain
                 row.update(scores=score_model(run_dir / "best.safetensors", items), test_set=test_set)
                 write_text_atomic(done, json.dumps(row, indent=1))
@@ -199,9 +211,21 @@ def run_table(opts: TableOptions) -> dict:
     return write_table(opts.out, test_set)
 
 
+def read_row(path: Path) -> dict:
+    """A finished row's record, or a one-line error (deleting it re-trains nothing: the row's run is kept)."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RtpulseError(f"{path} is not a readable row record ({e}); delete it and the row is scored again "
+                           "from its run") from None
+    if not isinstance(row, dict) or not {"name", "scores"} <= row.keys():
+        raise RtpulseError(f"{path} is not a row record of this table; delete it and the row is scored again")
+    return row
+
+
 def write_table(out: Path, test_set: dict) -> dict:
     """Table of every finished row in ``out/rows`` → training_table.md/.json (+ .png)."""
-    rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
+    rows = [read_row(p) for p in sorted((out / "rows").glob("*.json"))]
     for r in rows:  # the dev curve at the kept epoch and at the last: does the method hold its best or drift away?
         metrics = out / "runs" / r["name"] / "metrics.jsonl"
         if metrics.exists():

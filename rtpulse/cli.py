@@ -51,7 +51,9 @@ FloorOpt = Annotated[
 @app.command()
 def denoise(
     inputs: Annotated[list[Path], typer.Argument(help="Audio files to denoise (wav, flac, ogg; any rate/channels).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output file, or a directory for several inputs.")],
+    # a str, not a Path: Path("out/") drops the slash that says "a folder" for a single input
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file, or a directory (several inputs, or a "
+                                        "name ending in /).")],
     model: ModelOpt = None,
     mask: MaskOpt = None,
     floor_db: FloorOpt = None,
@@ -77,7 +79,7 @@ def denoise(
 
 
 def _denoise_all(
-    inputs: list[Path], output: Path, model: Path | None, mask: Mask | None, floor_db: float | None, engine: Engine,
+    inputs: list[Path], output: str, model: Path | None, mask: Mask | None, floor_db: float | None, engine: Engine,
     force: bool,
 ) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

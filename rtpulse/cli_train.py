@@ -192,7 +192,7 @@ def train(
             cfg = resume_config(resume, epochs, device, None if precision is None else precision.value)
             if os.environ.get("RANK", "0") == "0":  # once under torchrun
                 console.print(f"resuming {resume} with its config.json: options other than --epochs, --device and "
-                              "--precision are not read", highlight=False)
+                              "--precision are not read", highlight=False, soft_wrap=True)
         else:
             if out is None:
                 raise RtpulseError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -253,6 +253,11 @@ def train(
         fail(e)
     if os.environ.get("RANK", "0") != "0":  # only rank 0 validates, so only it knows the best epoch
         return
+    if summary.get("finished_before"):
+        n = summary["epochs"]
+        console.print(f"{summary['run_dir']} has already trained all {n} epochs: nothing to do (give --epochs above "
+                      f"{n} to go on); best epoch {summary['best_epoch']}", highlight=False, soft_wrap=True)
+        return
     console.print(
         f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s); "
         f"best epoch {summary['best_epoch']} → {summary['run_dir']}/best.safetensors",
@@ -288,6 +293,7 @@ def evaluate(
     floor_db: Annotated[float | None, typer.Option("--floor-db", help="Minimum gain in dB.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-file and mean scores here.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Decoded-audio cache for --synth.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the --json file if it exists.")] = False,
 ) -> None:
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
     from rtpulse.files import check_json_output
@@ -298,6 +304,8 @@ def evaluate(
 
         if json_out is not None:  # before minutes of scoring; *.json: never over an audio input or a model
             check_json_output(json_out, "--json")
+            if json_out.exists() and not force:  # as denoise: e.g. a run's config.json is not lost to a typo
+                raise RtpulseError(f"--json {json_out} exists; pass --force to replace it")
         net = load_model(model) if model is not None else load_default_model()
         opts = EvalOptions(engine=engine.value, mask=mask.value if mask else net.config.mask, floor_db=floor_db)
         if synth:

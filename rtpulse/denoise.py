@@ -77,11 +77,14 @@ def _names_audio_file(path: Path) -> bool:
     return ext in AUDIO_SUFFIXES or (len(ext) > 1 and ext[1:].upper() in sf.available_formats())
 
 
-def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Path, Path]]:
+def plan_outputs(inputs: list[Path], output: str | os.PathLike, force: bool) -> list[tuple[Path, Path]]:
     """Pair each input with its output path; refuse overwriting an input, or an existing file without force.
 
     Inputs are checked first: a missing input is the error to report, not what its output name would be.
+    ``output`` ending in a slash names a folder even for one input (pass the user's string: Path drops it).
     """
+    slash = str(output).endswith(("/", "\\"))
+    output = Path(output)
     if not inputs:
         raise RtpulseError("no input files given")
     for src in inputs:
@@ -91,7 +94,7 @@ def plan_outputs(inputs: list[Path], output: Path, force: bool) -> list[tuple[Pa
             raise RtpulseError(f"input is a directory, not an audio file: {src}")
         if not os.access(src, os.R_OK):
             raise RtpulseError(f"cannot read {src}: permission denied")
-    to_dir = len(inputs) > 1 or output.is_dir() or str(output).endswith(("/", "\\"))
+    to_dir = len(inputs) > 1 or output.is_dir() or slash
     if to_dir:
         if output.exists() and not output.is_dir():
             raise RtpulseError(f"several inputs need -o to be a directory, but {output} is a file")

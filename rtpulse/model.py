@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtpulse.errors import RtpulseError
+from rtpulse.errors import RtpulseError, short_reason
 
 N_BINS = 513
 
@@ -98,6 +98,11 @@ BAND_SCALE = 3.0
 MIN_SHARPNESS, MAX_SHARPNESS = 0.1, 100.0
 
 
+def _is_int(x: object) -> bool:
+    """An integer and not a bool (JSON's true is an int to isinstance, and would reach torch as a size)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model; stored inside every model file.
@@ -147,13 +152,13 @@ class ModelConfig:
             raise RtpulseError(f"unknown compress {self.compress!r}; choose one of {', '.join(COMPRESSIONS)}")
         if self.method not in METHODS:
             raise RtpulseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not isinstance(self.lookahead, int):
+        if not _is_int(self.lookahead):
             raise RtpulseError(f"lookahead must be an integer, got {self.lookahead!r}")
         if self.mask not in MASKS:
             raise RtpulseError(f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
-        if not isinstance(self.level_frames, int) or not 0 <= self.level_frames <= 1000:
+        if not _is_int(self.level_frames) or not 0 <= self.level_frames <= 1000:
             raise RtpulseError(f"level_frames must be an integer 0…1000, got {self.level_frames!r}")
-        if not isinstance(self.floor_frames, int) or not 0 <= self.floor_frames <= 1000:
+        if not _is_int(self.floor_frames) or not 0 <= self.floor_frames <= 1000:
             raise RtpulseError(f"floor_frames must be an integer 0…1000, got {self.floor_frames!r}")
         if not isinstance(self.freq_input, bool):
             raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
@@ -168,9 +173,9 @@ class ModelConfig:
         n3 = self.max_lookahead
         if not 0 <= self.lookahead <= n3:
             raise RtpulseError(f"lookahead must be 0…{n3} for preset {self.preset!r}, got {self.lookahead}")
-        if not isinstance(self.out_channels, int) or not 1 <= self.out_channels <= 16:
+        if not _is_int(self.out_channels) or not 1 <= self.out_channels <= 16:
             raise RtpulseError(f"out_channels must be an integer 1…16, got {self.out_channels!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise RtpulseError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @property
@@ -473,6 +478,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise RtpulseError(f"model {path} is a folder; give a model file (.safetensors)")
     if not path.is_file():
         raise RtpulseError(f"model file not found: {path}")
     try:
@@ -480,13 +487,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 — safe_open is not a dict
     except (SafetensorError, OSError, ValueError) as e:
-        raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {_short(e)}") from None
+        raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {short_reason(e)}") from None
     if _META_KEY not in meta:
         raise RtpulseError(f"{path} has no rtpulse config; it is not an rtpulse model file")
     try:
         config = ModelConfig.from_json(meta[_META_KEY])
     except (ValueError, TypeError, RecursionError, RtpulseError) as e:  # JSONDecodeError is a ValueError
-        raise RtpulseError(f"{path} has a broken config: {_short(e)}") from None
+        raise RtpulseError(f"{path} has a broken config: {short_reason(e)}") from None
     # Check shapes against the config before building anything, so a hostile config cannot allocate much.
     expected = {}
     for i, (cin, cout, k) in enumerate(config.layers):
@@ -498,18 +505,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
             raise RtpulseError(
                 f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {expected[k]}"
             )
+    odd = [k for k, v in tensors.items() if not v.is_floating_point()]
+    if odd:  # complex or integer weights would load with a warning, or be cast silently
+        raise RtpulseError(f"{path}: tensor {odd[0]} holds {tensors[odd[0]].dtype} values, not real floating point")
     bad = [k for k, v in tensors.items() if not torch.isfinite(v.float()).all()]
     if bad:  # a damaged file would otherwise denoise to NaN (soft mask) or silence (binary) without a word
         raise RtpulseError(f"{path}: tensor {bad[0]} holds NaN or infinite values; the model file is damaged")
     model = PulseCNN(config)
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model.to(device).eval()
-
-
-def _short(e: BaseException, limit: int = 200) -> str:
-    """An exception's first line, cut short: a damaged header can put kilobytes of JSON into it."""
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def default_model_path() -> Path:

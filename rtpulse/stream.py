@@ -37,6 +37,9 @@ def mask_gain(
     noise in a U bin is π·p_P/p_U = e^f/2. ``floor_db`` (e.g. −30) keeps a minimum gain so that removed bins are
     attenuated rather than zeroed.
     """
+    if torch.isnan(logits).any():  # finite weights can still overflow float32 (±inf meet): NaN, which binary
+        # would turn into silence and soft/posterior into NaN samples, without a word
+        raise RtpulseError("the model's output holds NaN: its weights overflow float32 (a damaged model file?)")
     if mask == "binary":
         gain = (logits < 0).to(torch.float32)
     elif mask == "soft":

@@ -396,6 +396,9 @@ def test_too_few_speech_files_says_which_option_helps(tmp_path):
     assert names == {"a", "b", "c", "short"}
     assert "must be a finite number" in _one_line_error(
         _bench_quality(tmp_path, "--data", str(tmp_path), "--min-speech-seconds", "nan"))
+    for level in ("nan", "5", "-200"):  # NaN once made a table of NaN, exit 0
+        assert "--level-dbfs must be −80…0 dB" in _one_line_error(
+            _bench_quality(tmp_path, "--data", str(tmp_path), "--level-dbfs", level))
 
 
 def test_labels_must_match_the_models(tmp_path):

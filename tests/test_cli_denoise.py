@@ -244,3 +244,28 @@ def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path):
                                                "-m", str(make_model(tmp_path))]))
     assert f"{notes} is a file, not a folder" in line
     assert notes.read_text() == "mine"
+
+
+def test_one_input_into_a_new_folder_named_with_a_slash(tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, noisy_signal(0.3), 16000)
+    res = runner.invoke(app, ["denoise", str(src), "-o", f"{tmp_path / 'newdir'}/", "-m", str(make_model(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert sf.info(tmp_path / "newdir" / "in.wav").frames == sf.info(src).frames
+
+
+def test_a_model_whose_finite_weights_overflow_writes_nothing(tmp_path):
+    """Weights of 1e30 pass the NaN check of the model file, but overflow float32 in the first layers."""
+    src = tmp_path / "in.wav"
+    sf.write(src, noisy_signal(0.3), 16000)
+    model = random_model()
+    with torch.no_grad():
+        for conv in model.convs:
+            conv.weight.copy_(1e30 * torch.randn_like(conv.weight).sign())  # +inf and −inf meet: NaN
+    save_model(model, tmp_path / "huge.safetensors")
+    for engine, mask in (("offline", "binary"), ("stream", "soft")):  # binary would make it silence, soft NaN
+        line = _one_line_error(runner.invoke(app, ["denoise", str(src), "-o", str(tmp_path / "o.wav"), "-m",
+                                                   str(tmp_path / "huge.safetensors"), "--engine", engine,
+                                                   "--mask", mask]))
+        assert "the model's output holds NaN: its weights overflow float32" in line
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.safetensors", "in.wav"]  # no output, no temp file

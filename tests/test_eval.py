@@ -43,7 +43,7 @@ def run_eval(tmp_path, model, *extra, with_output: bool = False):
     """``eval`` of tmp_path/noisy against tmp_path/clean: its JSON report (and what it printed, ``with_output``)."""
     out = tmp_path / "scores.json"
     res = CliRunner().invoke(app, ["eval", "--model", str(model), "--noisy", str(tmp_path / "noisy"),
-                                   "--clean", str(tmp_path / "clean"), "--json", str(out), *extra])
+                                   "--clean", str(tmp_path / "clean"), "--json", str(out), "--force", *extra])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     return (report, res.output) if with_output else report
@@ -178,6 +178,7 @@ def test_too_short_for_stoi_is_a_gap_not_a_score(tmp_path, samples):
     row = result["files"][0]
     assert row["stoi"] is None and "stoi" not in result["mean"]
     assert row["si_snri"] == pytest.approx(0.0, abs=1e-3)  # mask of ones: output = input
+    assert "stoi: no file could be scored (too short for it?), so it has no mean" in result["warnings"]
 
 
 @pytest.mark.parametrize("extra", [["--count", "0"], ["--seconds", "0"], ["--seconds", "inf"]])
@@ -199,6 +200,8 @@ def one_line_error(res) -> str:
     ("clean", np.zeros(0, np.float32), "holds no samples"),
     ("noisy", np.r_[np.zeros(800), np.nan, np.zeros(799)].astype(np.float32), "holds 1 non-finite sample(s)"),
     ("clean", np.r_[np.full(3, np.inf), np.zeros(1597)].astype(np.float32), "holds 3 non-finite sample(s)"),
+    ("clean", np.zeros(1600, np.float32), "is silent (every sample is 0)"),  # SI-SNRi against it: a number, no meaning
+    ("noisy", np.zeros(1600, np.float32), "is silent (every sample is 0)"),
 ])
 def test_empty_or_non_finite_input_is_refused_not_scored(tmp_path, which, samples, words):
     x = (0.1 * np.random.default_rng(0).standard_normal(1600)).astype(np.float32)
@@ -278,3 +281,29 @@ def test_synth_sizes_at_the_bounds_are_accepted(tmp_path):
         res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--synth", "--clean", str(tmp_path / "none"),
                                        "--noise", str(tmp_path / "none"), "--count", count, "--seconds", seconds])
         assert "not found" in one_line_error(res)
+
+
+def test_an_existing_json_is_kept_unless_forced(pair):
+    keep = constant_model(pair / "keep.safetensors", -1.0)
+    target = pair / "config.json"
+    target.write_text('{"a run": "config"}')
+    args = ["eval", "--model", str(keep), "--noisy", str(pair / "noisy"), "--clean", str(pair / "clean"),
+            "--json", str(target)]
+    line = one_line_error(CliRunner().invoke(app, args))
+    assert "exists; pass --force to replace it" in line and target.read_text() == '{"a run": "config"}'
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
+    assert json.loads(target.read_text())["count"] == 1
+
+
+def test_synth_refuses_a_huge_seed_and_names_a_file_with_nan(pair, tmp_path):
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    (tmp_path / "noise").mkdir()
+    x = np.random.default_rng(1).standard_normal(20000).astype(np.float32)
+    sf.write(tmp_path / "noise" / "n.wav", x, 16000, subtype="FLOAT")
+    args = ["eval", "--model", str(keep), "--synth", "--clean", str(pair / "clean"), "--noise", str(tmp_path / "noise"),
+            "--count", "2", "--seconds", "0.5", "--cache", str(tmp_path / "cache")]
+    assert "--seed must be 0…4294967295" in one_line_error(CliRunner().invoke(app, [*args, "--seed", "99999999999999999999"]))
+    x[5000] = np.nan
+    sf.write(tmp_path / "noise" / "n.wav", x, 16000, subtype="FLOAT")
+    line = one_line_error(CliRunner().invoke(app, [*args, "--json", str(tmp_path / "s.json")]))
+    assert "n.wav holds NaN or infinite samples" in line and not (tmp_path / "s.json").exists()

@@ -197,10 +197,35 @@ def test_safetensors_without_rtpulse_config_is_refused(tmp_path):
 
 
 def test_missing_file_and_directory_are_one_line_errors(tmp_path):
-    for path in (tmp_path / "absent.safetensors", tmp_path):
+    for path, words in ((tmp_path / "absent.safetensors", "not found"), (tmp_path, "is a folder; give a model file")):
         with pytest.raises(RtpulseError) as info:
             load_model(path)
-        assert "not found" in _one_line(info.value)
+        assert words in _one_line(info.value)
+
+
+@pytest.mark.parametrize("key", ["lookahead", "level_frames", "floor_frames", "out_channels", "dropout"])
+def test_a_boolean_where_a_number_belongs_is_a_broken_config(tmp_path, key):
+    """JSON's true is an int to isinstance: it must not reach torch as a pooling size or a channel count."""
+    path = _saved(tmp_path)
+    _rewrite_config(path, lambda c: {**c, key: True})
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert "has a broken config" in _one_line(info.value) and key in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32])
+def test_complex_or_integer_weights_are_refused(tmp_path, dtype):
+    path = _saved(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["convs.0.weight"] = tensors["convs.0.weight"].to(dtype)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert f"tensor convs.0.weight holds {dtype}" in _one_line(info.value)
 
 
 def test_wrong_dtype_tensor_is_refused_or_converted(tmp_path):

@@ -232,6 +232,20 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path
     assert state["epoch"] == 1 and state["step"] == 1
 
 
+class _Payload:  # a class object in a state file: weights_only refuses it, and must not be advised away
+    pass
+
+
+def test_a_state_file_holding_objects_is_refused_without_torchs_unsafe_advice(corpus, tmp_path):
+    run_training(tiny(corpus, tmp_path, epochs=1, steps_per_epoch=1), progress=False)
+    torch.save({"epoch": 1, "x": _Payload()}, tmp_path / "run" / "ckpt" / "epoch-0001.state.pt")
+    with pytest.raises(RtpulseError) as info:
+        load_checkpoint(tmp_path / "run")
+    msg = str(info.value)
+    assert "epoch-0001.state.pt is not a readable state file (it holds more than tensors and plain values)" in msg
+    assert "weights_only" not in msg and "\n" not in msg
+
+
 @pytest.mark.parametrize("method", ["pn", "mixit"])
 def test_supervised_baselines_train(corpus, tmp_path, method):
     summary = run_training(tiny(corpus, tmp_path, method=method, steps_per_epoch=1), progress=False)
@@ -324,7 +338,9 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert split["clean"]["held_out"] == [] and len(split["val"]["clean"]) == 3
     res = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "1"])
-    assert res.exit_code == 0, res.output  # already at epoch 1: nothing to do, still fine
+    assert res.exit_code == 0, res.output  # already at epoch 1: nothing to do, still fine, and said so
+    assert "has already trained all 1 epochs: nothing to do (give --epochs above 1 to go on)" in res.output
+    assert "trained 1 epochs" not in res.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -351,6 +367,7 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--clean", "c", "--noise", "n", "--seed", "-1"], "--seed must be 0…"),
     (["--clean", "c", "--noise", "n", "--warmup-steps", "-5"], "--warmup-steps must be ≥ 0"),
     (["--clean", "c", "--noise", "n", "--epochs", "0"], "--epochs must be ≥ 1"),
+    (["--clean", "c", "--noise", "n", "--output-bias", "1e308"], "--output-bias must be −100…100"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *args])
@@ -437,6 +454,50 @@ def test_resume_below_the_epochs_done_is_refused_and_keeps_the_config(corpus, tm
     with pytest.raises(RtpulseError, match="already trained 2 epochs; give --epochs above 2"):
         run_training(resume_config(tmp_path / "run", epochs=1), resume=True, progress=False)
     assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+def test_resume_refuses_damaged_metrics_and_an_edited_recipe_before_decoding(corpus, tmp_path, monkeypatch):
+    import trainer.train
+    from trainer.train import resume_config
+
+    run_training(tiny(corpus, tmp_path, epochs=1, steps_per_epoch=1), progress=False)
+    run = tmp_path / "run"
+    monkeypatch.setattr(trainer.train, "build_data", lambda *a, **k: pytest.fail("decoded audio before refusing"))
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_text()
+    for damaged, line in (('not json\n', 2), ('{"step": 3}\n', 2), ("7\n", 2)):
+        metrics.write_text(good + damaged)
+        with pytest.raises(RtpulseError, match=f"metrics.jsonl line {line} is not a metrics record"):
+            run_training(resume_config(run, epochs=2), resume=True, progress=False)
+        assert metrics.read_text() == good + damaged  # the record is the user's to repair: left as it was
+    metrics.write_text(good)
+    config = json.loads((run / "config.json").read_text())
+    for key, value in (("preset", "blocks3"), ("method", "pn")):
+        (run / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(RtpulseError, match=f"config.json says {key} = '{value}' but its checkpoint was trained"):
+            run_training(resume_config(run, epochs=2), resume=True, progress=False)
+    (run / "config.json").write_text(json.dumps(config))
+    metrics.unlink()
+    metrics.mkdir()
+    with pytest.raises(RtpulseError, match="metrics.jsonl is not a file"):
+        run_training(resume_config(run, epochs=2), resume=True, progress=False)
+
+
+def test_a_cache_that_is_a_file_and_audio_with_nan_are_one_line_errors(corpus, tmp_path):
+    from trainer.data import decode_cached
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(RtpulseError, match="cannot write the decoded-audio cache .*notes.txt"):
+        run_training(tiny(corpus, tmp_path, cache=str(notes)), progress=False)
+    assert notes.read_text() == "mine"
+    bad = tmp_path / "bad.wav"
+    x = np.zeros(4000, np.float32)
+    x[100] = np.nan
+    sf.write(bad, x, 16000, subtype="FLOAT")
+    for cache in (None, tmp_path / "cache2"):
+        with pytest.raises(RtpulseError, match="bad.wav holds NaN or infinite samples"):
+            decode_cached(bad, cache)
 
 
 def test_a_diverged_loss_stops_with_one_line_and_saves_nothing(corpus, tmp_path, monkeypatch):

@@ -152,3 +152,25 @@ def test_a_resumed_row_gets_this_machines_device_and_precision(tmp_path, monkeyp
     training_table._train("pn-paper-L0", _opts(tmp_path, tmp_path, device=None))
     assert ran[0][3:] == ["train", "--resume", str(run_dir), "--device", "cpu", "--precision", "bf16"]
     assert ran[1][3:] == ["train", "--resume", str(run_dir)]  # auto precision, no device: the run's own
+
+
+def test_a_damaged_row_record_is_a_one_line_error_and_a_users_folder_is_not_deleted(data, tmp_path, monkeypatch):
+    import subprocess
+
+    from rtpulse.errors import RtpulseError
+
+    opts = _opts(data, tmp_path / "table", only=["pn-paper-L0"])
+    (tmp_path / "table" / "rows").mkdir(parents=True)
+    (tmp_path / "table" / "rows" / "pn-paper-L0.json").write_text('{"name": "pn-pa')
+    with pytest.raises(RtpulseError, match="pn-paper-L0.json is not a readable row record") as info:
+        run_table(opts)
+    assert "\n" not in str(info.value)
+    (tmp_path / "table" / "rows" / "pn-paper-L0.json").unlink()
+    # a folder of the user's where a row's run goes: no checkpoint, so it is trained there; nothing is deleted
+    run_dir = tmp_path / "table" / "runs" / "pn-paper-L0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("mine")
+    monkeypatch.setattr(training_table.subprocess, "run", lambda args, check: subprocess.CompletedProcess(args, 1))
+    with pytest.raises(RtpulseError, match="row pn-paper-L0: rtpulse train exited with 1"):
+        training_table._train("pn-paper-L0", opts)
+    assert (run_dir / "notes.txt").read_text() == "mine"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rtpulse.errors import RtpulseError
+from rtpulse.errors import RtpulseError, short_reason
 from rtpulse.model import PulseCNN, load_model, save_model
 
 KEEP = 2
@@ -49,9 +49,15 @@ def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> tuple[
         weights = state_path.with_name(state_path.name.replace(".state.pt", ".safetensors"))
         try:
             state = torch.load(state_path, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 — any unreadable state (truncated, corrupt, foreign): try the previous one
+            # not torch's own text: it suggests weights_only=False, i.e. running whatever code the file holds
+            why = "it holds more than tensors and plain values" if "weights_only" in str(e) else short_reason(e)
+            problems.append(f"{state_path.name} is not a readable state file ({why})")
+            continue
+        try:
             model = load_model(weights, device)
-        except Exception as e:  # noqa: BLE001 — any unreadable pair (truncated, corrupt, foreign): try the previous one
-            problems.append(f"{state_path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        except RtpulseError as e:
+            problems.append(str(e))
             continue
         if model.config.extra.get("epoch") != state.get("epoch"):
             problems.append(f"{state_path.name}: weights and state disagree on the epoch")

@@ -155,6 +155,8 @@ class TrainConfig:
             raise RtpulseError("--p-gain u is the level gain of PU's P clips: it needs --method pu and --level-frames")
         if self.lr_schedule not in ("constant", "cosine"):
             raise RtpulseError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.output_bias is not None and not -100 <= self.output_bias <= 100:  # σ is 0 or 1 long before ±100
+            raise RtpulseError(f"--output-bias must be −100…100, got {self.output_bias:g}")
         if self.lr <= 0:
             raise RtpulseError("--lr must be > 0")
         if self.select_mask not in ("binary", "soft"):

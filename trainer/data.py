@@ -49,23 +49,37 @@ def default_cache_dir() -> Path:
 def decode_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
     """One file → mono float32 at 16 kHz; decoded once into ``cache_dir/<hash>.npy`` (path+mtime+size)."""
     if cache_dir is None:
-        return load_mono(path, SAMPLE_RATE)
+        return _finite(load_mono(path, SAMPLE_RATE), path)
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{SAMPLE_RATE}".encode()).hexdigest()
     npy = cache_dir / f"{key}.npy"
     if npy.is_file():
         try:
-            return np.load(npy, allow_pickle=False)
+            return _finite(np.load(npy, allow_pickle=False), path)
         except (OSError, ValueError):
             pass  # corrupt cache entry: decode again
-    x = load_mono(path, SAMPLE_RATE).astype(np.float32)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    x = _finite(load_mono(path, SAMPLE_RATE).astype(np.float32), path)
     tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
         np.save(tmp, x, allow_pickle=False)
         os.replace(tmp, npy)
+    except OSError as e:
+        raise RtpulseError(f"cannot write the decoded-audio cache {cache_dir}: {e.strerror or e}; "
+                           "give --cache a writable folder") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the "folder" is a file: nothing was created
+            pass
+    return x
+
+
+def _finite(x: np.ndarray, path: Path) -> np.ndarray:
+    """``x``, or a one-line error naming the file: one NaN in a bank would turn a training step, or every score
+    of a generated test set, into NaN far from its cause."""
+    if not np.isfinite(x).all():
+        raise RtpulseError(f"{path} holds NaN or infinite samples; repair or remove it")
     return x
 
 

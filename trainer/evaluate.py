@@ -88,6 +88,8 @@ def load_checked(path: Path) -> np.ndarray:
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
         raise RtpulseError(f"{path} holds {bad} non-finite sample(s) (NaN or inf): its scores would be NaN")
+    if not np.any(x):  # SI-SNR against silence (or of silence) is a number without meaning
+        raise RtpulseError(f"{path} is silent (every sample is 0): there is nothing to score")
     return x
 
 
@@ -130,6 +132,8 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, 
             if len(vals) < len(rows):
                 gaps = [r["name"] for r in rows if r.get(k) is None]
                 warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)})")
+        elif any(k in r for r in rows):  # its library is installed, yet refused every file (e.g. all too short)
+            warnings.append(f"{k}: no file could be scored (too short for it?), so it has no mean")
     return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
             "mask_sharpness": model.config.mask_sharpness, "floor_db": opts.floor_db, **source, "count": len(rows),
             "mean": mean, "mean_files": mean_files, "warnings": warnings, "files": rows}
@@ -165,6 +169,8 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
             f"--count must be ≤ {SYNTH_COUNT_MAX}, --seconds ≤ {SYNTH_SECONDS_MAX:g} and --count × --seconds ≤ "
             f"{SYNTH_TOTAL_SECONDS_MAX:g} (mixtures are made at once in memory), got {count} and {seconds:g}"
         )
+    if not 0 <= seed < 2**32:  # as rtpulse train's --seed
+        raise RtpulseError(f"--seed must be 0…{2**32 - 1}, got {seed}")
     from trainer.data import AudioBank, Recipe, default_cache_dir, list_audio
 
     cache = cache or default_cache_dir()

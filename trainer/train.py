@@ -281,10 +281,38 @@ def _trim_metrics(path: Path, upto_epoch: int) -> None:
     if not path.is_file():
         return
     # complete lines only: a kill inside a write leaves a last line without its newline (and maybe half its JSON)
-    keep = [ln for ln in path.read_text().split("\n")[:-1] if ln.strip() and json.loads(ln)["epoch"] <= upto_epoch]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    keep = [ln for i, ln in enumerate(path.read_text().split("\n")[:-1], 1)
+            if ln.strip() and _metrics_epoch(path, i, ln) <= upto_epoch]
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+def _metrics_epoch(path: Path, line_no: int, line: str) -> int:
+    """The epoch of one metrics.jsonl line, or a one-line error: this file is the run's record, never guessed at."""
+    try:
+        epoch = json.loads(line)["epoch"]
+    except (ValueError, TypeError, KeyError):  # JSONDecodeError is a ValueError; a bare number has no ["epoch"]
+        epoch = None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise RtpulseError(f"{path} line {line_no} is not a metrics record of this trainer; repair or remove that "
+                           "line to resume")
+    return epoch
+
+
+# The options a resume may change (config.json is rewritten with them); any other difference between config.json and
+# the checkpoint's own copy means the file was edited, and the checkpoint would train under a recipe it never had.
+RESUMABLE_CHANGES = frozenset({"out", "epochs", "device", "precision", "command"})
+
+
+def check_resume_matches(run_dir: Path, cfg: TrainConfig, checkpoint: PulseCNN) -> None:
+    saved = checkpoint.config.extra.get("train_config")
+    if not isinstance(saved, dict):  # checkpoints from before train_config was stored: nothing to compare
+        return
+    mine = cfg.to_dict()
+    changed = sorted(k for k in mine.keys() & saved.keys() if k not in RESUMABLE_CHANGES and mine[k] != saved[k])
+    if changed:
+        k = changed[0]
+        raise RtpulseError(f"{run_dir}/config.json says {k} = {mine[k]!r} but its checkpoint was trained with "
+                           f"{saved[k]!r}; restore config.json, or start a new run (--init-from to keep the weights)")
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -349,9 +377,18 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         # on the CPU: load_state_dict moves Adam's moments to the parameters, and keeps its step counters on the
         # CPU, where the non-fused Adam wants them (on a GPU each step would sync the host twice per parameter)
         loaded, resumed = load_checkpoint(run_dir, "cpu")
-        if resumed["epoch"] > cfg.epochs:  # refused before any decoding, and before config.json is rewritten
-            done = resumed["epoch"]
+        done = resumed["epoch"]
+        if done > cfg.epochs:  # refused before any decoding, and before config.json is rewritten
             raise RtpulseError(f"{run_dir} has already trained {done} epochs; give --epochs above {done} to go on")
+        check_resume_matches(run_dir, cfg, loaded)
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and not metrics.is_file():
+            raise RtpulseError(f"{metrics} is not a file; the run logs its epochs there")
+        if d.main:  # read (and refused if damaged) before minutes of decoding
+            _trim_metrics(metrics, done)
+        if done == cfg.epochs:  # finished: resuming it again (a retry loop, a re-run table) is not an error
+            return {"finished_before": True, "epochs": done, "steps": resumed["step"], "seconds": 0.0,
+                    "best_epoch": resumed["best_epoch"], "run_dir": str(run_dir)}
     model = build_model(cfg, resume).to(d.device)  # before the data: a bad --init-from fails before minutes of decoding
     split_path = run_dir / "split.json"
     # runs from before split.json existed fall back to the folders' current files
@@ -364,8 +401,6 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         model.load_state_dict(loaded.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if d.main:
-            _trim_metrics(run_dir / "metrics.jsonl", state["epoch"])
     if d.main:  # on resume too: a new --epochs or --device must outlive the next kill
         write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         if not resume:
