@@ -121,6 +121,19 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
     return flags + [str(x) for kv in shared.items() for x in kv]
 
 
+def check_options(opts: TableOptions) -> None:
+    """The shared recipe, checked as `rtpulse train` checks it, before the test set is built: a bad value would
+    otherwise fail late, in each row's own process."""
+    from trainer.config import TrainConfig
+
+    d = opts.data
+    TrainConfig(out=str(opts.out / "runs" / "check"), clean=str(d / "speech" / "train"), noise=str(d / "noise" / "train"),
+                preset=opts.preset or "paper", epochs=opts.epochs, steps_per_epoch=opts.steps_per_epoch,
+                batch_size=opts.batch_size, crop_seconds=opts.crop_seconds, lr=opts.lr, warmup_steps=opts.warmup_steps,
+                pvu_steps=opts.pvu_steps, dev_count=opts.dev_count, dev_seconds=opts.dev_seconds, seed=opts.seed,
+                device=opts.device, precision=opts.precision).validate()
+
+
 def _train(name: str, opts: TableOptions) -> str:
     """Train one row (or continue it where a killed table left it); returns the command that trained it."""
     run_dir = opts.out / "runs" / name
@@ -181,6 +194,7 @@ def run_table(opts: TableOptions) -> dict:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise RtpulseError(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    check_options(opts)
     items = generated_set(
         opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds, reference_floor_db=opts.reference_floor_db
     )

@@ -97,6 +97,7 @@ def _denoise_all(
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console, transient=True,
+        disable=not console.is_terminal,  # piped or logged: a transient bar only leaves a blank line behind
     ) as progress:
         task = progress.add_task("denoising", total=len(pairs))
         for src, dst in pairs:

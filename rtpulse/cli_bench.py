@@ -38,6 +38,7 @@ def _progress():
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # piped or logged: a transient bar only leaves a blank line behind
     )
 
 

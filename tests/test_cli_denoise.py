@@ -269,3 +269,13 @@ def test_a_model_whose_finite_weights_overflow_writes_nothing(tmp_path):
                                                    "--mask", mask]))
         assert "the model's output holds NaN: its weights overflow float32" in line
         assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.safetensors", "in.wav"]  # no output, no temp file
+
+
+def test_an_error_piped_to_a_log_is_its_one_line_and_nothing_before_it(tmp_path):
+    """Not a terminal (a log, a pipe): no progress bar, whose transient remains were a blank line before the error."""
+    bad = tmp_path / "bad.wav"
+    bad.write_text("hello")
+    for args in (["denoise", str(bad), "-o", str(tmp_path / "o.wav"), "-m", str(make_model(tmp_path))],
+                 ["eval", "-m", str(make_model(tmp_path)), "--noisy", str(bad), "--clean", str(bad)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and res.output.startswith("error: cannot read") and res.output.count("\n") == 1

@@ -174,3 +174,14 @@ def test_a_damaged_row_record_is_a_one_line_error_and_a_users_folder_is_not_dele
     with pytest.raises(RtpulseError, match="row pn-paper-L0: rtpulse train exited with 1"):
         training_table._train("pn-paper-L0", opts)
     assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("kw", "words"), [({"lr": float("nan")}, "--lr must be a finite number"),
+                                           ({"preset": "foo"}, "unknown preset 'foo'"),
+                                           ({"batch_size": 0}, "--batch-size must be ≥ 1")])
+def test_a_bad_shared_option_is_refused_before_the_test_set_and_any_row(tmp_path, kw, words):
+    from rtpulse.errors import RtpulseError
+
+    with pytest.raises(RtpulseError, match=words):  # the data folder does not exist: nothing was read
+        run_table(_opts(tmp_path / "no-data", tmp_path / "table", only=["pn-paper-L0"], **kw))
+    assert not (tmp_path / "table").exists()

@@ -144,7 +144,11 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
 
     pairs, unpaired = pair_files(noisy_root, clean_root)
     rows, cut = [], {}
-    for name, n_path, c_path in track(pairs, description="scoring", transient=True):
+    from rtpulse.cli_common import console
+
+    # piped or logged: a transient bar only leaves a blank line behind
+    for name, n_path, c_path in track(pairs, description="scoring", transient=True, console=console,
+                                      disable=not console.is_terminal):
         x, s, cut_samples = load_pair(n_path, c_path)
         if cut_samples:
             cut[name] = cut_samples
