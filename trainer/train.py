@@ -369,10 +369,10 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     restart = not resume and earlier and _killed_in_first_epoch(run_dir)
     if not resume and earlier and not restart:
         raise RtpulseError(f"{run_dir} already holds {earlier[0]}; give a new or empty --out folder")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if restart:
-            _trim_metrics(run_dir / "metrics.jsonl", 0)
+    # the folder itself is made with config.json, after the model and the data load: a bad option or folder
+    # leaves no empty run folder behind
+    if d.main and restart:
+        _trim_metrics(run_dir / "metrics.jsonl", 0)
     if resume:
         # on the CPU: load_state_dict moves Adam's moments to the parameters, and keeps its step counters on the
         # CPU, where the non-fused Adam wants them (on a GPU each step would sync the host twice per parameter)
