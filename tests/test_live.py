@@ -286,10 +286,9 @@ def test_real_time_stream_with_slow_hops_and_exceptions(model, tmp_path):
 def test_worker_thread_stops_promptly(model):
     pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK)
     worker = LiveWorker(pipe).start()
-    t = time.perf_counter()
-    worker.stop()
+    assert worker.thread.is_alive()
+    worker.stop()  # joins: a worker that ignored the stop would leave the thread alive (or hang here)
     assert not worker.thread.is_alive()
-    assert threading.active_count() >= 1 and time.perf_counter() - t < 5
 
 
 FAKE_DEVICES = [

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from conftest import random_model
@@ -103,3 +104,15 @@ def test_step_costs_one_column_per_layer(preset, lookahead):
         m.step(torch.rand(1, 513), state)
     per_column = sum(2 * 513 * cin * cout * k * k for cin, cout, k in m.config.layers)
     assert counter.get_total_flops() == per_column
+
+
+def test_level_gain_of_unit_std_white_noise_is_one():
+    """The normaliser's reference is the mean |X|² of a unit-std signal's frame, Σw² = 1024·(0.54² + 0.46²/2) for a
+    Hamming window (Parseval): white noise of std 1 needs no gain, of std 4 a gain of 1/4."""
+    from rtpulse.stft import stft
+
+    model = PulseCNN(ModelConfig(preset="blocks2", level_frames=125)).eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(16000 * 6).astype(np.float32))
+    for std in (1.0, 4.0):
+        gain = model.level_gain(stft(std * x)[None].abs())[0, 0, 125:]  # once the window is full
+        assert float(gain.median()) == pytest.approx(1 / std, rel=0.03)

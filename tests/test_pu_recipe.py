@@ -4,6 +4,7 @@ gradient clipping. Tiny generated data only."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from trainer.config import TrainConfig
@@ -267,3 +268,54 @@ def test_mixed_p_level_trains_on_the_dominated_bins_after_the_context_and_its_mi
                        ({"p_level": "loud"}, "unit, matched or mixed")):
         with pytest.raises(RtpulseError, match=match):
             _cfg(tmp_path, **bad).validate()
+
+
+def test_compute_loss_passes_beta_gamma_and_the_weight_exponent_to_the_risk(tmp_path):
+    """nnPU with β = 0.3, γ = 0.5 and |X|^0 weights, by hand from the model's own logits: the trainer must hand each
+    option to pu_risk in its place (β and γ swapped, or the exponent dropped, give other numbers)."""
+    from rtpulse.stft import stft
+    from trainer.losses import bin_weight
+    from trainer.train import pu_logits
+
+    rng = np.random.default_rng(3)
+    speech = AudioBank([rng.standard_normal(16000).astype(np.float32)], ["s"])
+    noise = AudioBank([rng.standard_normal(16000).astype(np.float32)], ["n"])
+    batch = Recipe("pu", noise, clean=speech).batch(2, 4000, torch.Generator().manual_seed(0))
+    batch.p = 3 * batch.p  # P bins weigh 3× U's: with constant logits R_U^- − π·R_P^- < −β, the correction fires
+    torch.manual_seed(0)
+    for beta, gamma, exponent, fires in ((0.3, 0.5, 1.0, True), (0.0, 1.0, 0.0, False)):
+        cfg = _cfg(tmp_path, risk="nnpu", beta=beta, gamma=gamma, weight_exponent=exponent, prior=0.9).validate()
+        model = build_model(cfg)
+        with torch.no_grad():
+            model.convs[-1].weight.zero_()
+            model.convs[-1].bias.fill_(-3.0)
+        loss, stats = compute_loss(model, batch, cfg)
+        mag = stft(torch.cat((batch.u, batch.p))).abs()
+        f = pu_logits(model, mag, cfg).detach()
+        w = bin_weight(mag, exponent)
+        want = pu_risk(f[2:], f[:2], w[2:], w[:2], 0.9, "nnpu", beta, gamma)
+        assert float(want.corrected) == float(fires) == float(stats["corrected"])
+        assert math.isclose(float(loss.detach()), float(want.loss), rel_tol=1e-5)
+        if fires:  # β and γ only act through the correction
+            swapped = pu_risk(f[2:], f[:2], w[2:], w[:2], 0.9, "nnpu", gamma, beta)
+            assert not math.isclose(float(loss.detach()), float(swapped.loss), rel_tol=1e-3)
+        else:  # the weights: |X|^0 = 1, not |X|
+            unit = pu_risk(f[2:], f[:2], bin_weight(mag[2:], 1.0), bin_weight(mag[:2], 1.0), 0.9, "nnpu")
+            assert not math.isclose(float(loss.detach()), float(unit.loss), rel_tol=1e-3)
+
+
+def test_pn_loss_in_the_trainer_compares_the_masked_noisy_with_the_clean(tmp_path):
+    """clean = ½·noisy and logits ≡ 0 (mask σ(0) = ½): the masked noisy magnitude is the clean one, loss exactly 0;
+    with the two swapped it would be (½|X| − |X|)² > 0."""
+    from trainer.data import Batch
+
+    cfg = _cfg(tmp_path, method="pn").validate()
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    u = torch.from_numpy(np.random.default_rng(4).standard_normal((2, 4000)).astype(np.float32))
+    loss, _ = compute_loss(model, Batch(u=u, clean=0.5 * u), cfg)
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-10)
+    loss, _ = compute_loss(model, Batch(u=u, clean=0.25 * u), cfg)
+    assert float(loss.detach()) > 1e-3

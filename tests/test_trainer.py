@@ -570,3 +570,24 @@ def test_a_run_keeps_freed_memory_and_records_the_precision_it_used(corpus, tmp_
     assert calls == [1]
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["precision"] == ("bf16" if precision == "bf16" else "fp32")  # auto on a CPU: float32
+
+
+def test_dev_sisnri_is_the_mean_over_clips_across_eval_batches(monkeypatch):
+    """The score that picks the best epoch: 3 clips in batches of 2 must average over 3, not over batches or 2s."""
+    from conftest import random_model
+
+    import trainer.validate
+    from rtpulse.metrics import si_snr
+    from rtpulse.stream import enhance
+    from trainer.validate import dev_sisnri
+
+    rng = np.random.default_rng(5)
+    clean = torch.from_numpy((0.3 * rng.standard_normal((3, 4000))).astype(np.float32))
+    noisy = clean + torch.from_numpy((rng.standard_normal((3, 4000)) * [[0.1], [0.5], [2.0]]).astype(np.float32))
+    model = random_model()
+    monkeypatch.setattr(trainer.validate, "EVAL_BATCH", 2)
+    got = dev_sisnri(model, noisy, clean, "cpu")
+    for mask in ("binary", "soft"):
+        per_clip = [float(si_snr(enhance(model, noisy[i], mask), clean[i]) - si_snr(noisy[i], clean[i]))
+                    for i in range(3)]
+        assert got[f"dev_sisnri_{mask}"] == pytest.approx(np.mean(per_clip), abs=1e-5)
