@@ -138,10 +138,9 @@ def _train(name: str, opts: TableOptions) -> str:
     """Train one row (or continue it where a killed table left it); returns the command that trained it."""
     run_dir = opts.out / "runs" / name
     args = ["train", *row_args(name, opts)]
-    states = sorted((run_dir / "ckpt").glob("epoch-*.state.pt"))
-    if states and _trained_epochs(states[-1]) >= _run_epochs(run_dir):  # finished; killed while it was scored
-        return json.loads((run_dir / "config.json").read_text())["command"]
-    if states:  # an interrupted row continues with its own recipe…
+    # an interrupted row continues with its own recipe (a finished one, killed while it was scored, has nothing
+    # left to train: `rtpulse train --resume` says so and exits 0)…
+    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):
         args = ["train", "--resume", str(run_dir)]
         if opts.device:  # …on this machine
             args += ["--device", opts.device]
@@ -152,17 +151,6 @@ def _train(name: str, opts: TableOptions) -> str:
     if proc.returncode != 0:
         raise RtpulseError(f"row {name}: rtpulse train exited with {proc.returncode}")
     return json.loads((run_dir / "config.json").read_text())["command"]  # what ran, also after a resume
-
-
-def _trained_epochs(state_file: Path) -> int:
-    return int(state_file.name.split("-")[1].split(".")[0])  # epoch-NNNN.state.pt
-
-
-def _run_epochs(run_dir: Path) -> int:
-    try:
-        return int(json.loads((run_dir / "config.json").read_text())["epochs"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return 1 << 30  # unreadable: let `rtpulse train --resume` say what is wrong with it
 
 
 def _cost(run_dir: Path) -> dict:
