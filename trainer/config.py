@@ -45,6 +45,7 @@ class TrainConfig:
     snr_min: float = -5.0
     snr_max: float = 10.0
     noise_warp: float = 0.0  # share of noise clips (in U and P alike) played at another rate and re-coloured
+    noise_balance: bool = False  # draw each noise folder (source) equally often, not ∝ its minutes
     # optimisation
     epochs: int = 10
     steps_per_epoch: int = 100
@@ -95,6 +96,9 @@ class TrainConfig:
         if self.noise_warp > 0 and self.noisy is not None:  # U would hold the recordings' own noise, P warped noise
             raise RtpulseError("--noise-warp warps the noise mixed into --clean speech; with --noisy recordings P would "
                                "no longer be the noise U holds")
+        if self.noise_balance and self.noisy is not None:  # P would follow other proportions than U's own noise
+            raise RtpulseError("--noise-balance reweights the noise mixed into --clean speech; with --noisy recordings "
+                               "P would no longer be the noise U holds")
         if self.method not in ("pu", "pn", "mixit"):
             raise RtpulseError(f"--method must be pu, pn or mixit, got {self.method!r}")
         if self.noise is None:

@@ -121,6 +121,7 @@ class AudioBank:
         self.samples = torch.from_numpy(np.concatenate([a for a, _ in keep]).astype(np.float32))
         self.lengths = torch.from_numpy(lengths)
         self.starts = torch.from_numpy(np.concatenate(([0], np.cumsum(lengths)[:-1])))
+        self.weights = self.lengths.double()  # how often each file is cropped: ∝ its length unless balanced
 
     @classmethod
     def from_files(
@@ -134,8 +135,19 @@ class AudioBank:
         return cls(arrays, [str(f) for f in files])
 
     def to(self, device: torch.device | str) -> AudioBank:
-        for k in ("samples", "lengths", "starts"):
+        for k in ("samples", "lengths", "starts", "weights"):
             setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    def balance_folders(self) -> AudioBank:
+        """Crop each folder (a file's parent: one recording source) equally often, files within it ∝ length, so
+        a source with many minutes does not drown one with a few. A bank from one folder is unchanged."""
+        folders = [str(Path(n).parent) for n in self.names]
+        totals: dict[str, float] = {}
+        for folder, n in zip(folders, self.lengths.tolist()):
+            totals[folder] = totals.get(folder, 0.0) + n
+        share = torch.tensor([1.0 / totals[f] for f in folders], dtype=torch.float64, device=self.lengths.device)
+        self.weights = self.lengths.double() * share
         return self
 
     @property
@@ -143,9 +155,10 @@ class AudioBank:
         return self.samples.numel() / SAMPLE_RATE
 
     def crops(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
-        """``n`` random crops ``[n, length]``: file drawn ∝ its length, start uniform; short files zero-padded."""
+        """``n`` random crops ``[n, length]``: file drawn by ``weights`` (∝ its length unless balanced), start
+        uniform; short files zero-padded."""
         dev = self.samples.device
-        files = torch.multinomial(self.lengths.float(), n, replacement=True, generator=gen)  # [n]
+        files = torch.multinomial(self.weights.float(), n, replacement=True, generator=gen)  # [n]
         lens = self.lengths[files]
         room = (lens - length).clamp_min(0)
         offs = (torch.rand(n, device=dev, generator=gen) * (room + 1).float()).long().minimum(room)

@@ -210,6 +210,8 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
         n_all = sum(len(v) for part in split.values() for v in part.values())
         console.print(f"decoding {n_all} files (cached in {cache}) …", highlight=False)
     banks = {"noise": load(no_train), speech_key: load(sp_train)}
+    if cfg.noise_balance:
+        banks["noise"].balance_folders()
     recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
                     snr_range=(cfg.snr_min, cfg.snr_max), p_level=cfg.p_level, noise_warp=cfg.noise_warp).to(d.device)
     gen = torch.Generator().manual_seed(cfg.seed + 7919)  # the dev set is fixed for the whole run
