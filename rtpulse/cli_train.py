@@ -162,6 +162,10 @@ def train(
         float,
         typer.Option(help="Share of training noise clips (0…1; in the noisy mixtures and the P clips alike) played 0.8…1.25× as fast and re-coloured, so a few recordings stand for more noises. Validation noise is never warped."),
     ] = 0.0,
+    noise_mix: Annotated[
+        float,
+        typer.Option(help="Share of training noise clips (0…1; in the noisy mixtures and the P clips alike) with a second, independent noise crop added 0…10 dB below the first: two sources at once. Validation noise is never mixed."),
+    ] = 0.0,
     noise_balance: Annotated[
         bool,
         typer.Option(help="Draw training noise from each folder under --noise (one recording source) equally often, files within it by length, instead of every file by its length. Validation noise is never reweighted."),
@@ -226,6 +230,7 @@ def train(
                 snr_min=snr_min,
                 snr_max=snr_max,
                 noise_warp=noise_warp,
+                noise_mix=noise_mix,
                 noise_balance=noise_balance,
                 epochs=10 if epochs is None else epochs,
                 steps_per_epoch=steps_per_epoch,

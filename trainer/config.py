@@ -45,6 +45,7 @@ class TrainConfig:
     snr_min: float = -5.0
     snr_max: float = 10.0
     noise_warp: float = 0.0  # share of noise clips (in U and P alike) played at another rate and re-coloured
+    noise_mix: float = 0.0  # share of noise clips with a second noise crop added (two sources at once)
     noise_balance: bool = False  # draw each noise folder (source) equally often, not ∝ its minutes
     # optimisation
     epochs: int = 10
@@ -95,6 +96,11 @@ class TrainConfig:
             raise RtpulseError(f"--noise-warp is a share of the noise clips: 0…1, got {self.noise_warp:g}")
         if self.noise_warp > 0 and self.noisy is not None:  # U would hold the recordings' own noise, P warped noise
             raise RtpulseError("--noise-warp warps the noise mixed into --clean speech; with --noisy recordings P would "
+                               "no longer be the noise U holds")
+        if not 0 <= self.noise_mix <= 1:
+            raise RtpulseError(f"--noise-mix is a share of the noise clips: 0…1, got {self.noise_mix:g}")
+        if self.noise_mix > 0 and self.noisy is not None:
+            raise RtpulseError("--noise-mix mixes the noise added to --clean speech; with --noisy recordings P would "
                                "no longer be the noise U holds")
         if self.noise_balance and self.noisy is not None:  # P would follow other proportions than U's own noise
             raise RtpulseError("--noise-balance reweights the noise mixed into --clean speech; with --noisy recordings "

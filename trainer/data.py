@@ -39,6 +39,7 @@ WARP_RATE = 1.25  # rates log-uniform in [1/WARP_RATE, WARP_RATE]
 WARP_TILT_DB = 9.0  # gain at Nyquist re DC, uniform in ±this
 WARP_BUMP_DB = 3.0  # amplitude of each of WARP_BUMPS cosines across 0…Nyquist, uniform in ±this
 WARP_BUMPS = 3
+NOISE_MIX_DB = (-10.0, 0.0)  # level of a second noise added under --noise-mix, re the first (both unit std)
 
 
 def default_cache_dir() -> Path:
@@ -248,15 +249,28 @@ class Recipe:
     def __init__(
         self, method: str, noise: AudioBank, clean: AudioBank | None = None, noisy: AudioBank | None = None,
         snr_range: tuple[float, float] = (-5.0, 10.0), p_level: str = "unit", noise_warp: float = 0.0,
+        noise_mix: float = 0.0,
     ) -> None:
         if (clean is None) == (noisy is None):
             raise RtpulseError("give either clean speech (synthetic recipe) or noisy recordings (real), not both")
         if noisy is not None and method != "pu":
             raise RtpulseError(f"--method {method} needs clean speech (--clean); real noisy recordings train PU only")
         self.method, self.noise, self.clean, self.noisy, self.snr_range = method, noise, clean, noisy, snr_range
-        self.p_level, self.noise_warp = p_level, noise_warp
+        self.p_level, self.noise_warp, self.noise_mix = p_level, noise_warp, noise_mix
 
     def noise_clips(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+        """``[n, length]`` noise crops (see :meth:`single_noise_clips`); with ``noise_mix`` > 0 that share of them
+        has a second, independent crop added 0…10 dB below it (two sources at once: rain and an engine)."""
+        first = self.single_noise_clips(n, length, gen)
+        if self.noise_mix <= 0:
+            return first
+        second = self.single_noise_clips(n, length, gen)
+        lo, hi = NOISE_MIX_DB
+        level = lo + (hi - lo) * torch.rand(n, 1, device=first.device, generator=gen)
+        mixed = (torch.rand(n, 1, device=first.device, generator=gen) < self.noise_mix).float()
+        return standardise(first) + mixed * 10.0 ** (level / 20.0) * standardise(second)
+
+    def single_noise_clips(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
         """``[n, length]`` noise crops; with ``noise_warp`` > 0 that share of them warped (:func:`warp_clips`)."""
         if self.noise_warp <= 0:
             return self.noise.crops(n, length, gen)

@@ -213,7 +213,8 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
     if cfg.noise_balance:
         banks["noise"].balance_folders()
     recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
-                    snr_range=(cfg.snr_min, cfg.snr_max), p_level=cfg.p_level, noise_warp=cfg.noise_warp).to(d.device)
+                    snr_range=(cfg.snr_min, cfg.snr_max), p_level=cfg.p_level, noise_warp=cfg.noise_warp,
+                    noise_mix=cfg.noise_mix).to(d.device)
     gen = torch.Generator().manual_seed(cfg.seed + 7919)  # the dev set is fixed for the whole run
     length = round(cfg.dev_seconds * SAMPLE_RATE)
     dev = DevData()
