@@ -57,17 +57,20 @@ def cases_for(model, noisy: list[np.ndarray], clean: list[np.ndarray]) -> list[C
     return out
 
 
+def soft_gains(cases: list[Case], sharpness: float, noisy_scores: list[float] | None = None) -> np.ndarray:
+    """Each case's SI-SNRi (dB) with the soft mask σ(−s·f); ``noisy_scores``: the inputs' SI-SNR, if known."""
+    if noisy_scores is None:
+        noisy_scores = [float(si_snr(c.noisy, c.clean)) for c in cases]
+    return np.array([
+        float(si_snr(istft(c.spec * mask_gain(c.logits, "soft", sharpness=sharpness), c.noisy.numel()), c.clean)) - base
+        for c, base in zip(cases, noisy_scores, strict=True)
+    ])
+
+
 def grid_scores(cases: list[Case], grid: tuple[float, ...] = GRID) -> list[float]:
     """Mean SI-SNRi (dB) of the soft mask σ(−s·f) for each s of ``grid``."""
     noisy_scores = [float(si_snr(c.noisy, c.clean)) for c in cases]  # the same for every s
-    scores = []
-    for s in grid:
-        gains = [
-            float(si_snr(istft(c.spec * mask_gain(c.logits, "soft", sharpness=s), c.noisy.numel()), c.clean)) - base
-            for c, base in zip(cases, noisy_scores, strict=True)
-        ]
-        scores.append(float(np.mean(gains)))
-    return scores
+    return [float(np.mean(soft_gains(cases, s, noisy_scores))) for s in grid]
 
 
 def pick(grid: tuple[float, ...], scores: list[float], tolerance_db: float = TOLERANCE_DB) -> float:

@@ -1,0 +1,65 @@
+"""benchmarks.paired: the per-file difference of two models, on hand-computed scores and a tiny data root."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import noisy_signal, random_model
+
+from benchmarks.paired import paired_difference
+from rtpulse.errors import RtpulseError
+from rtpulse.model import save_model
+
+
+def test_paired_difference_on_hand_computed_scores():
+    mean, half, wins = paired_difference(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 5.0, 5.0]))
+    # d = [1, 0, 2, 1]: mean 1, sample std √(2/3), t(0.975, 3) = 3.1824, half-width 3.1824 · √(2/3) / √4
+    assert mean == pytest.approx(1.0)
+    assert half == pytest.approx(3.1824 * (2 / 3) ** 0.5 / 2, abs=1e-3)
+    assert wins == 3  # a tie is not a win
+    with pytest.raises(RtpulseError, match="at least 2"):
+        paired_difference(np.array([1.0]), np.array([2.0]))
+
+
+def _data_root(tmp_path):
+    rng = np.random.default_rng(0)
+    for part in ("speech", "noise"):
+        (tmp_path / "data" / part / "dev").mkdir(parents=True)
+    for i in range(3):
+        voice = noisy_signal(4.5, seed=i) * (np.arange(72000) % 16000 < 12000)  # pauses: a quiet noise floor
+        sf.write(tmp_path / "data/speech/dev" / f"s{i}.wav", voice.astype("float32"), 16000)
+        sf.write(tmp_path / "data/noise/dev" / f"n{i}.wav", 0.1 * rng.standard_normal(32000).astype("float32"), 16000)
+    return tmp_path / "data"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "benchmarks.paired", *map(str, args)],
+                          check=False, capture_output=True, text=True)
+
+
+def test_a_model_against_itself_differs_by_zero_and_another_sharpness_does_not(tmp_path):
+    data, model = _data_root(tmp_path), tmp_path / "m.safetensors"
+    save_model(random_model("blocks2", 2), model)
+    same = _run(model, model, "--data", data, "--count", 3, "--seconds", 1)
+    assert same.returncode == 0, same.stderr
+    assert "B − A per file: +0.000 ± 0.000 (95 %), B ahead on 0 of 3" in same.stdout
+    assert "| n" in same.stdout  # the per-noise table names the recordings
+    other = _run(model, model, "--data", data, "--count", 3, "--seconds", 1, "--sharpness-b", 3)
+    assert other.returncode == 0, other.stderr
+    line = next(x for x in other.stdout.splitlines() if x.startswith("B − A"))
+    assert not line.startswith("B − A per file: +0.000 ± 0.000")
+    assert "(s = 3)" in other.stdout
+
+
+@pytest.mark.parametrize("bad", ["missing_model", "count", "sharpness", "no_split"])
+def test_bad_arguments_are_one_line_errors(tmp_path, bad):
+    data, model = _data_root(tmp_path), tmp_path / "m.safetensors"
+    save_model(random_model("blocks2", 0), model)
+    args = {"missing_model": [tmp_path / "none.safetensors", model, "--data", data],
+            "count": [model, model, "--data", data, "--count", 1],
+            "sharpness": [model, model, "--data", data, "--sharpness-a", 0],
+            "no_split": [model, model, "--data", data, "--split", "test"]}[bad]
+    run = _run(*args)
+    assert run.returncode != 0 and "Traceback" not in run.stderr and run.stderr.strip()
