@@ -598,6 +598,8 @@ def test_shutdown_holds_stop_signals_and_puts_the_handlers_back():
 
     seen = []
     old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    # Python's Ctrl-C handler, whatever pytest inherited (a background job started from a script ignores SIGINT)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with stop_signals_held():
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
@@ -613,3 +615,4 @@ def test_shutdown_holds_stop_signals_and_puts_the_handlers_back():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)

@@ -29,6 +29,16 @@ SECONDS = 10.0
 PA_TOOLS = ("pulseaudio", "pactl", "paplay", "parecord")
 
 
+@pytest.fixture
+def sigint_not_ignored():
+    """The children are stopped with SIGINT, so they must not inherit it ignored (as pytest does in a background job
+    started from a script: Python then installs no Ctrl-C handler). A handler in this process resets to the
+    default in a child; an ignored signal stays ignored."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _run(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=30, **kw)
 
@@ -148,7 +158,7 @@ def denoise(src: Path, dst: Path, model: Path, mask: str) -> None:
     assert r.exit_code == 0, r.output
 
 
-def test_live_through_pulseaudio_matches_offline_denoise(pulse, tmp_path):
+def test_live_through_pulseaudio_matches_offline_denoise(pulse, sigint_not_ignored, tmp_path):
     env = pulse
     clean, noisy = speech_like(SECONDS, RATE)
     sf.write(tmp_path / "noisy.wav", noisy, RATE, subtype="FLOAT")
@@ -205,7 +215,7 @@ def test_live_through_pulseaudio_matches_offline_denoise(pulse, tmp_path):
                 str(tmp_path / "speaker.wav"),
             ],
             env=env,
-        )
+            )
         time.sleep(0.5)
         _run(["paplay", "--latency-msec=100", "--device=feed", str(tmp_path / "noisy.wav")], env)
         time.sleep(3.0)  # the loop's delay varies (0.1–2 s): record with margin
