@@ -16,10 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from benchmarks.mask_sharpness import cases_for, soft_gains
-from benchmarks.quality import DEFAULT_DATA, generated_set
+from benchmarks.quality import DEFAULT_DATA, generated_set, mean_ci
 from rtpulse.errors import RtpulseError
 from rtpulse.model import MAX_SHARPNESS, MIN_SHARPNESS, load_model
 
@@ -29,8 +28,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     if d.size < 2:
         raise RtpulseError("a paired interval needs at least 2 mixtures")
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    return float(d.mean()), half, int((d > 0).sum())
+    ci = mean_ci(list(d))
+    return ci["mean"], ci["ci95"], int((d > 0).sum())
 
 
 def main() -> None:

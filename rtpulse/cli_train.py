@@ -164,11 +164,11 @@ def train(
     ] = 0.0,
     noise_mix: Annotated[
         float,
-        typer.Option(help="Share of training noise clips (0…1; in the noisy mixtures and the P clips alike) with a second, independent noise crop added 0…10 dB below the first: two sources at once. Validation noise is never mixed."),
+        typer.Option(help="Share of training noise clips (0…1; in the noisy mixtures and the P clips alike) with a second, independent noise crop added 0…10 dB below the first (drawn like the first, so often from another recording). Validation noise is never mixed."),
     ] = 0.0,
     noise_balance: Annotated[
         bool,
-        typer.Option(help="Draw training noise from each folder under --noise (one recording source) equally often, files within it by length, instead of every file by its length. Validation noise is never reweighted."),
+        typer.Option(help="Draw training noise from each folder holding noise files (a file's own folder: one recording source) equally often, files within it by length, instead of every file by its length. Validation noise is never reweighted."),
     ] = False,
     p_gain: Annotated[
         PGain, typer.Option(help="Level gain for P clips: their own, or the U clip's beside them (noise at a mixture's level).")

@@ -215,7 +215,7 @@ def test_live_through_pulseaudio_matches_offline_denoise(pulse, sigint_not_ignor
                 str(tmp_path / "speaker.wav"),
             ],
             env=env,
-            )
+        )
         time.sleep(0.5)
         _run(["paplay", "--latency-msec=100", "--device=feed", str(tmp_path / "noisy.wav")], env)
         time.sleep(3.0)  # the loop's delay varies (0.1–2 s): record with margin

@@ -1,12 +1,14 @@
 """Trainer: on-device data, steps, checkpoints, resume, the CLI. Tiny generated audio in tmp_path."""
 
 import dataclasses
+import io
 import json
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from rtpulse.cli import app
@@ -299,6 +301,27 @@ def test_noise_warp_warps_training_noise_but_never_the_dev_clips(corpus, tmp_pat
     torch.testing.assert_close(warped[1].clean, plain[1].clean, rtol=0, atol=0)
     draw = [r.batch(4, 1600, torch.Generator().manual_seed(0)).p for r in (plain[0], warped[0])]
     assert (draw[0] - draw[1]).abs().max() > 0.1  # the training noise itself is warped
+
+
+def test_noise_balance_and_noise_mix_reach_the_training_recipe(corpus, tmp_path):
+    from trainer.ddp import Dist
+    from trainer.train import build_data
+
+    plain, balanced, mixed = (build_data(tiny(corpus, tmp_path / k, **kw).validate(), Dist(), None)[0] for k, kw in
+                              (("p", {}), ("b", {"noise_balance": True}), ("m", {"noise_mix": 1.0})))
+    assert float(plain.noise.weights.sum()) == plain.noise.samples.numel()  # files by length
+    assert float(balanced.noise.weights.sum()) == pytest.approx(1.0)  # one folder: its files share one draw
+    console = Console(file=io.StringIO(), width=200)
+    build_data(tiny(corpus, tmp_path / "c", noise_balance=True).validate(), Dist(), console)
+    assert "--noise-balance changes nothing here" in console.file.getvalue()
+    assert mixed.noise_mix == 1.0
+    draw = [r.batch(4, 1600, torch.Generator().manual_seed(0)).p for r in (plain, mixed)]
+    assert (draw[0] - draw[1]).abs().max() > 0.1  # every P clip has a second noise in it
+
+
+def test_noise_mix_with_noisy_recordings_is_refused(corpus, tmp_path):
+    with pytest.raises(RtpulseError, match="--noise-mix mixes the noise added to --clean"):
+        tiny(corpus, tmp_path, clean=None, noisy=str(corpus / "noisy"), noise_mix=0.5).validate()
 
 
 def test_heldout_risk_weighs_a_short_last_batch_by_its_clips(corpus, tmp_path, monkeypatch):

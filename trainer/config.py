@@ -45,7 +45,7 @@ class TrainConfig:
     snr_min: float = -5.0
     snr_max: float = 10.0
     noise_warp: float = 0.0  # share of noise clips (in U and P alike) played at another rate and re-coloured
-    noise_mix: float = 0.0  # share of noise clips with a second noise crop added (two sources at once)
+    noise_mix: float = 0.0  # share of noise clips with a second noise crop added (often another recording)
     noise_balance: bool = False  # draw each noise folder (source) equally often, not ∝ its minutes
     # optimisation
     epochs: int = 10

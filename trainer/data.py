@@ -260,7 +260,8 @@ class Recipe:
 
     def noise_clips(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
         """``[n, length]`` noise crops (see :meth:`single_noise_clips`); with ``noise_mix`` > 0 that share of them
-        has a second, independent crop added 0…10 dB below it (two sources at once: rain and an engine)."""
+        has a second, independent crop added 0…10 dB below it, drawn like the first: often another recording (rain over an
+        engine), sometimes the same source."""
         first = self.single_noise_clips(n, length, gen)
         if self.noise_mix <= 0:
             return first

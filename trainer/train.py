@@ -212,6 +212,9 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
     banks = {"noise": load(no_train), speech_key: load(sp_train)}
     if cfg.noise_balance:
         banks["noise"].balance_folders()
+        if console is not None and len({Path(n).parent for n in banks["noise"].names}) == 1:
+            console.print("note: --noise-balance changes nothing here: the training noise files are all in one folder",
+                          highlight=False)
     recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
                     snr_range=(cfg.snr_min, cfg.snr_max), p_level=cfg.p_level, noise_warp=cfg.noise_warp,
                     noise_mix=cfg.noise_mix).to(d.device)
