@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,21 @@ def noisy_signal(seconds: float = 1.0, rate: int = 16000, seed: int = 0) -> np.n
     phase = 2 * np.pi * np.cumsum(f0) / rate
     voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2)
     return (0.2 * voice + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def write_selection_root(root, split: str) -> Path:
+    """A data root as the quality benchmark reads it: 3 voices with pauses (a quiet noise floor) in ``speech/SPLIT``
+    and 3 white noises in ``noise/SPLIT``. Returns ``root``."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for part in ("speech", "noise"):
+        (root / part / split).mkdir(parents=True)
+    for i in range(3):
+        voice = noisy_signal(4.5, seed=i) * (np.arange(72000) % 16000 < 12000)
+        sf.write(root / "speech" / split / f"s{i}.wav", voice.astype("float32"), 16000)
+        sf.write(root / "noise" / split / f"n{i}.wav", 0.1 * rng.standard_normal(32000).astype("float32"), 16000)
+    return root
 
 
 def write_tiny_corpus(root) -> None:

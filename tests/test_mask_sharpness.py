@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import noisy_signal, random_model
+from conftest import noisy_signal, random_model, write_selection_root
 
 from benchmarks.mask_sharpness import GRID, Case, grid_scores, pick
 from rtpulse.errors import RtpulseError
@@ -45,14 +45,7 @@ def test_pick_prefers_the_gentlest_mask_within_the_tolerance():
 
 
 def test_the_tool_writes_the_model_with_its_choice_and_never_overwrites(tmp_path):
-    # a data root as the quality benchmark reads it: speech/train and noise/train
-    rng = np.random.default_rng(0)
-    for part in ("speech", "noise"):
-        (tmp_path / "data" / part / "train").mkdir(parents=True)
-    for i in range(3):
-        voice = noisy_signal(4.5, seed=i) * (np.arange(72000) % 16000 < 12000)  # pauses: a quiet noise floor
-        sf.write(tmp_path / "data/speech/train" / f"s{i}.wav", voice.astype("float32"), 16000)
-        sf.write(tmp_path / "data/noise/train" / f"n{i}.wav", 0.1 * rng.standard_normal(32000).astype("float32"), 16000)
+    write_selection_root(tmp_path / "data", "train")
     model = tmp_path / "m.safetensors"
     save_model(random_model("blocks2", 2), model)
     out = tmp_path / "sharp.safetensors"

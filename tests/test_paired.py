@@ -5,8 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-import soundfile as sf
-from conftest import noisy_signal, random_model
+from conftest import random_model, write_selection_root
 
 from benchmarks.paired import paired_difference
 from rtpulse.errors import RtpulseError
@@ -24,14 +23,7 @@ def test_paired_difference_on_hand_computed_scores():
 
 
 def _data_root(tmp_path):
-    rng = np.random.default_rng(0)
-    for part in ("speech", "noise"):
-        (tmp_path / "data" / part / "dev").mkdir(parents=True)
-    for i in range(3):
-        voice = noisy_signal(4.5, seed=i) * (np.arange(72000) % 16000 < 12000)  # pauses: a quiet noise floor
-        sf.write(tmp_path / "data/speech/dev" / f"s{i}.wav", voice.astype("float32"), 16000)
-        sf.write(tmp_path / "data/noise/dev" / f"n{i}.wav", 0.1 * rng.standard_normal(32000).astype("float32"), 16000)
-    return tmp_path / "data"
+    return write_selection_root(tmp_path / "data", "dev")
 
 
 def _run(*args):
