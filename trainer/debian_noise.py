@@ -51,17 +51,17 @@ class Source:
 
 SOURCES = (
     Source("megaglest-data", "CC-BY-SA-3.0", ("*/tilesets/*/sounds/*",), ("*wolf*", "*/hell/*")),
-    Source("redeclipse-data", "CC-BY-SA-3.0 (per file, debian/copyright)", ("*/sounds/ambience/*",),
+    Source("redeclipse-data", "CC-BY-SA-3.0; ambience/morph CC-BY-3.0", ("*/sounds/ambience/*",),
            ("*/morph/ambient*", "*alienwind*", "*dizzywind*", "*wakawaka*", "*vapour*", "*lava*")),
     Source("flare-game", "CC-BY-SA-3.0+", ("*/soundfx/environment/*",), ("*owl*", "*raven*")),
-    Source("supertuxkart-data", "CC-BY-SA-3.0 / CC-BY-SA-4.0 / GPL (per file, debian/copyright)",
+    Source("supertuxkart-data", "CC0, CC-BY-SA-3.0 or public domain (per file, debian/copyright)",
            ("*/sfx/river_loop*", "*/sfx/waterfall_loop*", "*/sfx/exotic-birds*", "*/sfx/airplane_jetEngine*",
             "*/sfx/engine_small*", "*steamLocomotive*", "*/sfx/clock*")),
-    Source("supertux-data", "GPL-2+ / CC-BY-SA (debian/copyright)", ("*/sounds/rain.wav",)),
-    Source("widelands-data", "GPL-2+ / CC-BY-SA-3.0 (debian/copyright)",
+    Source("supertux-data", "GPL-3+", ("*/sounds/rain.wav",)),
+    Source("widelands-data", "GPL-2+",
            ("*/sound/*/cutting/*", "*/sound/*/saw/*", "*/sound/barbarians/stonegrind*", "*/sound/barbarians/weaver*",
             "*/sound/metal/*", "*/sound/mill/*", "*/sound/smiths/*", "*/sound/woodcutting/*", "*/sound/farm/scythe*")),
-    Source("lincity-ng-data", "GPL-2+",
+    Source("lincity-ng-data", "GPL-2+ (or CC-BY-SA-2.0)",
            tuple(f"*/sounds/{name}*" for name in (
                "Blacksmith", "CoalMine", "DirtTrack", "Fire", "IndustryHigh", "IndustryLight", "Mill", "OreMine",
                "PowerCoal", "PowerSolar", "RailTrain", "Recycle", "Rocket", "TraficHigh", "TraficLow", "Water",
