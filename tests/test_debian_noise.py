@@ -130,3 +130,13 @@ def test_build_keeps_wanted_files_once_and_leaves_out_short_broken_and_dev_copie
 
     with pytest.raises(RtpulseError, match="not empty"):  # a rebuild must not keep files it would now leave out
         dn.build(out, debs, dev, sources=(source,))
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
+def test_a_broken_deb_is_a_one_line_error_naming_the_file_to_delete(tmp_path):
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / "fake-data_1.0_all.deb").write_bytes(b"!<arch>\ncut short")
+    with pytest.raises(RtpulseError, match="delete .*fake-data_1.0_all.deb"):
+        dn.build(tmp_path / "out", debs, None, sources=(dn.Source("fake-data", "CC0", ("*",)),))
+    assert not (tmp_path / "out").exists()

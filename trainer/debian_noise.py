@@ -90,7 +90,10 @@ def download(packages: list[str], into: Path) -> dict[str, Path]:
 
 def extract(deb: Path, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
-    _run(["dpkg-deb", "-x", str(deb), str(into)], into)
+    try:
+        _run(["dpkg-deb", "-x", str(deb), str(into)], into)
+    except RtpulseError as e:  # a download cut short stays in --debs: say which file to delete
+        raise RtpulseError(f"{e} (delete {deb} to download it again)") from None
     return into
 
 
@@ -176,6 +179,8 @@ def build(out: Path, debs_dir: Path, dev_noise: Path | None,
     if out.exists() and any(out.iterdir()):
         raise RtpulseError(f"{out} is not empty: give a new folder (a rebuild must not keep files it now leaves out)")
     references, reference_files = leak_reference(dev_noise) if dev_noise else ([], [])
+    if not references:
+        print("note: no --dev-noise: the files are not checked for recordings shared with a dev set", file=sys.stderr)
     debs = download([s.package for s in sources], debs_dir)
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
