@@ -126,6 +126,7 @@ def test_build_keeps_wanted_files_once_and_leaves_out_short_broken_and_dev_copie
         assert float(row["seconds"]) == pytest.approx(5.0, abs=0.01)
     with open(out / "manifest.csv") as f:
         assert list(csv.DictReader(f)) == rows
+    assert all(0 < float(r["dev_xcorr"]) < dn.LEAK_CORR for r in rows)  # checked, and below the bar
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []  # no staging folder left
 
     with pytest.raises(RtpulseError, match="not empty"):  # a rebuild must not keep files it would now leave out

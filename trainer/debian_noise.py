@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from rtpulse.audio import find_audio_files, load_mono, resample, write_audio
+from rtpulse.audio import AUDIO_SUFFIXES, find_audio_files, load_mono, resample, write_audio
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_output_dir, write_text_atomic
 from rtpulse.stft import SAMPLE_RATE
@@ -72,11 +72,9 @@ SOURCES = (
                "WindMill", "Tip", "MonumentConstruction", "ParklandLake")), ("*FireStation*",)),
     Source("extremetuxracer-data", "GPL-2+", ("*/sounds/*_slide*",)),
 )
-AUDIO = (".ogg", ".wav", ".flac")
-
 
 def wanted(source: Source, inner: str) -> bool:
-    return (inner.lower().endswith(AUDIO) and any(fnmatch.fnmatch(inner, p) for p in source.include)
+    return (inner.lower().endswith(AUDIO_SUFFIXES) and any(fnmatch.fnmatch(inner, p) for p in source.include)
             and not any(fnmatch.fnmatch(inner, p) for p in source.exclude))
 
 
@@ -234,7 +232,8 @@ def _take(path: Path, root: Path, source: Source, debs: dict[str, Path], seen: s
     (staging / name).parent.mkdir(parents=True, exist_ok=True)
     write_audio(staging / name, x, SAMPLE_RATE)
     return {"path": str(name), "package": source.package, "version": version_of(debs[source.package]),
-            "source_file": inner, "seconds": f"{seconds:.2f}", "licence": source.licence, "dev_xcorr": f"{corr:.3f}"}
+            "source_file": inner, "seconds": f"{seconds:.2f}", "licence": source.licence,
+            "dev_xcorr": f"{corr:.3f}" if references else ""}  # empty: not checked, not "no match"
 
 
 def main(argv: list[str] | None = None) -> int:
