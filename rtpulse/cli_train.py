@@ -272,6 +272,7 @@ def train(
         f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['seconds']:.0f} s); "
         f"best epoch {summary['best_epoch']} → {summary['run_dir']}/best.safetensors",
         highlight=False,
+        soft_wrap=True,  # never break the path a user copies (and a wrap would move with the seconds' digits)
     )
 
 

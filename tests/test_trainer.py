@@ -354,6 +354,8 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
         "--level-frames", "30", "--floor-frames", "20", "--context-seconds", "0.05", "--freq-input",
     ])
     assert res.exit_code == 0, res.output
+    # the path a user copies is never broken across lines (tmp_path is longer than the runner's 80 columns)
+    assert f"best epoch 1 → {run}/best.safetensors" in res.output
     saved = load_model(run / "last.safetensors").config
     assert (saved.level_frames, saved.floor_frames, saved.freq_input) == (30, 20, True)  # the options reach the model
     state = torch.load(run / "ckpt" / "epoch-0001.state.pt", weights_only=True)
