@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.align import locate_delay
-from rtpulse.files import write_text_atomic
+from rtpulse.files import discard, temp_beside, write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, count_parameters, default_model_path, load_model
 from rtpulse.stft import HOP, N_BINS, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, delay_samples
@@ -428,12 +428,12 @@ def plot_histogram(hist: dict[str, np.ndarray], path: Path) -> None:
 
 
 def _save_fig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    tmp = temp_beside(path, ".png")
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def write_latency(result: dict, hist: dict[str, np.ndarray], json_path: Path, plot: bool = True) -> list[Path]:

@@ -11,6 +11,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from rtpulse.errors import RtpulseError
+from rtpulse.files import discard, temp_beside
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
@@ -87,14 +88,14 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: s
     path = Path(path)
     ext, own_subtype = output_format(path)
     check_output_rate(path, rate)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(path)
     try:
         sf.write(str(tmp), data, rate, subtype=subtype or own_subtype, format=ext)
         os.replace(tmp, path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise RtpulseError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def find_audio_files(root: str | os.PathLike) -> list[Path]:

@@ -23,7 +23,7 @@ from scipy.signal import resample_poly
 
 from rtpulse.audio import AUDIO_SUFFIXES, check_input_rate, check_output_rate, output_format, resample, to_mono
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_file
+from rtpulse.files import check_output_file, discard, temp_beside
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
@@ -264,7 +264,7 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> N
     KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
     """
     fmt, subtype = output_format(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(dst)
     try:
         with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
             for block in blocks:
@@ -273,7 +273,7 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> N
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0]}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def denoise_file(

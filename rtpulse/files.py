@@ -50,11 +50,26 @@ def check_json_output(path: str | os.PathLike, what: str) -> Path:
     return check_output_file(path)
 
 
+def temp_beside(path: Path, suffix: str = "") -> Path:
+    """A hidden temp name in ``path``'s folder (so the final rename stays on one file system). The name keeps at most
+    200 bytes of ``path``'s own: a legal 255-byte output name must not give an illegal temp name."""
+    head = path.name.encode()[:200].decode(errors="ignore")
+    return path.with_name(f".{head}.tmp-{os.getpid()}{suffix}")
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temp file if it is there; never raises (the error that matters is the one being handled)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden temp file beside ``path`` and rename it over ``path``: a crash never leaves a
     partial file. The folder is created if missing; any OS problem is one :class:`RtpulseError` line."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text)
@@ -62,7 +77,4 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         raise RtpulseError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. the "folder" is a file: nothing was created, and the error above says why
-            pass
+        discard(tmp)

@@ -36,7 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import write_text_atomic
+from rtpulse.files import discard, temp_beside, write_text_atomic
 from rtpulse.resampler import StreamResampler
 from rtpulse.signals import Terminated, stop_signals_held
 from rtpulse.stft import HOP, SAMPLE_RATE
@@ -346,7 +346,7 @@ class Recorder:
         import soundfile as sf
 
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = temp_beside(self.path)
         self.ring, self.position = ring, position  # position(): samples written to the ring so far
         self.done = 0
         try:
@@ -370,7 +370,7 @@ class Recorder:
 
     def abort(self) -> None:
         self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        discard(self.tmp)
 
 
 # ---- the device session (sounddevice is imported here, inside the functions) ---------------------

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtpulse.errors import RtpulseError, short_reason
+from rtpulse.files import discard, temp_beside
 
 N_BINS = 513
 
@@ -463,14 +464,14 @@ def save_model(model: PulseCNN, path: str | os.PathLike) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
         # bytes written by Python, not safetensors' save_file: that one creates the file 0600, ignoring the umask
         tmp.write_bytes(save(tensors, metadata={_META_KEY: model.config.to_json(), "format": "pt"}))
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> PulseCNN:

@@ -365,6 +365,19 @@ def test_existing_output_needs_force(tmp_path, model_path):
     assert sf.info(dst).frames == 4000
 
 
+def test_a_255_byte_output_name_is_written_and_the_batch_goes_on(tmp_path, model_path):
+    # the temp name beside an output must stay legal when the output's own name is at the file system's limit
+    long_src = tmp_path / ("a" * 251 + ".wav")  # 255 bytes
+    short_src = tmp_path / "b.wav"
+    for i, p in enumerate((long_src, short_src)):
+        sf.write(p, _signal(4000, 1, seed=i), 16000)
+    out = tmp_path / "out"
+    r = _denoise([long_src, short_src, "-o", out, "-m", model_path])
+    assert r.exit_code == 0, r.output
+    assert sf.info(out / long_src.name).frames == 4000 and sf.info(out / "b.wav").frames == 4000
+    assert _leftovers(out) == []
+
+
 @pytest.mark.parametrize("where", ["write", "replace", "interrupt"])
 def test_crash_mid_write_leaves_no_partial_output_and_no_temp(tmp_path, model_path, monkeypatch, where):
     src, dst = tmp_path / "in.wav", tmp_path / "out.wav"

@@ -14,18 +14,19 @@ from pathlib import Path
 import torch
 
 from rtpulse.errors import RtpulseError, short_reason
+from rtpulse.files import discard, temp_beside
 from rtpulse.model import PulseCNN, load_model, save_model
 
 KEEP = 2
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def save_checkpoint(run_dir: Path, model: PulseCNN, state: dict) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
-from rtpulse.files import write_text_atomic
+from rtpulse.files import discard, temp_beside, write_text_atomic
 from rtpulse.stft import SAMPLE_RATE
 
 STD_EPS = 1e-5
@@ -60,7 +60,7 @@ def decode_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
         except (OSError, ValueError):
             pass  # corrupt cache entry: decode again
     x = _finite(load_mono(path, SAMPLE_RATE).astype(np.float32), path)
-    tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
+    tmp = temp_beside(npy, ".npy")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.save(tmp, x, allow_pickle=False)
@@ -69,10 +69,7 @@ def decode_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
         raise RtpulseError(f"cannot write the decoded-audio cache {cache_dir}: {e.strerror or e}; "
                            "give --cache a writable folder") from None
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # the "folder" is a file: nothing was created
-            pass
+        discard(tmp)
     return x
 
 

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from rtpulse.files import discard, temp_beside
+
 
 def plot_metrics(metrics: Path, out: Path) -> str | None:
     """Loss, fraction of U bins called speech and dev SI-SNRi by epoch → ``out``; None if not possible."""
@@ -45,11 +47,11 @@ def plot_metrics(metrics: Path, out: Path) -> str | None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    tmp = temp_beside(out, ".png")
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, out)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     return str(out)
