@@ -226,6 +226,30 @@ def test_resume_keeps_its_file_split_epochs_and_survives_a_moved_init_model(corp
         run_training(resume_config(tmp_path / "run", epochs=3), resume=True, progress=False)
 
 
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(corpus, tmp_path, monkeypatch):
+    import shutil
+
+    from trainer.train import resume_config
+
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    shutil.copytree(corpus, first / "data")
+    (elsewhere / "data" / "clean").mkdir(parents=True)  # the same relative layout, other (no) files
+    monkeypatch.chdir(first)
+    run_training(tiny(corpus, tmp_path, clean="data/clean", noise="data/noise", steps_per_epoch=1), progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["clean"], saved["noise"]) == (str(first / "data" / "clean"), str(first / "data" / "noise"))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert all(f.startswith(str(first / "data")) for v in split.values() for files in v.values() for f in files)
+    monkeypatch.chdir(elsewhere)
+    summary = run_training(resume_config(tmp_path / "run", epochs=2), resume=True, progress=False)
+    assert summary["epochs"] == 2
+    # a run from before paths were stored absolute: the error says where the relative path was looked for
+    split["noise"]["train"] = ["data/noise/n0.flac"]
+    (tmp_path / "run" / "split.json").write_text(json.dumps(split))
+    with pytest.raises(RtpulseError, match=f"no longer exist in {elsewhere} \\(resume from the folder the run was"):
+        run_training(resume_config(tmp_path / "run", epochs=3), resume=True, progress=False)
+
+
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path):
     run_training(tiny(corpus, tmp_path, epochs=2, steps_per_epoch=1), progress=False)
     ckpt = tmp_path / "run" / "ckpt"

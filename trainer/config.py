@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,12 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out)
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """The data, cache and init paths made absolute (symlinks kept), as a new run stores them: a run resumed
+        from another working directory then reads the same files, never ones that sit at the same relative path."""
+        fields = ("clean", "noise", "noisy", "val_clean", "val_noise", "cache", "init_from")
+        return dataclasses.replace(self, **{k: os.path.abspath(v) for k in fields if (v := getattr(self, k))})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

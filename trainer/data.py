@@ -323,7 +323,7 @@ class Recipe:
 
 
 def write_split(path: Path, split: dict[str, dict[str, list[Path]]]) -> None:
-    data = {k: {part: [str(f) for f in files] for part, files in v.items()} for k, v in split.items()}
+    data = {k: {part: [os.path.abspath(f) for f in files] for part, files in v.items()} for k, v in split.items()}
     write_text_atomic(path, json.dumps(data, indent=1))
 
 
@@ -338,5 +338,7 @@ def read_split(path: Path) -> dict[str, dict[str, list[Path]]]:
     gone = [f for v in split.values() for files in v.values() for f in files if not f.is_file()]
     if gone:
         more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
-        raise RtpulseError(f"cannot resume: {gone[0]}{more} from {path} no longer exist")
+        # runs made before paths were stored absolute name files relative to the folder they were started in
+        where = "" if gone[0].is_absolute() else f" in {Path.cwd()} (resume from the folder the run was started in)"
+        raise RtpulseError(f"cannot resume: {gone[0]}{more} from {path} no longer exist{where}")
     return split

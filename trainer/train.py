@@ -353,6 +353,8 @@ def _killed_in_first_epoch(run_dir: Path) -> bool:
 def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
     """Train; returns the summary (best epoch and score, paths). Under torchrun every rank calls this."""
     cfg.validate()
+    if not resume:
+        cfg = cfg.with_absolute_paths()
     keep_freed_memory()  # about 2× the steps/s on CPU (trainer.memory)
     d = init_distributed(cfg.device)
     try:
