@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from benchmarks.align import locate_delay
-from rtpulse.files import discard, temp_beside, write_text_atomic
+from rtpulse.errors import RtpulseError
+from rtpulse.files import check_json_output, discard, temp_beside, write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, count_parameters, default_model_path, load_model
 from rtpulse.stft import HOP, N_BINS, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, delay_samples
@@ -436,15 +437,36 @@ def _save_fig(fig, path: Path) -> None:
         discard(tmp)
 
 
+def latency_outputs(json_path: Path) -> list[Path]:
+    """The files a latency run writes: the JSON, the markdown table and the histogram beside it."""
+    json_path = Path(json_path)
+    return [json_path, json_path.with_suffix(".md"), json_path.with_name(json_path.stem + "_hops.png")]
+
+
+def check_latency_outputs(json_path: Path) -> None:
+    """Before minutes of timing: the files beside ``--json`` may replace only an earlier latency run's own files,
+    never a user's (``--json README.json`` must not write over README.md)."""
+    json_path = check_json_output(json_path, "--json")
+    existing = [p for p in latency_outputs(json_path) if p.exists()]
+    if not existing:
+        return
+    try:
+        earlier = json.loads(json_path.read_text())
+        ours = isinstance(earlier, dict) and {"configs", "peers", "hops"} <= earlier.keys()
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise RtpulseError(f"{existing[0]} exists and is not from an earlier latency run; give --json a new name "
+                           f"(the .md table and _hops.png go beside it)")
+
+
 def write_latency(result: dict, hist: dict[str, np.ndarray], json_path: Path, plot: bool = True) -> list[Path]:
     """JSON at ``json_path``, the markdown table and the histogram PNG beside it."""
-    json_path = Path(json_path)
+    json_path, md, png = latency_outputs(json_path)
     write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    md = json_path.with_suffix(".md")
     write_text_atomic(md, markdown(result))
     written = [json_path, md]
     if plot and hist and have_matplotlib():
-        png = json_path.with_name(json_path.stem + "_hops.png")
         plot_histogram(hist, png)
         written.append(png)
     return written

@@ -10,7 +10,7 @@ import typer
 from rtpulse.cli_common import console, fail
 from rtpulse.cli_train import Precision
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_json_output, check_output_dir
+from rtpulse.files import check_output_dir
 
 bench_app = typer.Typer(
     help="Measure latency and quality against peers.",
@@ -60,7 +60,7 @@ def latency(
     timing_repeats: Annotated[int, typer.Option(min=5, help="Repeats for the mean step / recompute times.")] = 300,
 ) -> None:
     """Measured delay (impulse), per-hop compute on one thread, real-time factor, cache gain; peers' RTF."""
-    from benchmarks.latency import LatencyOptions, markdown, run_latency, write_latency
+    from benchmarks.latency import LatencyOptions, check_latency_outputs, markdown, run_latency, write_latency
 
     opts = LatencyOptions(
         hops=hops,
@@ -73,7 +73,7 @@ def latency(
         timing_repeats=timing_repeats,
     )
     try:
-        check_json_output(json_out, "--json")  # before minutes of timing; the .md table and plot go beside it
+        check_latency_outputs(json_out)  # before minutes of timing
         with console.status("latency") as status:
             result, hist = run_latency(opts, progress=lambda msg: status.update(msg))
         written = write_latency(result, hist, json_out, plot=plot)

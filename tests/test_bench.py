@@ -154,29 +154,22 @@ def test_bench_cli_latency_writes_json(tmp_path):
     path = tmp_path / "m.safetensors"
     save_model(PulseCNN(ModelConfig(preset="blocks2")).eval(), path)
     out = tmp_path / "l.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "latency",
-            "--json",
-            str(out),
-            "--model",
-            str(path),
-            "--hops",
-            "10",
-            "--warmup",
-            "1",
-            "--no-presets",
-            "--no-peers",
-            "--no-plot",
-            "--no-profile",
-            "--timing-repeats",
-            "5",
-        ],
-    )
+    args = ["bench", "latency", "--model", str(path), "--hops", "10", "--warmup", "1", "--no-presets", "--no-peers",
+            "--no-plot", "--no-profile", "--timing-repeats", "5"]
+    res = CliRunner().invoke(app, [*args, "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["configs"][-1]["delay_samples_measured"] == 1024
+    assert (tmp_path / "l.md").read_text().startswith("Latency")
+    res = CliRunner().invoke(app, [*args, "--json", str(out)])  # a rerun replaces its own earlier results
+    assert res.exit_code == 0, res.output
+    # a user's file beside --json (README.md for --json README.json) is never replaced
+    (tmp_path / "README.md").write_text("mine")
+    res = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "README.json")])
+    assert res.exit_code == 1 and "README.md exists and is not from an earlier latency run" in res.output
+    assert (tmp_path / "README.md").read_text() == "mine" and not (tmp_path / "README.json").exists()
+    (tmp_path / "notes.json").write_text("{}")  # nor a JSON file that is not a latency result
+    res = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "notes.json")])
+    assert res.exit_code == 1 and (tmp_path / "notes.json").read_text() == "{}"
 
 
 def _tiny_data(root):
