@@ -307,3 +307,31 @@ def test_synth_refuses_a_huge_seed_and_names_a_file_with_nan(pair, tmp_path):
     sf.write(tmp_path / "noise" / "n.wav", x, 16000, subtype="FLOAT")
     line = one_line_error(CliRunner().invoke(app, [*args, "--json", str(tmp_path / "s.json")]))
     assert "n.wav holds NaN or infinite samples" in line and not (tmp_path / "s.json").exists()
+
+
+def test_synth_leaves_out_silent_clean_files_and_silent_crops(tmp_path):
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    t = np.arange(16000) / 16000
+    for d in ("clean", "noise", "silent"):
+        (tmp_path / d).mkdir()
+    # speech for the first 0.25 s, then 1.75 s of digital silence: many 0.5 s crops hold no speech at all
+    voice = np.concatenate([0.4 * np.sin(2 * np.pi * 500 * t[:4000]), np.zeros(28000)]).astype(np.float32)
+    sf.write(tmp_path / "clean" / "voice.wav", voice, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "clean" / "zeros.wav", np.zeros(32000, np.float32), 16000)
+    sf.write(tmp_path / "silent" / "zeros.wav", np.zeros(32000, np.float32), 16000)
+    sf.write(tmp_path / "noise" / "n.wav", np.random.default_rng(1).standard_normal(20000).astype(np.float32), 16000)
+    args = ["eval", "--model", str(keep), "--synth", "--noise", str(tmp_path / "noise"), "--count", "12",
+            "--seconds", "0.5", "--cache", str(tmp_path / "cache"), "--seed", "3"]
+    res = CliRunner().invoke(app, [*args, "--clean", str(tmp_path / "clean"), "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert any("left out 1 empty or silent --clean file(s): " in w and "zeros.wav" in w for w in report["warnings"])
+    crops = [w for w in report["warnings"] if "whose clean crop is silent" in w]
+    assert len(crops) == 1 and crops[0].startswith(f"left out {12 - report['count']} of 12 mixtures")
+    assert 0 < report["count"] < 12  # some crops hold speech, some only silence
+    assert all(-7 < f["si_snr_noisy"] < 12 for f in report["files"])  # only mixtures made at −5…10 dB are scored
+    line = one_line_error(CliRunner().invoke(app, [*args, "--clean", str(tmp_path / "silent")]))
+    assert f"{tmp_path / 'silent' / 'zeros.wav'} is empty or silent: nothing to train or score on" in line
+    sf.write(tmp_path / "silent" / "empty.wav", np.zeros(0, np.float32), 16000)
+    line = one_line_error(CliRunner().invoke(app, [*args, "--clean", str(tmp_path / "silent")]))
+    assert f"every audio file under {tmp_path / 'silent'} is empty or silent" in line

@@ -549,6 +549,26 @@ def test_a_cache_that_is_a_file_and_audio_with_nan_are_one_line_errors(corpus, t
             decode_cached(bad, cache)
 
 
+def test_silent_noise_is_left_out_with_a_note_and_an_all_silent_folder_is_refused(corpus, tmp_path):
+    import shutil
+
+    noise = tmp_path / "noise"
+    shutil.copytree(corpus / "noise", noise)
+    sf.write(noise / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(noise / "empty.wav", np.zeros(0, np.float32), 16000)
+    console = Console(record=True, width=300)
+    run_training(tiny(corpus, tmp_path, noise=str(noise), dev_fraction=0.0), console=console, progress=False)
+    assert f"left out 2 empty or silent file(s): {noise / 'empty.wav'}, {noise / 'quiet.wav'}" in console.export_text()
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    sf.write(silent / "zeros.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(silent / "zeros2.wav", np.zeros(16000, np.float32), 16000)
+    with pytest.raises(RtpulseError, match=f"every audio file under {silent} is empty or silent"):
+        run_training(tiny(corpus, tmp_path, out=str(tmp_path / "run2"), noise=str(silent), dev_fraction=0.0),
+                     progress=False)
+    assert not (tmp_path / "run2").exists()
+
+
 def test_a_diverged_loss_stops_with_one_line_and_saves_nothing(corpus, tmp_path, monkeypatch):
     import trainer.train
 

@@ -81,6 +81,12 @@ def _finite(x: np.ndarray, path: Path) -> np.ndarray:
     return x
 
 
+def name_list(names: list[str], shown: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e, … (12 in all)``: keeps a warning on one line."""
+    more = f", … ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def list_audio(root: Path, what: str) -> list[Path]:
     files = find_audio_files(root)
     if not files:
@@ -107,6 +113,10 @@ def split_files(files: list[Path], fraction: float, seed: int) -> tuple[list[Pat
     return train, held
 
 
+# below a 16-bit file's least step (3e-5): a file whose peak stays under it holds no signal
+SILENT_PEAK = 1e-5
+
+
 class AudioBank:
     """All files of one corpus in one tensor. ``samples [N]``, ``starts [K]``, ``lengths [K]`` (int64)."""
 
@@ -120,17 +130,31 @@ class AudioBank:
         self.lengths = torch.from_numpy(lengths)
         self.starts = torch.from_numpy(np.concatenate(([0], np.cumsum(lengths)[:-1])))
         self.weights = self.lengths.double()  # how often each file is cropped: ∝ its length unless balanced
+        self.left_out: list[str] = []  # files from_files skipped as empty or silent
 
     @classmethod
     def from_files(
         cls, files: list[Path], cache_dir: Path | None, on_file: Callable[[], None] | None = None
     ) -> AudioBank:
-        arrays = []
+        """Empty and silent files are left out (named in ``left_out``): a silent noise clip teaches nothing and a
+        silent reference makes SI-SNR meaningless. Every file empty or silent is an error."""
+        arrays, names, left_out = [], [], []
         for f in files:
-            arrays.append(decode_cached(f, cache_dir))
+            x = decode_cached(f, cache_dir)
+            if x.size and float(np.abs(x).max()) >= SILENT_PEAK:
+                arrays.append(x)
+                names.append(str(f))
+            else:
+                left_out.append(str(f))
             if on_file:
                 on_file()
-        return cls(arrays, [str(f) for f in files])
+        if not arrays:
+            where = f" under {os.path.commonpath(left_out)}" if left_out else ""
+            what = f"{left_out[0]} is" if len(left_out) == 1 else f"every audio file{where} is"
+            raise RtpulseError(f"{what} empty or silent: nothing to train or score on")
+        bank = cls(arrays, names)
+        bank.left_out = left_out
+        return bank
 
     def to(self, device: torch.device | str) -> AudioBank:
         for k in ("samples", "lengths", "starts", "weights"):

@@ -16,6 +16,7 @@ from rtpulse.metrics import perceptual_scores, si_snr_np, si_snri
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, SAMPLE_RATE
 from rtpulse.stream import check_floor_db, enhance, stream_offline_equivalent
+from trainer.data import name_list
 
 SCORES = ("si_snr", "si_snr_noisy", "si_snri", "pesq_wb", "stoi")
 
@@ -72,12 +73,6 @@ def pair_files(noisy_root: Path, clean_root: Path) -> tuple[list[tuple[str, Path
     if not pairs:
         raise RtpulseError(f"no file in {noisy_root} has a clean partner of the same name in {clean_root}")
     return pairs, unpaired
-
-
-def name_list(names: list[str], shown: int = 5) -> str:
-    """``a, b, c`` or ``a, b, c, d, e, … (12 in all)``: keeps a warning on one line."""
-    more = f", … ({len(names)} in all)" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def load_checked(path: Path) -> np.ndarray:
@@ -161,6 +156,7 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
 SYNTH_COUNT_MAX = 10_000
 SYNTH_SECONDS_MAX = 600.0
 SYNTH_TOTAL_SECONDS_MAX = 3600.0
+SILENT_REF = 1e-6  # a reference 60 dB below its mixture: the mixtures here are −5…10 dB SNR
 
 
 def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
@@ -182,8 +178,18 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     noise = AudioBank.from_files(list_audio(noise_root, "--noise"), cache)
     gen = torch.Generator().manual_seed(seed)
     noisy, ref = Recipe("pn", noise, clean=clean).noisy_clips(count, round(seconds * SAMPLE_RATE), gen)
-    rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)} for i in range(count)]
-    return _result(model, rows, opts, {"clean": str(clean_root), "noise": str(noise_root), "seed": seed}, [])
+    warnings = [f"left out {len(bank.left_out)} empty or silent {what} file(s): {name_list(bank.left_out)}"
+                for bank, what in ((clean, "--clean"), (noise, "--noise")) if bank.left_out]
+    # a crop from a silent stretch of speech: SI-SNR against a (near) zero reference measures nothing
+    silent = [i for i in range(count) if float(ref[i].square().sum()) <= SILENT_REF * float(noisy[i].square().sum())]
+    if len(silent) == count:
+        raise RtpulseError("every mixture's clean crop is silent: the --clean files hold too little speech to score")
+    if silent:
+        warnings.append(f"left out {len(silent)} of {count} mixtures whose clean crop is silent (60 dB below the "
+                        f"mixture): {name_list([f'mix-{i:04d}' for i in silent])}")
+    rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)}
+            for i in range(count) if i not in silent]
+    return _result(model, rows, opts, {"clean": str(clean_root), "noise": str(noise_root), "seed": seed}, warnings)
 
 
 def print_table(result: dict, console) -> None:

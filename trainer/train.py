@@ -32,6 +32,7 @@ from trainer.data import (
     Recipe,
     default_cache_dir,
     list_audio,
+    name_list,
     quiet_floor_files,
     read_split,
     split_files,
@@ -204,7 +205,13 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
     no_train, no_held = split["noise"]["train"], split["noise"]["held_out"]
 
     def load(files: list[Path]) -> AudioBank | None:
-        return AudioBank.from_files(files, cache) if files else None
+        if not files:
+            return None
+        bank = AudioBank.from_files(files, cache)
+        if console is not None and bank.left_out:
+            console.print(f"[yellow]note:[/] left out {len(bank.left_out)} empty or silent file(s): "
+                          f"{name_list(bank.left_out)}", highlight=False, soft_wrap=True)
+        return bank
 
     if console is not None:
         n_all = sum(len(v) for part in split.values() for v in part.values())
