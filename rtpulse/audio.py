@@ -74,13 +74,18 @@ def output_format(path: str | os.PathLike) -> tuple[str, str | None]:
 
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 def check_output_rate(path: str | os.PathLike, rate: int) -> None:
-    """Opus stores only a few rates (libsndfile's own error for others is cryptic)."""
-    if output_format(path)[1] == "OPUS" and rate not in OPUS_RATES:
+    """Opus and MP3 store only a few rates (libsndfile's own error for others is cryptic, and comes after the work)."""
+    fmt, subtype = output_format(path)
+    if subtype == "OPUS" and rate not in OPUS_RATES:
         raise RtpulseError(f"cannot write {Path(path)}: Opus stores 8, 12, 16, 24 or 48 kHz, this audio is {rate} Hz "
                            "(write .ogg or .flac instead)")
+    if fmt == "MP3" and rate not in MP3_RATES:
+        raise RtpulseError(f"cannot write {Path(path)}: MP3 stores 8 to 48 kHz (8, 11.025, 12, 16, 22.05, 24, 32, "
+                           f"44.1, 48), this audio is {rate} Hz (write .flac or .wav instead)")
 
 
 def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: str | None = None) -> None:
@@ -93,7 +98,8 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: s
         sf.write(str(tmp), data, rate, subtype=subtype or own_subtype, format=ext)
         os.replace(tmp, path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise RtpulseError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
+        # libsndfile names the file it opened: the user knows path, not the hidden temp name
+        raise RtpulseError(f"cannot write {path}: {str(e).splitlines()[0].replace(str(tmp), str(path))}") from None
     finally:
         discard(tmp)
 

@@ -271,7 +271,8 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> N
                 f.write(block)
         os.replace(tmp, dst)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0]}") from None
+        # libsndfile names the file it opened: the user knows dst, not the hidden temp name
+        raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0].replace(str(tmp), str(dst))}") from None
     finally:
         discard(tmp)
 

@@ -52,4 +52,8 @@ def test_denoise_refuses_an_absurd_rate_and_an_opus_rate_before_work(tmp_path):
     sf.write(str(tmp_path / "cd.wav"), np.zeros(4410, np.float32), 44100)
     res = CliRunner().invoke(app, ["denoise", str(tmp_path / "cd.wav"), "-o", str(tmp_path / "out.opus")])
     assert res.exit_code == 1 and "Opus stores 8, 12, 16, 24 or 48 kHz, this audio is 44100 Hz" in res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.wav", "r.wav"]
+    sf.write(str(tmp_path / "hi.wav"), np.zeros(9600, np.float32), 96000)
+    res = CliRunner().invoke(app, ["denoise", str(tmp_path / "hi.wav"), "-o", str(tmp_path / "out.mp3")])
+    assert res.exit_code == 1 and f"cannot write {tmp_path / 'out.mp3'}: MP3 stores 8 to 48 kHz" in res.output
+    assert "this audio is 96000 Hz" in res.output and ".tmp-" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.wav", "hi.wav", "r.wav"]

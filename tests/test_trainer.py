@@ -270,6 +270,9 @@ def test_a_state_file_holding_objects_is_refused_without_torchs_unsafe_advice(co
     msg = str(info.value)
     assert "epoch-0001.state.pt is not a readable state file (it holds more than tensors and plain values)" in msg
     assert "weights_only" not in msg and "\n" not in msg
+    (tmp_path / "run" / "ckpt" / "epoch-0001.state.pt").write_bytes(b"x\n")  # damaged, not code: said so
+    with pytest.raises(RtpulseError, match=r"epoch-0001.state.pt is not a readable state file \(damaged: not a saved"):
+        load_checkpoint(tmp_path / "run")
 
 
 @pytest.mark.parametrize("method", ["pn", "mixit"])

@@ -52,7 +52,9 @@ def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> tuple[
             state = torch.load(state_path, map_location=device, weights_only=True)
         except Exception as e:  # noqa: BLE001 — any unreadable state (truncated, corrupt, foreign): try the previous one
             # not torch's own text: it suggests weights_only=False, i.e. running whatever code the file holds
-            why = "it holds more than tensors and plain values" if "weights_only" in str(e) else short_reason(e)
+            msg = str(e)
+            why = ("it holds more than tensors and plain values" if "Unsupported global" in msg
+                   else "damaged: not a saved state" if "weights_only" in msg else short_reason(e))
             problems.append(f"{state_path.name} is not a readable state file ({why})")
             continue
         try:
