@@ -27,6 +27,7 @@ import numpy as np
 
 from rtpulse.audio import find_audio_files
 from rtpulse.errors import RtpulseError
+from rtpulse.files import temp_beside
 
 # soundfile and its two pure-Python/cffi needs; the device image (Python 3.12) has everything else rtpulse uses.
 WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==2.23")
@@ -114,7 +115,7 @@ def pack(data: Path, out: Path, budget_mib: float, wheels: bool = True, seed: in
         raise RtpulseError(f"{out} exists and is not an empty folder; remove it or choose another --out")
     wheel_room = 3 * MIB if wheels else 0  # the three wheels are ~1.9 MB
     files, stats = choose_files(data, int(budget_mib * MIB) - wheel_room, seed)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

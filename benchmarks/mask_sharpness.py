@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.quality import DEFAULT_DATA, generated_set
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_file
+from rtpulse.files import check_output_file, discard, temp_beside
 from rtpulse.metrics import si_snr
 from rtpulse.model import MAX_SHARPNESS, MIN_SHARPNESS, load_model, save_model
 from rtpulse.stft import istft, stft
@@ -84,14 +84,14 @@ def pick(grid: tuple[float, ...], scores: list[float], tolerance_db: float = TOL
 def write_new(model, path: Path) -> None:
     """:func:`save_model` to a temp name beside ``path``, then a hard link: never replaces a file that appeared
     meanwhile (os.replace would)."""
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    tmp = temp_beside(path)
     try:
         save_model(model, tmp)
         os.link(tmp, path)
     except FileExistsError:
         raise RtpulseError(f"{path} exists; give a new path for the model with the chosen sharpness") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from rtpulse.audio import AUDIO_SUFFIXES, find_audio_files, load_mono, resample, write_audio
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_dir, write_text_atomic
+from rtpulse.files import check_output_dir, temp_beside, write_text_atomic
 from rtpulse.stft import SAMPLE_RATE
 from trainer.data import default_cache_dir
 
@@ -180,7 +180,7 @@ def build(out: Path, debs_dir: Path, dev_noise: Path | None,
     if not references:
         print("note: no --dev-noise: the files are not checked for recordings shared with a dev set", file=sys.stderr)
     debs = download([s.package for s in sources], debs_dir)
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    staging = temp_beside(out)
     shutil.rmtree(staging, ignore_errors=True)
     rows, seen = [], set()
     try:
