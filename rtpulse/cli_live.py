@@ -111,6 +111,7 @@ def live(
     from rich.console import Console
 
     from rtpulse.cli import fail, load_model_or_default, mask_for
+    from rtpulse.dashboard import num
     from rtpulse.files import check_json_output, check_output_file
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
@@ -180,7 +181,7 @@ def live(
     stopped = {"SIGTERM": "stopped (SIGTERM)", "SIGINT": "stopped (Ctrl-C)"}.get(stats["stop_signal"], "done")
     console.print(
         f"{stopped}: {stats['seconds']:.1f} s at {stats['rate']} Hz, "
-        f"delay {stats['total_delay_ms']:.0f} ms, hop {stats['hop_ms_median']:.2f}/{stats['hop_ms_p99']:.2f} ms "
+        f"delay {stats['total_delay_ms']:.0f} ms, hop {num(stats['hop_ms_median'], '.2f')}/{num(stats['hop_ms_p99'], '.2f')} ms "
         f"(median/p99), CPU {stats['cpu_percent']:.0f}%, xruns in {stats['input_overflows']} "
         f"out {stats['output_underflows']}, dropped blocks {stats['dropped_blocks']}, faults {stats['faults']}"
         + "".join(f"; recorded {p}" for p in (record_in, record_out) if p),

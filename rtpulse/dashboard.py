@@ -16,6 +16,11 @@ def _meter(dbfs: float, width: int = 30, floor: float = -60.0) -> Text:
     return Text("█" * filled, style=style) + Text("·" * (width - filled), style="dim") + Text(f" {dbfs:6.1f} dBFS")
 
 
+def num(v: float | None, spec: str) -> str:
+    """``v`` formatted, or "—" for a figure not measured yet (no hop timed)."""
+    return "—" if v is None else format(v, spec)
+
+
 def render_dashboard(s: dict) -> Table:
     """``s``: the stats dict of ``run_live`` → a two-column table."""
     t = Table(title=f"rtpulse live · {s['model']}", show_header=False, box=None, padding=(0, 1))
@@ -24,8 +29,9 @@ def render_dashboard(s: dict) -> Table:
     t.add_row("devices", f"{s['devices']} · {s['rate']} Hz · block {s['blocksize']}")
     t.add_row("input", _meter(s["in_level_dbfs"]))
     t.add_row("output", _meter(s["out_level_dbfs"]))
-    t.add_row("hop compute", f"median {s['hop_ms_median']:.2f} ms · p99 {s['hop_ms_p99']:.2f} ms (budget 16 ms)")
-    t.add_row("real-time factor", f"{s['rtf']:.3f} (median hop / hop length) · CPU {s['cpu_percent']:.0f}%")
+    t.add_row("hop compute", f"median {num(s['hop_ms_median'], '.2f')} ms · p99 {num(s['hop_ms_p99'], '.2f')} ms "
+              "(budget 16 ms)")
+    t.add_row("real-time factor", f"{num(s['rtf'], '.3f')} (median hop / hop length) · CPU {s['cpu_percent']:.0f}%")
     t.add_row(
         "delay",
         f"{s['total_delay_ms']:.0f} ms = engine {s['engine_delay_ms']:.0f} + resampling/buffer "
@@ -58,7 +64,7 @@ def status_line(s: dict) -> str:
     """The dashboard in one line."""
     return (
         f"live {s['seconds']:.0f}s in {s['in_level_dbfs']:.0f} dBFS out {s['out_level_dbfs']:.0f} dBFS | "
-        f"hop {s['hop_ms_median']:.2f}/{s['hop_ms_p99']:.2f} ms (median/p99) RTF {s['rtf']:.3f} "
+        f"hop {num(s['hop_ms_median'], '.2f')}/{num(s['hop_ms_p99'], '.2f')} ms (median/p99) RTF {num(s['rtf'], '.3f')} "
         f"CPU {s['cpu_percent']:.0f}% | xruns in {s['input_overflows']} out {s['output_underflows']} | "
         f"dropped {s['dropped_blocks']} faults {s['faults']} | delay {s['total_delay_ms']:.0f} ms"
     )

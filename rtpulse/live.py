@@ -158,6 +158,9 @@ class LivePipeline:
         self.n_read = 0  # output samples emitted by the callback
         self.wake = threading.Event()
         self._lock = threading.Lock()  # serialises work_once (worker thread vs. tests/stop)
+        from rtpulse.stream import MAX_ABS  # here, not at the top: this module is imported without torch
+
+        self._max_abs = MAX_ABS
         self._restart(0, None)
 
     # ---- callback side: copies only ---------------------------------------------------------
@@ -180,6 +183,10 @@ class LivePipeline:
             mono[:] = indata[:, 0]
         else:
             np.mean(indata, axis=1, out=mono)
+        # as the engine's sanitize, in place (no allocation here): the dry path reads this ring too, so a NaN,
+        # Inf or 1e30 from a driver would otherwise reach the speaker
+        np.nan_to_num(mono, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(mono, -self._max_abs, self._max_abs, out=mono)
         ring_write(self.in_ring, self.n_in, mono)
         self.n_in += frames
         self.in_level = math.sqrt(float(np.dot(mono, mono)) / max(frames, 1))
@@ -286,8 +293,9 @@ class LivePipeline:
         """A snapshot for the dashboard and the JSON summary (times in ms)."""
         times = self.compute_s[np.isfinite(self.compute_s)]
         hop_ms = HOP / SAMPLE_RATE * 1e3
-        med = float(np.median(times) * 1e3) if times.size else float("nan")
-        p99 = float(np.percentile(times, 99) * 1e3) if times.size else float("nan")
+        # None (JSON null) before the first hop is timed: NaN is not valid JSON
+        med = float(np.median(times) * 1e3) if times.size else None
+        p99 = float(np.percentile(times, 99) * 1e3) if times.size else None
         c = self.counters
         return {
             "rate": self.rate,
@@ -297,7 +305,7 @@ class LivePipeline:
             "out_level_dbfs": _dbfs(self.out_level),
             "hop_ms_median": med,
             "hop_ms_p99": p99,
-            "rtf": med / hop_ms if times.size else float("nan"),
+            "rtf": med / hop_ms if times.size else None,
             "rtf_total": self.busy_s / max(self.n_read / self.rate, 1e-9),
             "engine_delay_ms": self.engine.delay / SAMPLE_RATE * 1e3,
             "pipeline_delay_ms": self.delay / self.rate * 1e3,

@@ -156,6 +156,19 @@ def test_no_fault_output_is_the_engine_output_at_a_fixed_delay(model):
     assert np.abs(ref[pipe.system_delay :] - x[: ref.size - pipe.system_delay]).max() > 0.05
 
 
+@pytest.mark.parametrize("dry, worker_runs", [(0.3, True), (0.0, False)], ids=["dry-mix", "worker-stalled"])
+def test_nan_inf_and_huge_input_never_reach_the_speaker(model, dry, worker_runs):
+    # the dry path (the --dry mix, and the dry input played while the worker is late) reads the input ring
+    x = noisy_input(1.0)
+    x[3000:3010] = np.nan
+    x[5000], x[5001], x[7000] = np.inf, -np.inf, 1e30
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=dry)
+    work = (lambda b: [None for _ in iter(pipe.work_once, False)]) if worker_runs else None
+    out = drive(pipe, x, BLOCK, on_block=work)
+    assert np.isfinite(out).all() and np.abs(out).max() <= 1e3  # the engine's own input bound, MAX_ABS
+    assert (np.abs(out) > 0.05).mean() > 0.2  # and it still plays the signal
+
+
 def test_dry_mix_is_a_weighted_sum_of_wet_and_delayed_input(model):
     x = noisy_input(1.0)
     wet_pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=0.0)
@@ -390,6 +403,16 @@ def test_recorder_makes_its_folder_and_a_bad_path_is_one_line_error(tmp_path):
     with pytest.raises(RtpulseError, match=r"^cannot write .*file/in\.wav: "):
         Recorder(tmp_path / "file" / "in.wav", RATE, ring, lambda: 0)
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_stats_before_the_first_hop_are_valid_json_and_shown_as_dashes(model):
+    from rtpulse.dashboard import status_line
+
+    s = LivePipeline(FaultyEngine(model), RATE, BLOCK).stats()  # Ctrl-C within the first hop
+    assert (s["hop_ms_median"], s["hop_ms_p99"], s["rtf"]) == (None, None, None)
+    json.dumps(s, allow_nan=False)  # NaN would be written as the non-JSON token NaN
+    line = status_line({**s, "cpu_percent": 1.0, "total_delay_ms": 90.0})
+    assert "hop —/— ms (median/p99) RTF — " in line and "nan" not in line
 
 
 def test_dashboard_and_status_line_show_the_counters(model):
