@@ -42,6 +42,9 @@ from rtpulse.signals import Terminated, stop_signals_held
 from rtpulse.stft import HOP, SAMPLE_RATE
 
 LAG_MARGIN = 32  # device samples of extra slack for the resamplers' hold-back (≤ ~6 samples at 48 kHz)
+FIRST_AUDIO_S = 30.0  # opening a device can take seconds; none at all this long after: it never started
+STALL_S = 3.0  # callbacks stopped for this long (or 4 blocks, if longer) after audio began: the device is gone
+CLOSE_TIMEOUT_S = 2.0  # a vanished device can hang PortAudio's stop/close for good: wait no longer than this
 
 
 class Engine(Protocol):
@@ -543,51 +546,88 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             "wall_s": wall,
         }
 
+    closed = True
     try:
-        with stream:
-            # --duration counts audio from the first callback (opening a stream can take seconds);
-            # the wall-clock guard ends a run whose device never starts
-            target = opts.duration * rate if opts.duration else math.inf
-            deadline = wall0 + opts.duration + 30 if opts.duration else math.inf
-            next_status = wall0 + opts.status_every
-            view = None
-            if opts.dashboard:
-                from rich.live import Live
+        stream.start()
+        # --duration counts audio from the first callback (opening a stream can take seconds)
+        target = opts.duration * rate if opts.duration else math.inf
+        stall_s = max(STALL_S, 4 * blocksize / rate)
+        last_n, last_progress = pipe.n_read, time.perf_counter()
+        next_status = wall0 + opts.status_every
+        view = None
+        if opts.dashboard:
+            from rich.live import Live
 
-                view = Live(render_dashboard(snapshot()), console=console, refresh_per_second=8, transient=False)
-                view.start()
-            try:
-                while pipe.n_read < target:
-                    time.sleep(0.05)
-                    if time.perf_counter() > deadline:
-                        error = f"{names} delivered no audio for {opts.duration:.0f} s; run `rtpulse devices`"
-                        break
-                    if stopped.is_set() or not stream.active:
-                        error = f"the audio stream stopped ({names}: device gone?); run `rtpulse devices`"
-                        break
-                    if view is not None:
-                        view.update(render_dashboard(snapshot()))
-                    elif time.perf_counter() >= next_status:
-                        next_status += opts.status_every
-                        console.print(status_line(snapshot()), highlight=False, soft_wrap=True)
-            finally:
+            view = Live(render_dashboard(snapshot()), console=console, refresh_per_second=8, transient=False)
+            view.start()
+        try:
+            while pipe.n_read < target:
+                time.sleep(0.05)
+                now = time.perf_counter()
+                if pipe.n_read != last_n:
+                    last_n, last_progress = pipe.n_read, now
+                if pipe.counters.callbacks == 0 and now > wall0 + FIRST_AUDIO_S:
+                    error = f"{names} delivered no audio for {FIRST_AUDIO_S:.0f} s; run `rtpulse devices`"
+                    break
+                # a vanished device may neither end the stream nor call back again: no audio is the sign
+                stalled = pipe.counters.callbacks > 0 and now - last_progress > stall_s
+                if stalled or stopped.is_set() or not stream.active:
+                    error = f"the audio stream stopped ({names}: device gone?); run `rtpulse devices`"
+                    break
                 if view is not None:
-                    view.stop()
+                    view.update(render_dashboard(snapshot()))
+                elif now >= next_status:
+                    next_status += opts.status_every
+                    console.print(status_line(snapshot()), highlight=False, soft_wrap=True)
+        finally:
+            if view is not None:
+                view.stop()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under rtpulse.signals.sigterm_interrupts
         stop_signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except sd.PortAudioError as e:
         error = f"audio stream error on {names}: {e}; run `rtpulse devices`"
     finally:
         with stop_signals_held():  # a second Ctrl-C/SIGTERM must not leave the recordings unfinished
+            closed = close_stream(stream, sd, CLOSE_TIMEOUT_S)  # first: the recordings then hold all it played
             worker.stop()
             for r in recorders:
                 r.close()
+    if not closed and error is None:
+        error = f"the audio device did not close within {CLOSE_TIMEOUT_S:g} s ({names}: device gone?)"
     stats = {**snapshot(), "interrupted": stop_signal is not None, "stop_signal": stop_signal, "error": error}
     if opts.stats_json:
         write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
     if error:
         raise RtpulseError(error)
     return stats
+
+
+def close_stream(stream, sd, timeout_s: float) -> bool:
+    """Stop and close ``stream`` in a helper thread; False if that did not finish within ``timeout_s``.
+
+    A device that vanished mid-stream can leave PortAudio's stop waiting for good on a callback thread stuck in
+    the driver. Then the recordings and stats are still written, and sounddevice's exit handler (which would stop
+    the same stream again, and hang the same way) is dropped so that the process can end."""
+    import atexit
+
+    failures: list[BaseException] = []  # a device that is gone or already closed: nothing left to release
+
+    def stop_and_close() -> None:
+        try:
+            stream.abort()  # not stop(): nothing queued is worth waiting for once the session ends
+            stream.close()
+        except Exception as e:  # noqa: BLE001
+            failures.append(e)
+
+    t = threading.Thread(target=stop_and_close, name="rtpulse-close-stream", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        handler = getattr(sd, "_exit_handler", None)
+        if handler is not None:
+            atexit.unregister(handler)
+        return False
+    return True
 
 
 __all__ = [

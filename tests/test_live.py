@@ -463,6 +463,15 @@ class FakeStream:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def start(self) -> None:
+        self.__enter__()
+
+    def abort(self) -> None:
+        self.__exit__()
+
+    def close(self) -> None:
+        pass
+
     def _run(self) -> None:
         n, (c_in, c_out) = self.blocksize, self.channels
         while not self._stop.is_set():
@@ -479,13 +488,14 @@ def fake_sd(fake_devices, monkeypatch):
 
     import rtpulse.live
 
-    sd = SimpleNamespace(opened=[], on_open=None, PortAudioError=type("PortAudioError", (Exception,), {}))
+    sd = SimpleNamespace(opened=[], on_open=None, PortAudioError=type("PortAudioError", (Exception,), {}),
+                         stream_class=FakeStream, _exit_handler=lambda: None)
     sd.check_input_settings = sd.check_output_settings = lambda **kw: None
 
     def stream(**kw):
         if sd.on_open is not None:
             sd.on_open()
-        sd.opened.append(FakeStream(**kw))
+        sd.opened.append(sd.stream_class(**kw))
         return sd.opened[-1]
 
     sd.Stream = stream
@@ -593,6 +603,45 @@ def test_live_sigterm_stops_like_ctrl_c_and_keeps_the_recordings(fake_sd, sigter
     assert recorded.size == fake_sd.opened[0].fed > 0  # everything fed was recorded
     np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))
     assert sorted(p.name for p in rec_in.parent.iterdir()) == ["in.wav", "s.json"]  # no temp file
+
+
+class VanishingStream(FakeStream):
+    """A device that goes away mid-stream: its callbacks stop, the stream still says it is active, and stopping
+    it hangs (PortAudio waiting on a callback thread stuck in the driver)."""
+
+    def _run(self) -> None:
+        n, (c_in, c_out) = self.blocksize, self.channels
+        while not self._stop.is_set() and self.fed < 0.5 * self.rate:
+            indata = np.repeat(tone(self.fed, n, self.rate)[:, None], c_in, axis=1)
+            self.callback(indata, np.zeros((n, c_out), np.float32), n, None, None)
+            self.fed += n
+            time.sleep(n / self.rate)
+
+    def abort(self) -> None:
+        time.sleep(30)
+
+
+def test_a_vanished_device_ends_the_session_and_keeps_the_recordings(fake_sd, tmp_path, model, monkeypatch):
+    import atexit
+
+    import rtpulse.live
+
+    monkeypatch.setattr(rtpulse.live, "STALL_S", 0.5)
+    monkeypatch.setattr(rtpulse.live, "CLOSE_TIMEOUT_S", 0.5)
+    unregistered = []
+    monkeypatch.setattr(atexit, "unregister", unregistered.append)
+    fake_sd.stream_class = VanishingStream
+    rec, stats = tmp_path / "in.wav", tmp_path / "s.json"
+    t0 = time.perf_counter()
+    line = _one_line(_live(tmp_path, model, "--record-in", str(rec), "--stats-json", str(stats)))  # no --duration
+    assert time.perf_counter() - t0 < 10  # it used to wait for ever
+    assert "the audio stream stopped" in line and "device gone?" in line
+    recorded, _ = sf.read(rec, dtype="float32")
+    assert recorded.size == fake_sd.opened[0].fed >= 8000  # everything the device gave, and no temp file
+    np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "m.safetensors", "s.json"]
+    assert "device gone?" in json.loads(stats.read_text())["error"]
+    assert unregistered == [fake_sd._exit_handler]  # sounddevice's exit handler would hang on the same stream
 
 
 def test_live_sigterm_while_the_device_opens_leaves_no_temp_file(fake_sd, sigterm_fallback, tmp_path, model):
