@@ -37,6 +37,7 @@ from rtpulse.errors import RtpulseError
 from rtpulse.files import write_text_atomic
 from rtpulse.metrics import perceptual_scores, si_snr_np
 from rtpulse.stft import SAMPLE_RATE
+from trainer.data import QUIET_FLOOR_DB
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 METRICS = ("si_snri", "si_snr", "pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
@@ -44,8 +45,9 @@ TARGET_RMS = 10 ** (-26 / 20)
 MIN_SPEECH_S = 4.0
 # A reference with a steady background 15–20 dB under the voice (a quarter of the dev speech) scores every
 # denoiser that removes that background as distorting the "clean" speech: RNNoise and DeepFilterNet3 lose 5–16 dB
-# SI-SNRi on such files. Test references must be quieter than this between words (trainer.data.noise_floor_db).
-REFERENCE_FLOOR_DB = -25.0
+# SI-SNRi on such files. Test references must be quieter than this between words (trainer.data.noise_floor_db);
+# the trainer validates on the same kind of references.
+REFERENCE_FLOOR_DB = QUIET_FLOOR_DB
 
 
 @dataclass

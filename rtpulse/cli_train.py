@@ -146,6 +146,14 @@ def train(
             "(e.g. -25; speech recorded over a steady background would teach the model to keep it)."
         ),
     ] = None,
+    val_floor_db: Annotated[
+        float | None,
+        typer.Option(
+            help="Validate only on --val-clean files whose quiet frames are at least this far below their loud ones, "
+            "as the quality benchmark's test references (a reference with a background marks removing it as an "
+            "error). Default -25; 0 keeps every file."
+        ),
+    ] = None,
     p_level: Annotated[
         PLevel,
         typer.Option(
@@ -249,6 +257,7 @@ def train(
                 p_mix_margin_db=p_mix_margin_db,
                 p_gain=p_gain.value,
                 speech_floor_db=speech_floor_db,
+                **({} if val_floor_db is None else {"val_floor_db": val_floor_db}),  # None: trainer.data.QUIET_FLOOR_DB
                 init=init.value,
                 clip_grad=clip_grad,
                 init_from=_s(init_from),

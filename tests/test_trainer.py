@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -397,6 +398,7 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--noise", "n"], "give --clean DIR"),
+    (["--clean", "c", "--noise", "n", "--val-floor-db", "5"], "--val-floor-db must be within −120…0 dB"),
     (["--clean", "c", "--noisy", "u", "--noise", "n"], "exactly one"),
     (["--noisy", "u", "--noise", "n", "--method", "pn"], "trains PU only"),
     (["--noisy", "u", "--noise", "n", "--speech-floor-db", "-25"], "not --noisy"),
@@ -570,6 +572,29 @@ def test_silent_noise_is_left_out_with_a_note_and_an_all_silent_folder_is_refuse
         run_training(tiny(corpus, tmp_path, out=str(tmp_path / "run2"), noise=str(silent), dev_fraction=0.0),
                      progress=False)
     assert not (tmp_path / "run2").exists()
+
+
+def test_validation_keeps_quiet_references_unless_told_otherwise(corpus, tmp_path):
+    import shutil
+
+    val = tmp_path / "val"
+    shutil.copytree(corpus / "clean" / "sub", val)  # gated tones: silent between "words"
+    t = np.arange(16000) / 16000
+    background = 0.3 * np.sin(2 * np.pi * 200 * t) + 0.1 * np.random.default_rng(5).standard_normal(t.size)
+    sf.write(val / "over_a_fan.wav", background.astype(np.float32), 16000)  # floor ≈ −6 dB: no quiet frames
+
+    def val_files(run: str, **kw) -> list[str]:
+        cfg = tiny(corpus, tmp_path, out=str(tmp_path / run), val_clean=str(val), val_noise=str(corpus / "noise"), **kw)
+        run_training(cfg, progress=False)
+        return sorted(Path(f).name for f in json.loads((tmp_path / run / "split.json").read_text())["val"]["clean"])
+
+    assert val_files("quiet") == ["s0.wav", "s1.wav", "s2.wav"]  # the default: −25 dB, as the test set's references
+    assert val_files("all", val_floor_db=0.0) == ["over_a_fan.wav", "s0.wav", "s1.wav", "s2.wav"]
+    for f in ("s0.wav", "s1.wav", "s2.wav"):
+        (val / f).unlink()
+    with pytest.raises(RtpulseError, match=r"no --val-clean file has a noise floor ≤ -25 dB; raise --val-floor-db"):
+        run_training(tiny(corpus, tmp_path, out=str(tmp_path / "none"), val_clean=str(val),
+                          val_noise=str(corpus / "noise")), progress=False)
 
 
 def test_a_diverged_loss_stops_with_one_line_and_saves_nothing(corpus, tmp_path, monkeypatch):

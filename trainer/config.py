@@ -13,7 +13,7 @@ from pathlib import Path
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_output_dir
 from rtpulse.model import FREQ_SCALE, MAX_FREQ_SCALE, MIN_FREQ_SCALE, ModelConfig
-from trainer.data import P_MIX_MARGIN_DB
+from trainer.data import P_MIX_MARGIN_DB, QUIET_FLOOR_DB
 
 _JSON_TYPES = {"float": float, "int": int, "str": str, "bool": bool}  # the field types a run config may hold
 
@@ -64,6 +64,8 @@ class TrainConfig:
     weight_exponent: float = 1.0
     pvu_steps: int = 0  # first steps on the P-vs-U logistic warm start (losses.pu_risk "pvu"), then `risk`
     speech_floor_db: float | None = None  # keep only --clean/--val-clean files with data.noise_floor_db ≤ this
+    # --val-clean files scored as references: only quiet ones (≤ this floor), as the quality benchmark's; 0 keeps all
+    val_floor_db: float = QUIET_FLOOR_DB
     # P clips: "unit" std (paper), "matched" to the noise level inside a mixture, or "mixed": added to another U clip,
     # the bins where that noise dominates by p_mix_margin_db (default data.P_MIX_MARGIN_DB) being the P bins
     p_level: str = "unit"
@@ -116,6 +118,8 @@ class TrainConfig:
             raise RtpulseError(f"--method {self.method} needs clean speech (--clean); --noisy trains PU only")
         if (self.val_clean is None) != (self.val_noise is None):
             raise RtpulseError("--val-clean and --val-noise go together")
+        if not -120.0 <= self.val_floor_db <= 0.0:
+            raise RtpulseError(f"--val-floor-db must be within −120…0 dB (0 keeps every file), got {self.val_floor_db:g}")
         if self.speech_floor_db is not None and self.noisy is not None:
             raise RtpulseError("--speech-floor-db selects the speech the mixtures are made of (--clean), not --noisy")
         if self.risk not in ("nnpu", "upu", "pvu"):

@@ -261,8 +261,10 @@ def _split_folders(cfg: TrainConfig, cache: Path, speech_key: str) -> dict:
     split = {speech_key: {"train": sp_train, "held_out": sp_held}, "noise": {"train": no_train, "held_out": no_held}}
     if cfg.val_clean is not None:
         val_clean = list_audio(Path(cfg.val_clean), "--val-clean")
-        if cfg.speech_floor_db is not None:
-            val_clean = quiet_floor_files(val_clean, cfg.speech_floor_db, cache, "--val-clean")
+        floor = min(cfg.val_floor_db, 0.0 if cfg.speech_floor_db is None else cfg.speech_floor_db)
+        if floor < 0.0:
+            option = "--val-floor-db" if floor == cfg.val_floor_db else "--speech-floor-db"
+            val_clean = quiet_floor_files(val_clean, floor, cache, "--val-clean", option)
         split["val"] = {"clean": val_clean, "noise": list_audio(Path(cfg.val_noise), "--val-noise")}
     return split
 
