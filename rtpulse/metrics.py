@@ -19,7 +19,9 @@ def si_snr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     alpha = (estimate * reference).sum(-1, keepdim=True) / ((reference**2).sum(-1, keepdim=True) + EPS)
     target = alpha * reference
     noise = estimate - target
-    return 10 * torch.log10(((target**2).sum(-1) + EPS) / ((noise**2).sum(-1) + EPS))
+    # EPS outside the ratio: a silent estimate (target = noise = 0) scores 10·log10(EPS) = −80 dB, the floor, not
+    # the 0 dB of EPS/EPS (which would beat a noisy input below 0 dB, and reward muting everything)
+    return 10 * torch.log10((target**2).sum(-1) / ((noise**2).sum(-1) + EPS) + EPS)
 
 
 def si_snr_np(estimate: np.ndarray, reference: np.ndarray) -> float:

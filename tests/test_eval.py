@@ -60,9 +60,11 @@ def test_identity_mask_scores_the_noisy_input(pair, engine):
 
 
 def test_all_noise_mask_loses_the_input_snr(pair):
-    # f ≡ +1: every bin noise → silent output; SI-SNR(0) = 0 dB, so SI-SNRi = −6 dB
+    # f ≡ +1: every bin noise → silent output; SI-SNR(0) is the −80 dB floor (not 0 dB, which would beat a noisy
+    # input below 0 dB), so SI-SNRi = −80 − 6 dB
     r = run_eval(pair, constant_model(pair / "drop.safetensors", 1.0))
-    assert r["files"][0]["si_snri"] == pytest.approx(-SNR_DB, abs=0.01)
+    assert r["files"][0]["si_snr"] == pytest.approx(-80.0, abs=0.01)
+    assert r["files"][0]["si_snri"] == pytest.approx(-80.0 - SNR_DB, abs=0.01)
 
 
 def test_gain_floor_and_soft_mask_are_passed_through(pair):
@@ -178,7 +180,7 @@ def test_too_short_for_stoi_is_a_gap_not_a_score(tmp_path, samples):
     row = result["files"][0]
     assert row["stoi"] is None and "stoi" not in result["mean"]
     assert row["si_snri"] == pytest.approx(0.0, abs=1e-3)  # mask of ones: output = input
-    assert "stoi: no file could be scored (too short for it?), so it has no mean" in result["warnings"]
+    assert "stoi: no file could be scored (too short for it, or silent outputs?), so it has no mean" in result["warnings"]
 
 
 @pytest.mark.parametrize("extra", [["--count", "0"], ["--seconds", "0"], ["--seconds", "inf"]])

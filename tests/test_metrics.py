@@ -35,6 +35,13 @@ def test_si_snr_is_scale_invariant_and_batched_per_row():
     assert float(si_snr(r + e, r)) == pytest.approx(10 * math.log10(float(r @ r) / float(e @ e)), abs=1e-6)
 
 
+def test_a_silent_estimate_scores_the_floor_not_0_db():
+    ref = torch.sin(torch.arange(1600.0) / 7)
+    noisy = ref + 4.0 * torch.randn(1600, generator=torch.Generator().manual_seed(0))  # about −9 dB
+    assert float(si_snr(torch.zeros(1600), ref)) == pytest.approx(-80.0, abs=1e-6)  # 10·log10(EPS)
+    assert si_snri(np.zeros(1600), noisy.numpy(), ref.numpy()) < -60  # muting everything is no improvement
+
+
 def test_si_snri_is_the_difference_against_the_same_reference():
     t = np.arange(1600) / 16000
     clean = np.sin(2 * np.pi * 500 * t)

@@ -128,7 +128,7 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, 
                 gaps = [r["name"] for r in rows if r.get(k) is None]
                 warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)})")
         elif any(k in r for r in rows):  # its library is installed, yet refused every file (e.g. all too short)
-            warnings.append(f"{k}: no file could be scored (too short for it?), so it has no mean")
+            warnings.append(f"{k}: no file could be scored (too short for it, or silent outputs?), so it has no mean")
     return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
             "mask_sharpness": model.config.mask_sharpness, "floor_db": opts.floor_db, **source, "count": len(rows),
             "mean": mean, "mean_files": mean_files, "warnings": warnings, "files": rows}
