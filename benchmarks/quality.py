@@ -196,6 +196,12 @@ class System:
     note: str = ""
 
 
+def model_names(opts: QualityOptions) -> list[str]:
+    """Each --model's row name: "rtpulse LABEL", or "rtpulse STEM" of its file without a label."""
+    labels = list(opts.labels) + [None] * len(opts.models)
+    return [f"rtpulse {label or Path(path).stem}" for path, label in zip(opts.models, labels)]
+
+
 def rtpulse_systems(opts: QualityOptions) -> tuple[list[System], list[str]]:
     from rtpulse.model import default_model_path, load_model
     from rtpulse.stream import enhance, stream_offline_equivalent
@@ -206,9 +212,7 @@ def rtpulse_systems(opts: QualityOptions) -> tuple[list[System], list[str]]:
         runs.append(("rtpulse (shipped)", shipped))
     else:
         notes.append(f"shipped rtpulse model skipped: {shipped} does not exist yet")
-    labels = list(opts.labels) + [None] * len(opts.models)
-    for path, label in zip(opts.models, labels):
-        runs.append((f"rtpulse {label or Path(path).stem}", path))
+    runs += zip(model_names(opts), opts.models)
     systems = []
     for label, path in runs:
         model = load_model(path)
@@ -376,6 +380,11 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
         raise RtpulseError(
             f"{len(opts.labels)} --label for {len(opts.models)} --model: give one label per model, in order, or none"
         )
+    names = ["rtpulse (shipped)", *model_names(opts)]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:  # results are kept by name: two models under one would be averaged into one row
+        raise RtpulseError(f"two models would both be named {twice!r} (runs/a/best and runs/b/best, or a label "
+                           "that repeats another); give each --model its own --label")
     if opts.real is not None and not opts.dnsmos:  # real recordings have no reference: DNSMOS is their only score
         raise RtpulseError("--real is scored with DNSMOS only: drop --no-dnsmos, or drop --real")
     warnings: list[str] = []

@@ -403,6 +403,8 @@ def test_labels_must_match_the_models(tmp_path):
     for args, words in (
         (["-m", str(path), "--label", "a", "--label", "b"], "2 --label for 1 --model"),
         (["--label", "a"], "1 --label for 0 --model"),
+        (["-m", str(path), "-m", str(path)], "two models would both be named 'rtpulse m'"),  # results kept by name
+        (["-m", str(path), "--label", "(shipped)"], "two models would both be named 'rtpulse (shipped)'"),
     ):
         res = _bench_quality(tmp_path, "--data", str(tmp_path / "none"), *args)  # refused before the data is read
         assert words in _one_line_error(res)
