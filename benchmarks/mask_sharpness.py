@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.quality import DEFAULT_DATA, generated_set
+from benchmarks.quality import DEFAULT_DATA, add_mixture_options, generated_set
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_output_file, discard, temp_beside
 from rtpulse.metrics import si_snr
@@ -104,6 +104,7 @@ def main() -> None:
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=1)
+    add_mixture_options(p)
     p.add_argument("--write", type=Path, help="write the model with the chosen sharpness here (a new file)")
     args = p.parse_args()
     if not 1 <= args.count <= 10_000:
@@ -116,7 +117,8 @@ def main() -> None:
                 raise RtpulseError(f"{args.write} exists; give a new path for the model with the chosen sharpness")
             check_output_file(args.write, (args.model,))  # its folder: before minutes of scoring
         model = load_model(args.model).eval()  # before minutes of decoding
-        items = generated_set(args.data, args.count, args.seconds, args.seed, split=args.split)
+        items = generated_set(args.data, args.count, args.seconds, args.seed, split=args.split,
+                              min_seconds=args.min_speech_seconds, reference_floor_db=args.reference_floor_db)
         grid = tuple(s for s in GRID if MIN_SHARPNESS <= s <= MAX_SHARPNESS)
         scores = grid_scores(cases_for(model, [it.noisy for it in items], [it.clean for it in items]), grid)
         chosen = pick(grid, scores)

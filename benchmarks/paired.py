@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.mask_sharpness import cases_for, soft_gains
-from benchmarks.quality import DEFAULT_DATA, generated_set, mean_ci
+from benchmarks.quality import DEFAULT_DATA, add_mixture_options, generated_set, mean_ci
 from rtpulse.errors import RtpulseError
 from rtpulse.model import MAX_SHARPNESS, MIN_SHARPNESS, load_model
 
@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=1)
+    add_mixture_options(p)
     args = p.parse_args()
     if not 2 <= args.count <= 10_000:
         p.error("--count must be 2…10000")
@@ -57,7 +58,8 @@ def main() -> None:
         models = [load_model(args.model_a).eval(), load_model(args.model_b).eval()]  # before minutes of decoding
         sharp = [m.config.mask_sharpness if s is None else s
                  for m, s in zip(models, (args.sharpness_a, args.sharpness_b), strict=True)]
-        items = generated_set(args.data, args.count, args.seconds, args.seed, split=args.split)
+        items = generated_set(args.data, args.count, args.seconds, args.seed, split=args.split,
+                              min_seconds=args.min_speech_seconds, reference_floor_db=args.reference_floor_db)
         noisy, clean = [it.noisy for it in items], [it.clean for it in items]
         a, b = (soft_gains(cases_for(m, noisy, clean), s) for m, s in zip(models, sharp, strict=True))
         mean, half, wins = paired_difference(a, b)

@@ -96,6 +96,14 @@ def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str
     return items, pairing_warnings(clean_root, unpaired, cut)
 
 
+def add_mixture_options(parser) -> None:
+    """The options its one-line errors name, for the argparse tools that make their mixtures with :func:`generated_set`."""
+    parser.add_argument("--min-speech-seconds", type=float, default=MIN_SPEECH_S,
+                        help=f"speech files at least this long (default {MIN_SPEECH_S:g})")
+    parser.add_argument("--reference-floor-db", type=float, default=REFERENCE_FLOOR_DB,
+                        help=f"speech files at most this noisy between words (default {REFERENCE_FLOOR_DB:g}; 0 keeps all)")
+
+
 def generated_set(
     data: Path,
     count: int,

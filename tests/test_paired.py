@@ -55,3 +55,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path, bad):
             "no_split": [model, model, "--data", data, "--split", "test"]}[bad]
     run = _run(*args)
     assert run.returncode != 0 and "Traceback" not in run.stderr and run.stderr.strip()
+
+
+@pytest.mark.parametrize("tool", ["benchmarks.paired", "benchmarks.mask_sharpness"])
+def test_the_mixture_options_their_errors_suggest_exist(tmp_path, tool):
+    data, model = _data_root(tmp_path), tmp_path / "m.safetensors"
+    save_model(random_model("blocks2", 0), model)
+    models = [model, model] if tool == "benchmarks.paired" else ["-m", model, "--split", "dev"]
+    args = [*models, "--data", data, "--count", 2, "--seconds", 1]
+    run = subprocess.run([sys.executable, "-m", tool, *map(str, args), "--min-speech-seconds", "1000"],
+                         check=False, capture_output=True, text=True)
+    assert run.returncode != 0 and "lower --min-speech-seconds" in run.stderr and "unrecognized" not in run.stderr
+    run = subprocess.run([sys.executable, "-m", tool, *map(str, args), "--min-speech-seconds", "1",
+                          "--reference-floor-db", "0"], check=False, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
