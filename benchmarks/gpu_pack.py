@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -113,7 +114,11 @@ def pack(data: Path, out: Path, budget_mib: float, wheels: bool = True, seed: in
     data = data.resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RtpulseError(f"{out} exists and is not an empty folder; remove it or choose another --out")
+    if out.resolve().is_relative_to(data):  # a later pack would count this one's noise and dev files as train speech
+        raise RtpulseError(f"--out {out} is inside --data {data}; put the pack outside the data it is made from")
     wheel_room = 3 * MIB if wheels else 0  # the three wheels are ~1.9 MB
+    if not math.isfinite(budget_mib) or budget_mib * MIB <= wheel_room:
+        raise RtpulseError(f"--budget-mib must be a number above {wheel_room / MIB:g} (the wheels' room), got {budget_mib:g}")
     files, stats = choose_files(data, int(budget_mib * MIB) - wheel_room, seed)
     tmp = temp_beside(out)
     shutil.rmtree(tmp, ignore_errors=True)

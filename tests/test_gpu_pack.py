@@ -65,3 +65,19 @@ def test_pack_refuses_a_bad_manifest_in_one_line(tmp_path):
     with pytest.raises(RtpulseError, match="is not a number"):
         pack(data, tmp_path / "pack", 1.0, wheels=False)
     assert not (tmp_path / "pack").exists()
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0.0, 2.0])
+def test_a_budget_that_is_no_number_or_below_the_wheels_room_is_refused(tmp_path, budget):
+    data = _tree(tmp_path / "data")
+    with pytest.raises(RtpulseError, match="--budget-mib must be a number above 3"):  # the wheels get 3 MiB
+        pack(data, tmp_path / "pack", budget, wheels=True)
+    assert not (tmp_path / "pack").exists()
+
+
+def test_a_pack_inside_its_data_is_refused(tmp_path):
+    # a second pack would then count the first one's noise and dev speech as train speech
+    data = _tree(tmp_path / "data")
+    with pytest.raises(RtpulseError, match="is inside --data"):
+        pack(data, data / "speech" / "train" / "pk", 1.0, wheels=False)
+    assert not (data / "speech" / "train" / "pk").exists()
