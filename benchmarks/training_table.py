@@ -134,10 +134,36 @@ def check_options(opts: TableOptions) -> None:
                 device=opts.device, precision=opts.precision).validate()
 
 
+MACHINE_OPTIONS = ("--device", "--precision", "--cache")  # where a row runs, not what it trains
+
+
+def recipe(name: str, opts: TableOptions) -> list[str]:
+    """The row's `rtpulse train` arguments without the machine's: what a finished or interrupted row must match."""
+    args = row_args(name, opts)
+    drop = {i + k for i, a in enumerate(args) if a in MACHINE_OPTIONS for k in (0, 1)}
+    return [a for i, a in enumerate(args) if i not in drop]
+
+
+def check_recipe(name: str, then: list[str] | None, now: list[str], where: Path) -> None:
+    """A row trained with other settings is refused, not reported under these (rows from before recipes were
+    recorded pass)."""
+    if then is None or then == now:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(then, now)) if a != b), min(len(then), len(now)))
+    was, is_ = " ".join(then[max(i - 1, 0) : i + 1]), " ".join(now[max(i - 1, 0) : i + 1])
+    raise RtpulseError(f"row {name} in {where} was trained with '{was}', not '{is_}': give a new --out, or delete "
+                       f"{where / 'rows' / (name + '.json')} and {where / 'runs' / name} to train it again")
+
+
 def _train(name: str, opts: TableOptions) -> str:
     """Train one row (or continue it where a killed table left it); returns the command that trained it."""
     run_dir = opts.out / "runs" / name
     args = ["train", *row_args(name, opts)]
+    mark = run_dir / "table_row.json"
+    if any((run_dir / "ckpt").glob("epoch-*.state.pt")) and mark.is_file():
+        check_recipe(name, json.loads(mark.read_text()).get("recipe"), recipe(name, opts), opts.out)
+    else:  # a fresh start: the trainer accepts this file in its folder (it is none of its own)
+        write_text_atomic(mark, json.dumps({"recipe": recipe(name, opts)}, indent=1))
     # an interrupted row continues with its own recipe (a finished one, killed while it was scored, has nothing
     # left to train: `rtpulse train --resume` says so and exits 0)…
     if any((run_dir / "ckpt").glob("epoch-*.state.pt")):
@@ -187,13 +213,14 @@ def run_table(opts: TableOptions) -> dict:
         opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds, reference_floor_db=opts.reference_floor_db
     )
     test_set = {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed, "data": str(opts.data),
-                "reference_floor_db": opts.reference_floor_db}
+                "reference_floor_db": opts.reference_floor_db, "min_speech_seconds": opts.min_speech_seconds}
     (opts.out / "rows").mkdir(parents=True, exist_ok=True)
     for name in names:
         done = opts.out / "rows" / f"{name}.json"
         run_dir = opts.out / "runs" / name
         if done.exists():
             row = read_row(done)
+            check_recipe(name, row.get("recipe"), recipe(name, opts), opts.out)
             if row.get("test_set") != test_set:  # finished under another test set: re-score, do not retrain
                 row.update(scores=score_model(run_dir / "best.safetensors", items), test_set=test_set)
                 write_text_atomic(done, json.dumps(row, indent=1))
@@ -203,6 +230,7 @@ def run_table(opts: TableOptions) -> dict:
             "name": name,
             "what": ROWS[name][0],
             "command": command,
+            "recipe": recipe(name, opts),
             "model": load_model(run_dir / "best.safetensors").config.to_json(),
             "device": opts.device or ("cuda" if torch.cuda.is_available() else "cpu"),
             **_cost(run_dir),

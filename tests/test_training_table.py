@@ -116,9 +116,16 @@ def test_a_killed_row_resumes_with_its_own_settings_and_records_them(data, tmp_p
     run_dir = tmp_path / "table" / "runs" / "pvu-paper-L0"
     original = json.loads((run_dir / "config.json").read_text())["command"]
     (tmp_path / "table" / "rows" / "pvu-paper-L0.json").unlink()  # killed after training, before scoring
-    again = run_table(_opts(data, tmp_path / "table", only=["pvu-paper-L0"], epochs=3))
+    from rtpulse.errors import RtpulseError
+
+    # other settings would be reported under these: refused, naming the difference and the way out
+    with pytest.raises(RtpulseError, match="was trained with '--epochs 1', not '--epochs 3': give a new --out"):
+        run_table(_opts(data, tmp_path / "table", only=["pvu-paper-L0"], epochs=3))
+    again = run_table(opts)  # the same settings: it goes on where it stopped
     (row,) = again["rows"]
     assert row["steps"] == 1 and row["command"] == original and "--epochs 1 " in row["command"]
+    with pytest.raises(RtpulseError, match="was trained with '--preset blocks2', not '--preset blocks3'"):
+        run_table(_opts(data, tmp_path / "table", only=["pvu-paper-L0"], preset="blocks3"))  # a finished row too
 
 
 def test_a_row_killed_before_its_first_checkpoint_starts_again(data, tmp_path):
