@@ -101,8 +101,6 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
         "--lr-schedule": "cosine",
         "--clip-grad": 1,
         "--init": "he",
-        "--p-level": "matched",
-        "--prior": 0.7,
         "--dropout": 0,
         "--level-frames": 125,
         "--select-mask": "soft",
@@ -110,7 +108,10 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
     }
     if "--compress" not in flags:
         shared["--compress"] = "linear"
-    if opts.pvu_steps and flags[flags.index("--method") + 1] == "pu" and "pvu" not in flags:
+    pu = flags[flags.index("--method") + 1] == "pu"
+    if pu:  # the PU loss's options: `rtpulse train` refuses them for PN and MixIT
+        shared["--p-level"], shared["--prior"] = "matched", 0.7
+    if opts.pvu_steps and pu and "pvu" not in flags:
         shared["--pvu-steps"] = opts.pvu_steps
     if opts.device:
         shared["--device"] = opts.device

@@ -399,6 +399,11 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--noise", "n"], "give --clean DIR"),
     (["--clean", "c", "--noise", "n", "--val-floor-db", "5"], "--val-floor-db must be within −120…0 dB"),
+    # PU's options are refused for the baselines, which would ignore them and still record them in config.json
+    (["--clean", "c", "--noise", "n", "--method", "pn", "--risk", "upu"], "--risk is a PU option"),
+    (["--clean", "c", "--noise", "n", "--method", "mixit", "--prior", "0.3"], "--method mixit does not use it"),
+    (["--clean", "c", "--noise", "n", "--method", "pn", "--pvu-steps", "5"], "--pvu-steps is a PU option"),
+    (["--clean", "c", "--noise", "n", "--weight-exponent", "-3"], "--weight-exponent must be 0…4"),
     (["--clean", "c", "--noisy", "u", "--noise", "n"], "exactly one"),
     (["--noisy", "u", "--noise", "n", "--method", "pn"], "trains PU only"),
     (["--noisy", "u", "--noise", "n", "--speech-floor-db", "-25"], "not --noisy"),

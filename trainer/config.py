@@ -16,6 +16,8 @@ from rtpulse.model import FREQ_SCALE, MAX_FREQ_SCALE, MIN_FREQ_SCALE, ModelConfi
 from trainer.data import P_MIX_MARGIN_DB, QUIET_FLOOR_DB
 
 _JSON_TYPES = {"float": float, "int": int, "str": str, "bool": bool}  # the field types a run config may hold
+# the options only the PU loss reads; --p-gain and --p-level mixed have their own checks
+PU_ONLY = ("prior", "risk", "beta", "gamma", "weight_exponent", "pvu_steps", "p_level", "p_mix_margin_db")
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,21 @@ class TrainConfig:
             raise RtpulseError(f"--p-level must be unit, matched or mixed, got {self.p_level!r}")
         if self.p_gain not in ("own", "u"):
             raise RtpulseError(f"--p-gain must be own or u, got {self.p_gain!r}")
+        if not 0 <= self.weight_exponent <= 4:  # |X|^p of near-silent bins: a negative p weighs them ~1e21
+            raise RtpulseError(f"--weight-exponent must be 0…4 (1 = PULSE, 0 = unweighted), got {self.weight_exponent:g}")
         if self.p_level == "mixed" and (self.method != "pu" or self.p_gain != "own"):
             raise RtpulseError("--p-level mixed makes PU's P clips from U clips: it needs --method pu and --p-gain own")
         if self.p_mix_margin_db is not None and self.p_level != "mixed":
             raise RtpulseError("--p-mix-margin-db picks the P bins of --p-level mixed: give --p-level mixed")
         if self.p_mix_margin_db is not None and not 0 <= self.p_mix_margin_db <= 60:
             raise RtpulseError("--p-mix-margin-db must be 0…60 dB")
+        if self.method != "pu":  # silently ignored, they would still be recorded in config.json as if they counted
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+            given = [k for k in PU_ONLY if getattr(self, k) != defaults[k]]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise RtpulseError(f"{flag} is a PU option (its P clips or its risk): --method {self.method} does not "
+                                   "use it; drop it")
         if self.init not in ("default", "he"):
             raise RtpulseError(f"--init must be default or he, got {self.init!r}")
         if self.pvu_steps < 0 or self.clip_grad < 0:
