@@ -113,6 +113,8 @@ def main() -> None:
         p.error("--seed must be 0…2^32−1")
     try:
         if args.write is not None:
+            if args.write.suffix != ".safetensors":  # a model under an audio name would be "played" by mistake
+                raise RtpulseError(f"--write {args.write}: a model file's name ends in .safetensors")
             if args.write.exists():
                 raise RtpulseError(f"{args.write} exists; give a new path for the model with the chosen sharpness")
             check_output_file(args.write, (args.model,))  # its folder: before minutes of scoring

@@ -182,7 +182,10 @@ def generated_set(
     return items
 
 
-def real_set(root: Path, limit: int = 50) -> list[Item]:
+REAL_LIMIT = 50  # DNSMOS costs seconds a file per system
+
+
+def real_set(root: Path, limit: int = REAL_LIMIT) -> list[Item]:
     from trainer.evaluate import load_checked
 
     items = []
@@ -398,11 +401,15 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
     warnings: list[str] = []
     real_items = None
     if opts.real is not None:  # read before minutes of scoring, so a bad folder fails first
-        real_items = real_set(opts.real)
+        real_items = real_set(opts.real, REAL_LIMIT)
         if not real_items:
             raise RtpulseError(f"no audio files in {opts.real} (--real)")
+        n_real = len(find_audio_files(opts.real))
+        if n_real > len(real_items):
+            warnings.append(f"--real: scored the first {len(real_items)} of {n_real} files (in name order)")
     if opts.noisy is not None:
-        items, warnings = paired_set(opts.noisy, opts.clean)
+        items, pair_warnings = paired_set(opts.noisy, opts.clean)
+        warnings += pair_warnings
         source = {"noisy": str(opts.noisy), "clean": str(opts.clean)}
     else:
         data = opts.data or DEFAULT_DATA

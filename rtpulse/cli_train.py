@@ -320,7 +320,7 @@ def evaluate(
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
     try:
-        from rtpulse.model import load_default_model, load_model
+        from rtpulse.model import default_model_path, load_default_model, load_model
 
         if json_out is not None:  # before minutes of scoring; *.json: never over an audio input or a model
             check_json_output(json_out, "--json")
@@ -336,6 +336,8 @@ def evaluate(
             if noisy is None or clean is None:
                 raise RtpulseError("give --noisy DIR --clean DIR (paired by file name), or --synth")
             result = evaluate_pairs(net, noisy, clean, opts)
+        # "model" is the preset; two checkpoints' reports must say which file each scored
+        result = {"model_file": str(model if model is not None else default_model_path()), **result}
         print_table(result, console)
         for warning in result["warnings"]:
             console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

@@ -448,12 +448,15 @@ def test_real_recordings_need_dnsmos(tmp_path, monkeypatch):
         raise RuntimeError("speechmos is not installed")
 
     monkeypatch.setattr(quality, "Dnsmos", no_dnsmos)
+    monkeypatch.setattr(quality, "REAL_LIMIT", 1)
+    write_audio(tmp_path / "real" / "s.wav", _speechlike(0.5), SR)  # one more than the limit: said, not silent
     opts = QualityOptions(noisy=tmp_path / "noisy", clean=tmp_path / "clean", real=tmp_path / "real", peers=False,
                           streaming=False, baselines=False)
     result, _ = run_quality(opts)
     assert "real" not in result and result["test_set"]["files"] == 1
     assert result["systems"]["Noisy input"]["files"][0]["si_snri"] == 0.0
     assert result["warnings"] == [
+        "--real: scored the first 1 of 2 files (in name order)",
         f"1 noisy file(s) without a clean partner in {tmp_path / 'clean'} skipped: alone",
         "1 pair(s) differ in length (by up to 2.5 ms), scored over the shorter: p",
         f"--real {tmp_path / 'real'} not scored: DNSMOS is unavailable (RuntimeError: speechmos is not installed)",

@@ -54,6 +54,7 @@ def test_identity_mask_scores_the_noisy_input(pair, engine):
     # f ≡ −1 < 0: every bin speech, binary gain 1 → output = input (perfect reconstruction)
     r = run_eval(pair, constant_model(pair / "keep.safetensors", -1.0), "--engine", engine)
     assert r["count"] == 1 and r["files"][0]["name"] == "a/utt"
+    assert r["model_file"] == str(pair / "keep.safetensors")
     assert r["files"][0]["si_snr"] == pytest.approx(SNR_DB, abs=0.01)
     assert r["files"][0]["si_snri"] == pytest.approx(0.0, abs=0.01)
     assert r["mean"]["si_snri"] == pytest.approx(0.0, abs=0.01)
@@ -103,6 +104,7 @@ def test_synthetic_mixtures_are_seeded_and_not_written(pair, tmp_path):
     ra, rb, rc = (json.loads((tmp_path / f"{k}.json").read_text()) for k in "abc")
     noisy_snrs = [f["si_snr_noisy"] for f in ra["files"]]
     assert ra["count"] == 3 and all(-7 < s < 12 for s in noisy_snrs)  # mixed at U[−5, 10] dB
+    assert (ra["seed"], ra["seconds"]) == (1, 0.5)  # the JSON says how its mixtures were made
     assert ra["mean"]["si_snri"] == pytest.approx(0.0, abs=0.01)  # identity mask
     assert noisy_snrs == [f["si_snr_noisy"] for f in rb["files"]]
     assert noisy_snrs != [f["si_snr_noisy"] for f in rc["files"]]

@@ -78,7 +78,7 @@ def test_a_missing_split_is_a_one_line_error(tmp_path, split):
     assert run.returncode != 0 and f"speech/{split}" in run.stderr and "Traceback" not in run.stderr
 
 
-@pytest.mark.parametrize("bad", ["write_under_a_file", "seed", "no_noise"])
+@pytest.mark.parametrize("bad", ["write_under_a_file", "write_as_audio", "seed", "no_noise"])
 def test_bad_arguments_are_one_line_errors_before_any_scoring(tmp_path, bad):
     model = tmp_path / "m.safetensors"
     save_model(random_model("blocks2", 0), model)
@@ -87,9 +87,10 @@ def test_bad_arguments_are_one_line_errors_before_any_scoring(tmp_path, bad):
     sf.write(tmp_path / "data/speech/train/s.wav", noisy_signal(4.5), 16000)
     (tmp_path / "afile").write_text("x")
     args = {"write_under_a_file": ["--write", str(tmp_path / "afile" / "out.safetensors")],
-            "seed": ["--seed", "-1"], "no_noise": []}[bad]
+            "write_as_audio": ["--write", str(tmp_path / "out.wav")], "seed": ["--seed", "-1"], "no_noise": []}[bad]
     run = subprocess.run([sys.executable, "-m", "benchmarks.mask_sharpness", "--data", str(tmp_path / "data"),
                           "-m", str(model), "--count", "1", *args], check=False, capture_output=True, text=True)
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert {"write_under_a_file": "afile", "seed": "--seed", "no_noise": "no audio files"}[bad] in run.stderr
+    assert {"write_under_a_file": "afile", "write_as_audio": "name ends in .safetensors", "seed": "--seed",
+            "no_noise": "no audio files"}[bad] in run.stderr
     assert "SI-SNRi" not in run.stdout

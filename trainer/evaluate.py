@@ -189,7 +189,8 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
                         f"mixture): {name_list([f'mix-{i:04d}' for i in silent])}")
     rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)}
             for i in range(count) if i not in silent]
-    return _result(model, rows, opts, {"clean": str(clean_root), "noise": str(noise_root), "seed": seed}, warnings)
+    source = {"clean": str(clean_root), "noise": str(noise_root), "seed": seed, "seconds": seconds}
+    return _result(model, rows, opts, source, warnings)
 
 
 def print_table(result: dict, console) -> None:
