@@ -582,6 +582,8 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         finally:
             if view is not None:
                 view.stop()
+                if not console.is_terminal:  # piped, rich leaves the last frame without its newline
+                    console.line()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under rtpulse.signals.sigterm_interrupts
         stop_signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except sd.PortAudioError as e:

@@ -557,6 +557,19 @@ def test_live_force_replaces_recordings_and_stats(fake_sd, tmp_path, model):
     assert json.loads(stats.read_text())["stop_signal"] is None
 
 
+def test_the_dashboard_piped_ends_its_last_frame_before_the_summary(fake_sd, tmp_path, model):
+    from typer.testing import CliRunner
+
+    from rtpulse.cli import app
+    from rtpulse.model import save_model
+
+    save_model(model, tmp_path / "m.safetensors")
+    r = CliRunner().invoke(app, ["live", "--model", str(tmp_path / "m.safetensors"), "--rate", "16000",
+                                 "--duration", "0.3"])  # the dashboard on, its output not a terminal
+    assert r.exit_code == 0, r.output
+    assert any(line.startswith("done: ") for line in r.output.splitlines()), r.output  # not glued to the frame
+
+
 @pytest.mark.parametrize(
     "option,value,words",
     [
