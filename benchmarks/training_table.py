@@ -9,6 +9,7 @@ several shells or machines that write into the same folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -135,12 +136,13 @@ def check_options(opts: TableOptions) -> None:
                 device=opts.device, precision=opts.precision).validate()
 
 
-MACHINE_OPTIONS = ("--device", "--precision", "--cache")  # where a row runs, not what it trains
+MACHINE_OPTIONS = ("--device", "--precision", "--cache", "--out")  # where a row runs, not what it trains
 
 
 def recipe(name: str, opts: TableOptions) -> list[str]:
-    """The row's `rtpulse train` arguments without the machine's: what a finished or interrupted row must match."""
-    args = row_args(name, opts)
+    """The row's `rtpulse train` arguments without the machine's: what a finished or interrupted row must match
+    (the data folder resolved: `data` and `/abs/data` are one recipe)."""
+    args = row_args(name, dataclasses.replace(opts, data=Path(opts.data).resolve()))
     drop = {i + k for i, a in enumerate(args) if a in MACHINE_OPTIONS for k in (0, 1)}
     return [a for i, a in enumerate(args) if i not in drop]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -51,10 +52,13 @@ def check_json_output(path: str | os.PathLike, what: str) -> Path:
 
 
 def temp_beside(path: Path, suffix: str = "") -> Path:
-    """A hidden temp name in ``path``'s folder (so the final rename stays on one file system). The name keeps at most
-    200 bytes of ``path``'s own: a legal 255-byte output name must not give an illegal temp name."""
-    head = path.name.encode()[:200].decode(errors="ignore")
-    return path.with_name(f".{head}.tmp-{os.getpid()}{suffix}")
+    """A hidden temp name in ``path``'s folder (so the final rename stays on one file system). A legal 255-byte output
+    name must not give an illegal temp name: a long name keeps its first 180 bytes plus a hash of the whole, so two
+    outputs written at once (live's two recordings) never share a temp file."""
+    raw = os.fsencode(path.name)  # the file system's bytes: also names that are not valid UTF-8
+    if len(raw) > 200:
+        raw = raw[:180] + b"~" + hashlib.sha1(raw).hexdigest()[:12].encode()
+    return path.with_name(f".{os.fsdecode(raw)}.tmp-{os.getpid()}{suffix}")
 
 
 def discard(tmp: Path) -> None:

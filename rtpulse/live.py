@@ -186,7 +186,7 @@ class LivePipeline:
             mono[:] = indata[:, 0]
         else:
             np.mean(indata, axis=1, out=mono)
-        # as the engine's sanitize, in place (no allocation here): the dry path reads this ring too, so a NaN,
+        # as the engine's sanitize, in place (a few small temporaries): the dry path reads this ring too, so a NaN,
         # Inf or 1e30 from a driver would otherwise reach the speaker
         np.nan_to_num(mono, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(mono, -self._max_abs, self._max_abs, out=mono)
@@ -563,14 +563,14 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         try:
             while pipe.n_read < target:
                 time.sleep(0.05)
-                now = time.perf_counter()
-                if pipe.n_read != last_n:
-                    last_n, last_progress = pipe.n_read, now
-                if pipe.counters.callbacks == 0 and now > wall0 + FIRST_AUDIO_S:
+                now, n = time.perf_counter(), pipe.n_read  # one read: the callback thread moves it meanwhile
+                if n != last_n:
+                    last_n, last_progress = n, now
+                if n == 0 and now > wall0 + FIRST_AUDIO_S:
                     error = f"{names} delivered no audio for {FIRST_AUDIO_S:.0f} s; run `rtpulse devices`"
                     break
                 # a vanished device may neither end the stream nor call back again: no audio is the sign
-                stalled = pipe.counters.callbacks > 0 and now - last_progress > stall_s
+                stalled = n > 0 and now - last_progress > stall_s  # n_read: set last in the callback
                 if stalled or stopped.is_set() or not stream.active:
                     error = f"the audio stream stopped ({names}: device gone?); run `rtpulse devices`"
                     break

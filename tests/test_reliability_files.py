@@ -524,3 +524,14 @@ def test_soak_minimum_length_is_enough_to_measure_the_delay():
     assert result["delay_constant"] and result["max_abs_diff"] < 1e-4 * result["reference_peak"], result["impulses"]
     with pytest.raises(RtpulseError, match="--seconds must be at least"):
         run_soak(low - 0.1, model)
+
+
+def test_temp_names_of_two_long_outputs_differ_and_odd_bytes_are_kept(tmp_path):
+    from rtpulse.files import temp_beside, write_text_atomic
+
+    # live keeps --record-in and --record-out open at once: names alike in their first 200 bytes must not share
+    a, b = tmp_path / ("x" * 210 + "_in.wav"), tmp_path / ("x" * 210 + "_out.wav")
+    assert temp_beside(a) != temp_beside(b) and len(os.fsencode(temp_beside(a).name)) <= 255
+    odd = tmp_path / os.fsdecode(b"caf\xe9.json")  # a Linux name that is not valid UTF-8
+    write_text_atomic(odd, "{}")
+    assert odd.read_text() == "{}" and sorted(os.listdir(tmp_path)) == [os.fsdecode(b"caf\xe9.json")]

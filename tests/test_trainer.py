@@ -251,6 +251,30 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(corpus, t
         run_training(resume_config(tmp_path / "run", epochs=3), resume=True, progress=False)
 
 
+def test_a_pn_run_recorded_with_pu_options_before_they_were_refused_still_resumes(corpus, tmp_path):
+    from trainer.train import resume_config
+
+    # the table used to give its PN rows --p-level matched; new runs refuse it, old ones must go on
+    run_training(tiny(corpus, tmp_path, method="pn"), progress=False)
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    saved["p_level"] = "matched"
+    del saved["val_floor_db"]  # nor did such a run know --val-floor-db: it validated on every file
+    path.write_text(json.dumps(saved))
+    ckpt = tmp_path / "run" / "ckpt" / "epoch-0001.safetensors"
+    model = load_model(ckpt)
+    model.config.extra["train_config"]["p_level"] = "matched"
+    del model.config.extra["train_config"]["val_floor_db"]
+    from rtpulse.model import save_model
+
+    save_model(model, ckpt)
+    with pytest.raises(RtpulseError, match="--p-level is a PU option"):
+        run_training(tiny(corpus, tmp_path, out=str(tmp_path / "new"), method="pn", p_level="matched"), progress=False)
+    cfg = resume_config(tmp_path / "run", epochs=2)
+    assert cfg.val_floor_db == 0.0
+    assert run_training(cfg, resume=True, progress=False)["epochs"] == 2
+
+
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path):
     run_training(tiny(corpus, tmp_path, epochs=2, steps_per_epoch=1), progress=False)
     ckpt = tmp_path / "run" / "ckpt"

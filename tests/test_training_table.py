@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,14 @@ def test_a_bad_shared_option_is_refused_before_the_test_set_and_any_row(tmp_path
     with pytest.raises(RtpulseError, match=words):  # the data folder does not exist: nothing was read
         run_table(_opts(tmp_path / "no-data", tmp_path / "table", only=["pn-paper-L0"], **kw))
     assert not (tmp_path / "table").exists()
+
+
+def test_the_recipe_is_the_same_for_the_same_folders_named_two_ways(tmp_path, monkeypatch):
+    from benchmarks.training_table import recipe
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = recipe("pn-paper-L0", _opts(Path("data"), Path("table")))
+    absolute = recipe("pn-paper-L0", _opts(tmp_path / "data", tmp_path / "table"))
+    assert relative == absolute and "--out" not in relative  # where the table sits is not what a row trains
+    assert str(tmp_path / "data" / "speech" / "train") in relative

@@ -85,7 +85,7 @@ class TrainConfig:
     precision: str = "auto"
     command: str = ""
 
-    def validate(self) -> TrainConfig:
+    def validate(self, new_run: bool = True) -> TrainConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -138,7 +138,9 @@ class TrainConfig:
             raise RtpulseError("--p-mix-margin-db picks the P bins of --p-level mixed: give --p-level mixed")
         if self.p_mix_margin_db is not None and not 0 <= self.p_mix_margin_db <= 60:
             raise RtpulseError("--p-mix-margin-db must be 0…60 dB")
-        if self.method != "pu":  # silently ignored, they would still be recorded in config.json as if they counted
+        # silently ignored, they would still be recorded in config.json as if they counted; a run from before this
+        # check (the table gave its PN and MixIT rows --p-level matched) must still resume
+        if self.method != "pu" and new_run:
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
             given = [k for k in PU_ONLY if getattr(self, k) != defaults[k]]
             if given:

@@ -341,7 +341,10 @@ def resume_config(run_dir: Path, epochs: int | None = None, device: str | None =
     if not path.is_file():
         raise RtpulseError(f"cannot resume: {path} not found (is {run_dir} a training run directory?)")
     try:
-        cfg = TrainConfig.from_json(path.read_text())
+        text = path.read_text()
+        cfg = TrainConfig.from_json(text)
+        if "val_floor_db" not in json.loads(text):  # a run from before --val-floor-db validated on every file
+            cfg = dataclasses.replace(cfg, val_floor_db=0.0)
     except (OSError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise RtpulseError(f"cannot resume: {path} is not a readable run config ({e})") from None
     return dataclasses.replace(cfg, out=str(run_dir), epochs=cfg.epochs if epochs is None else epochs,
@@ -361,7 +364,7 @@ def _killed_in_first_epoch(run_dir: Path) -> bool:
 
 def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
     """Train; returns the summary (best epoch and score, paths). Under torchrun every rank calls this."""
-    cfg.validate()
+    cfg.validate(new_run=not resume)
     if not resume:
         cfg = cfg.with_absolute_paths()
     keep_freed_memory()  # about 2× the steps/s on CPU (trainer.memory)
