@@ -572,8 +572,10 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
                     error = f"{names} delivered no audio for {FIRST_AUDIO_S:.0f} s; run `rtpulse devices`"
                     break
                 # a vanished device may neither end the stream nor call back again: no audio is the sign
-                stalled = n > 0 and now - last_progress > stall_s  # n_read: set last in the callback
-                if stalled or stopped.is_set() or not stream.active:
+                if n > 0 and now - last_progress > stall_s:  # n_read: set last in the callback
+                    error = f"no audio for {stall_s:g} s from {names} (device gone?); run `rtpulse devices`"
+                    break
+                if stopped.is_set() or not stream.active:  # PortAudio ended the stream itself
                     error = f"the audio stream stopped ({names}: device gone?); run `rtpulse devices`"
                     break
                 if view is not None:
