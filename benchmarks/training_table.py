@@ -163,13 +163,14 @@ def _train(name: str, opts: TableOptions) -> str:
     run_dir = opts.out / "runs" / name
     args = ["train", *row_args(name, opts)]
     mark = run_dir / "table_row.json"
-    if any((run_dir / "ckpt").glob("epoch-*.state.pt")) and mark.is_file():
-        check_recipe(name, json.loads(mark.read_text()).get("recipe"), recipe(name, opts), opts.out)
-    else:  # a fresh start: the trainer accepts this file in its folder (it is none of its own)
+    interrupted = any((run_dir / "ckpt").glob("epoch-*.state.pt"))
+    if not interrupted:  # a fresh start: the trainer accepts this file in its folder (it is none of its own)
         write_text_atomic(mark, json.dumps({"recipe": recipe(name, opts)}, indent=1))
+    elif mark.is_file():  # a row from before recipes were recorded has none to check, and gets none written
+        check_recipe(name, json.loads(mark.read_text()).get("recipe"), recipe(name, opts), opts.out)
     # an interrupted row continues with its own recipe (a finished one, killed while it was scored, has nothing
     # left to train: `rtpulse train --resume` says so and exits 0)…
-    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):
+    if interrupted:
         args = ["train", "--resume", str(run_dir)]
         if opts.device:  # …on this machine
             args += ["--device", opts.device]

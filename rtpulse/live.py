@@ -148,6 +148,7 @@ class LivePipeline:
         max_block = max(self.blocksize, 1) * 8
         self._mono = np.zeros(max_block, np.float32)  # callback scratch, preallocated
         self._out = np.zeros(max_block, np.float32)
+        self._bad = np.zeros(max_block, bool)  # non-finite input samples, found in place
         self._chunk = np.zeros(self.hop_device, np.float32)  # worker scratch
         self._dry = np.zeros(4 * self.hop_device, np.float32)
         self._wet = np.zeros(4 * self.hop_device, np.float32)
@@ -183,14 +184,17 @@ class LivePipeline:
         if frames > self._mono.size:  # a host that ignores the block size: grow once
             self._mono = np.zeros(frames, np.float32)
             self._out = np.zeros(frames, np.float32)
-        mono, y = self._mono[:frames], self._out[:frames]
+            self._bad = np.zeros(frames, bool)
+        mono, y, bad = self._mono[:frames], self._out[:frames], self._bad[:frames]
         if indata.shape[1] == 1:
             mono[:] = indata[:, 0]
         else:
             np.mean(indata, axis=1, out=mono)
-        # as the engine's sanitize, in place (a few small temporaries): the dry path reads this ring too, so a NaN,
-        # Inf or 1e30 from a driver would otherwise reach the speaker
-        np.nan_to_num(mono, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        # as the engine's sanitize (NaN/±Inf → 0, clipped), with no allocation: the dry path reads this ring too, so
+        # a NaN, Inf or 1e30 from a driver would otherwise reach the speaker
+        np.isfinite(mono, out=bad)
+        np.logical_not(bad, out=bad)
+        np.copyto(mono, 0.0, where=bad)
         np.clip(mono, -self._max_abs, self._max_abs, out=mono)
         ring_write(self.in_ring, self.n_in, mono)
         self.n_in += frames
@@ -548,7 +552,6 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             "wall_s": wall,
         }
 
-    closed = True
     try:
         stream.start()
         # --duration counts audio from the first callback (opening a stream can take seconds)
@@ -615,15 +618,13 @@ def close_stream(stream, sd, timeout_s: float) -> bool:
     the driver. Then the recordings and stats are still written, and sounddevice's exit handler (which would stop
     the same stream again, and hang the same way) is dropped so that the process can end."""
     import atexit
-
-    failures: list[BaseException] = []  # a device that is gone or already closed: nothing left to release
+    import contextlib
 
     def stop_and_close() -> None:
-        try:
+        # a device that is gone or a stream already closed raises here: there is nothing left to release
+        with contextlib.suppress(Exception):
             stream.abort()  # not stop(): nothing queued is worth waiting for once the session ends
             stream.close()
-        except Exception as e:  # noqa: BLE001
-            failures.append(e)
 
     t = threading.Thread(target=stop_and_close, name="rtpulse-close-stream", daemon=True)
     t.start()

@@ -169,6 +169,27 @@ def test_nan_inf_and_huge_input_never_reach_the_speaker(model, dry, worker_runs)
     assert (np.abs(out) > 0.05).mean() > 0.2  # and it still plays the signal
 
 
+def test_the_callback_cleans_its_input_without_allocating(model):
+    import tracemalloc
+
+    n = 16384  # the largest block: a block-sized temporary (64 KB of float32) would dwarf the few small objects
+    pipe = LivePipeline(FaultyEngine(model), RATE, n, dry=0.3)
+    block = np.resize(noisy_input(0.1), n).astype(np.float32)
+    block[: n // 2] = np.nan  # the cleaning runs on every sample of this block
+    indata, outdata = block[:, None].copy(), np.zeros((n, 2), np.float32)
+    for _ in range(3):  # warm-up: numpy's first calls may cache
+        pipe.callback(indata, outdata, n, None, None)
+    tracemalloc.start()
+    try:
+        for _ in range(5):
+            pipe.callback(indata, outdata, n, None, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # nan_to_num's temporaries were a block of float32 and one of bools (80 KB here); views and floats are ~3 KB
+    assert peak < n and np.isfinite(outdata).all()
+
+
 def test_dry_mix_is_a_weighted_sum_of_wet_and_delayed_input(model):
     x = noisy_input(1.0)
     wet_pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=0.0)

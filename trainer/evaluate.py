@@ -181,12 +181,12 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     warnings = [f"left out {len(bank.left_out)} empty or silent {what} file(s): {name_list(bank.left_out)}"
                 for bank, what in ((clean, "--clean"), (noise, "--noise")) if bank.left_out]
     # a crop from a silent stretch of speech: SI-SNR against a (near) zero reference measures nothing
-    silent = [i for i in range(count) if float(ref[i].square().sum()) <= SILENT_REF * float(noisy[i].square().sum())]
+    silent = {i for i in range(count) if float(ref[i].square().sum()) <= SILENT_REF * float(noisy[i].square().sum())}
     if len(silent) == count:
         raise RtpulseError("every mixture's clean crop is silent: the --clean files hold too little speech to score")
     if silent:
         warnings.append(f"left out {len(silent)} of {count} mixtures whose clean crop is silent (60 dB below the "
-                        f"mixture): {name_list([f'mix-{i:04d}' for i in silent])}")
+                        f"mixture): {name_list([f'mix-{i:04d}' for i in sorted(silent)])}")
     rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)}
             for i in range(count) if i not in silent]
     source = {"clean": str(clean_root), "noise": str(noise_root), "seed": seed, "seconds": seconds}
