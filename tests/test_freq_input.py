@@ -69,6 +69,13 @@ def test_a_frequency_input_model_cannot_start_a_run_without_it(tmp_path):
         build_model(TrainConfig(**cfg, floor_frames=10, init_from=str(tmp_path / "f.safetensors")))
 
 
+def test_inputs_are_added_only_within_a_preset_and_the_refusal_names_both(tmp_path):
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "dropout": 0.0}
+    save_model(build_model(TrainConfig(**cfg, preset="blocks2")), tmp_path / "b2.safetensors")
+    with pytest.raises(RtpulseError, match="same preset only \\(it is 'blocks2', this run 'blocks3'\\)"):
+        build_model(TrainConfig(**cfg, preset="blocks3", freq_input=True, init_from=str(tmp_path / "b2.safetensors")))
+
+
 def test_freq_scale_sets_the_channels_range_and_is_validated():
     m = random_model("blocks2", 0, freq_input=True, freq_scale=30.0)
     x = m.features(torch.rand(1, 513, 4))

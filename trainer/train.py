@@ -161,7 +161,10 @@ def build_model(cfg: TrainConfig, resume: bool = False) -> PulseCNN:
         start = load_model(cfg.init_from)
         # lookahead only moves padding (same weight shapes), so an L = 0 model can start an L = 2 run
         if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
-            raise RtpulseError(f"--init-from {cfg.init_from}: its compress/outputs differ from this run's")
+            raise RtpulseError(
+                f"--init-from {cfg.init_from}: it has compress {start.config.compress!r} and "
+                f"{start.config.out_channels} output(s), this run {mc.compress!r} and {mc.out_channels}"
+            )
         if start.config.input_names != mc.input_names:
             wanted = [opt for opt, has, keeps in (
                 ("--floor-frames", bool(start.config.floor_frames), bool(mc.floor_frames)),
@@ -172,7 +175,8 @@ def build_model(cfg: TrainConfig, resume: bool = False) -> PulseCNN:
                 raise RtpulseError(f"--init-from {cfg.init_from}: it reads more inputs; give {' and '.join(wanted)}")
             if start.config.preset != mc.preset:
                 raise RtpulseError(
-                    f"--init-from {cfg.init_from}: can add inputs to a model of the same preset only"
+                    f"--init-from {cfg.init_from}: can add inputs to a model of the same preset only "
+                    f"(it is {start.config.preset!r}, this run {mc.preset!r})"
                 )
             from trainer.grow import widen_inputs
 
