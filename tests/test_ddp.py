@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo) on half a batch each = one process on the whole batch (PN loss, and the PU P-vs-U loss
-with every tracker option, whose model calls go through the DDP wrapper; no dropout)."""
+"""Two CPU processes (gloo) on half a batch each = one process on the whole batch (PN loss, the PU P-vs-U loss
+with every tracker option, whose model calls go through the DDP wrapper, and nnPU, whose correction must be decided on
+the whole batch; no dropout)."""
 
 import dataclasses
 import socket
@@ -11,18 +12,21 @@ import torch.multiprocessing as mp
 from trainer.config import TrainConfig
 from trainer.data import Batch
 from trainer.ddp import Dist, init_distributed, rank_seed
-from trainer.train import build_model, train_step
+from trainer.train import build_model, compute_loss, train_step
 
 CFG = TrainConfig(out="unused", method="pn", clean="c", noise="n", dropout=0.0, seed=3)
 # P-vs-U is a mean over U bins plus a mean over P bins: halves of equal size average to the whole batch's loss
 PU_CFG = dataclasses.replace(CFG, method="pu", risk="pvu", level_frames=8, floor_frames=6, p_gain="u",
                              context_seconds=0.032, init="he")
+NNPU_CFG = dataclasses.replace(PU_CFG, risk="nnpu", prior=0.9)
 
 
 def fixed_batch(cfg: TrainConfig = CFG) -> Batch:
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(4, 2048, generator=g)
     noisy = clean + torch.randn(4, 2048, generator=g)
+    if cfg.method == "pu" and cfg.risk == "nnpu":  # P clips louder on rank 1's half: the halves' R_U^- − π R_P^- differ in sign
+        return Batch(u=2 * noisy, p=torch.randn(4, 2048, generator=g) * torch.tensor([[2.0], [2.0], [6.0], [6.0]]))
     if cfg.method == "pu":
         return Batch(u=noisy, p=0.5 * torch.randn(4, 2048, generator=g))
     return Batch(u=noisy, clean=clean)
@@ -59,8 +63,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("cfg", [CFG, PU_CFG], ids=["pn", "pu-trackers"])
+@pytest.mark.parametrize("cfg", [CFG, PU_CFG, NNPU_CFG], ids=["pn", "pu-trackers", "nnpu"])
 def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path, cfg):
+    if cfg is NNPU_CFG:  # the case only tests something if rank 0 alone would not correct and the whole batch does
+        model = build_model(cfg)
+        whole, rank0 = (compute_loss(model, b, cfg)[1]["risk_u"] for b in (fixed_batch(cfg), half_batch(fixed_batch(cfg), 0)))
+        assert whole < 0 < rank0
     out = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(_free_port(), str(out), cfg), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
@@ -82,6 +90,16 @@ def test_single_process_helpers_are_no_ops():
     d.close()
 
 
+def test_a_gpu_index_under_torchrun_is_refused_since_every_rank_would_take_it(monkeypatch):
+    from rtpulse.errors import RtpulseError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RtpulseError, match="under torchrun give --device cuda .each rank takes the GPU of its LOCAL_RANK"):
+        init_distributed("cuda:0")
+
+
 def test_each_rank_and_epoch_gets_its_own_stream():
     seeds = {rank_seed(0, e, r) for e in range(1, 4) for r in range(4)}
     assert len(seeds) == 12 and rank_seed(1, 1, 0) not in seeds  # the run's seed matters too
@@ -96,9 +114,15 @@ def _train_worker(rank: int, port: int, args: list[str], out_dir: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    import trainer.loop
+
+    seeds = []  # the ranks the loop asks rank_seed for: each rank must draw its own batches
+    trainer.loop.rank_seed = lambda seed, epoch, r: seeds.append(r) or rank_seed(seed, epoch, r)
     res = CliRunner().invoke(app, ["train", *args])
     with open(f"{out_dir}/rank{rank}.txt", "w") as f:
         f.write(f"{res.exit_code}\n{res.output}")
+    with open(f"{out_dir}/seeds{rank}.txt", "w") as f:
+        f.write(" ".join(map(str, seeds)))
 
 
 def test_two_rank_training_run_writes_once_and_only_rank_0_reports(tmp_path):
@@ -116,6 +140,7 @@ def test_two_rank_training_run_writes_once_and_only_rank_0_reports(tmp_path):
     code0, out0 = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     code1, out1 = (tmp_path / "rank1.txt").read_text().split("\n", 1)
     assert (code0, code1) == ("0", "0"), out0 + out1
+    assert [(tmp_path / f"seeds{r}.txt").read_text() for r in (0, 1)] == ["0 0", "1 1"]  # two epochs each
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [2, 4]  # one writer
     best = lines[-1]["best_epoch"]

@@ -283,6 +283,46 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(corpus, tmp_path
     assert state["epoch"] == 1 and state["step"] == 1
 
 
+def test_a_kill_while_saving_the_last_epochs_state_leaves_last_current_after_resume(corpus, tmp_path, monkeypatch):
+    # the state file marks an epoch done; written before last.safetensors, a kill between the two left a finished
+    # run whose last.safetensors stayed an epoch behind, and a resume returned at once without fixing it
+    import trainer.checkpoint
+    from trainer.train import resume_config
+
+    real = trainer.checkpoint._atomic_torch_save
+
+    def dying(state, path):
+        if state["epoch"] == 2:
+            raise Killed
+        real(state, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer.checkpoint, "_atomic_torch_save", dying)
+        with pytest.raises(Killed):
+            run_training(tiny(corpus, tmp_path, epochs=2, steps_per_epoch=1), progress=False)
+    assert load_checkpoint(tmp_path / "run")[1]["epoch"] == 1  # epoch 2 is not done: the resume redoes it
+    summary = run_training(resume_config(tmp_path / "run"), resume=True, progress=False)
+    assert not summary.get("finished_before") and summary["epochs"] == 2
+    assert load_model(tmp_path / "run" / "last.safetensors").config.extra["epoch"] == 2
+    (tmp_path / "run" / "training.png").unlink()  # as if killed while drawing it: a finished resume redraws it
+    again = run_training(resume_config(tmp_path / "run"), resume=True, progress=False)
+    assert again["finished_before"] and (tmp_path / "run" / "training.png").is_file()
+
+
+def test_checkpoints_past_epoch_9999_are_ordered_by_number_not_name(tmp_path):
+    from conftest import random_model
+
+    from trainer.checkpoint import save_checkpoint
+
+    model = random_model("blocks2", 0)
+    for epoch in (9998, 9999, 10000, 10001):  # by name, epoch-10000 sorts before epoch-9999
+        model.config = dataclasses.replace(model.config, extra={"epoch": epoch})
+        save_checkpoint(tmp_path, model, {"epoch": epoch, "step": epoch})
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["epoch-10000.safetensors", "epoch-10000.state.pt", "epoch-10001.safetensors", "epoch-10001.state.pt"]
+    assert load_checkpoint(tmp_path)[1]["epoch"] == 10001
+
+
 class _Payload:  # a class object in a state file: weights_only refuses it, and must not be advised away
     pass
 

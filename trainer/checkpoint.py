@@ -29,15 +29,26 @@ def _atomic_torch_save(obj, path: Path) -> None:
         discard(tmp)
 
 
+def _states_oldest_first(ckpt: Path) -> list[Path]:
+    """The state files by epoch number (by name, epoch-10000 would sort before epoch-9999)."""
+
+    def epoch(path: Path) -> int:
+        digits = path.name.removeprefix("epoch-").removesuffix(".state.pt")
+        return int(digits) if digits.isdigit() else -1
+
+    return sorted(ckpt.glob("epoch-*.state.pt"), key=epoch)
+
+
 def save_checkpoint(run_dir: Path, model: PulseCNN, state: dict) -> None:
-    """Write epoch ``state['epoch']``: weights first, state second (the state file marks it complete)."""
+    """Write epoch ``state['epoch']``: weights and last.safetensors first, the state file last (it marks the epoch
+    complete: a kill before it redoes the epoch on resume, so last.safetensors is never left an epoch behind)."""
     ckpt = run_dir / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
     stem = f"epoch-{state['epoch']:04d}"
     save_model(model, ckpt / f"{stem}.safetensors")
-    _atomic_torch_save(state, ckpt / f"{stem}.state.pt")
     save_model(model, run_dir / "last.safetensors")
-    for old in sorted(ckpt.glob("epoch-*.state.pt"))[:-KEEP]:
+    _atomic_torch_save(state, ckpt / f"{stem}.state.pt")
+    for old in _states_oldest_first(ckpt)[:-KEEP]:
         old.unlink(missing_ok=True)
         old.with_name(old.name.replace(".state.pt", ".safetensors")).unlink(missing_ok=True)
 
@@ -46,7 +57,7 @@ def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> tuple[
     """Newest complete, consistent checkpoint → (model, state). Falls back to older ones."""
     ckpt = run_dir / "ckpt"
     problems = []
-    for state_path in sorted(ckpt.glob("epoch-*.state.pt"), reverse=True):
+    for state_path in reversed(_states_oldest_first(ckpt)):
         weights = state_path.with_name(state_path.name.replace(".state.pt", ".safetensors"))
         try:
             state = torch.load(state_path, map_location=device, weights_only=True)

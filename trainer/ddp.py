@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from rtpulse.errors import RtpulseError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -49,6 +51,16 @@ class Dist:
             dist.destroy_process_group()
 
 
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over the ranks of the running process group (``t`` itself without one). For decisions
+    every rank must take alike within a step (nnPU's correction): called by all ranks, in the same order."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
 def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -64,6 +76,10 @@ def init_distributed(device: str | None = None) -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
+    if world > 1 and dev.type == "cuda" and torch.device(device).index is not None:
+        # every rank would take that one GPU (NCCL then fails on the duplicate); CUDA_VISIBLE_DEVICES picks the GPUs
+        raise RtpulseError(f"--device {device}: under torchrun give --device cuda (each rank takes the GPU of its "
+                           "LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

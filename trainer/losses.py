@@ -7,6 +7,7 @@ logits ``[B, 3, F, T]``. Losses are computed in float32 even under bf16 autocast
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,7 @@ def pu_risk(
     beta: float = 0.0,
     gamma: float = 1.0,
     p_bins: torch.Tensor | None = None,
+    decide_on: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PURisk:
     """Weighted sigmoid PU risk over bins: P = noise clips (logits ``f_p``), U = noisy clips (``f_u``).
 
@@ -62,6 +64,8 @@ def pu_risk(
     i.e. 2π p_P ≥ p_U), and unlike the sigmoid loss it never saturates while the net is still learning to
     tell U from P. Uses only noisy + noise clips, like nnPU. risk_p / risk_u still report the sigmoid terms.
     p_bins (0/1, shaped like ``f_p``): only these bins of the P clips are P data; the P means run over them.
+    decide_on: maps this batch's (detached) R_U^- − π R_P^- to the value nnPU's correction is decided on. Under
+    DDP it is the mean over ranks, so every rank takes the branch the whole batch would (trainer.ddp.global_mean).
     """
     if risk not in RISKS:
         raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
@@ -78,7 +82,7 @@ def pu_risk(
         softplus = torch.nn.functional.softplus
         loss = 2 * prior * mean_p(w_p * softplus(-f_p)) + (w_u * softplus(f_u)).mean()
         return PURisk(loss, risk_p, risk_u, torch.zeros((), device=f_p.device))
-    fire = risk_u < -beta
+    fire = (risk_u.detach() if decide_on is None else decide_on(risk_u.detach())) < -beta
     # torch.where keeps this sync-free: the gradient flows only through the branch that was taken.
     loss = torch.where(fire, -gamma * risk_u, risk_p + risk_u)
     return PURisk(loss, risk_p, risk_u, fire.float())

@@ -38,7 +38,7 @@ from trainer.data import (
     split_files,
     write_split,
 )
-from trainer.ddp import Dist, init_distributed
+from trainer.ddp import Dist, global_mean, init_distributed
 from trainer.losses import bin_weight, mixit_loss, pn_loss, pu_risk
 from trainer.memory import keep_freed_memory
 from trainer.validate import DevData
@@ -105,7 +105,8 @@ def compute_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, step: i
         # under DDP each rank averages over its own P bins: ranks' P bins weigh a little unevenly, as clips do
         p_bins = mixed_p_bins(spec[n:], batch.p_noise, cfg.p_mix_margin)
         p_bins = None if p_bins is None else p_bins[..., ctx:]
-        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma, p_bins)
+        # nnPU's correction is decided on the whole batch (all ranks), as one process would
+        r = pu_risk(f[n:], f[:n], w[n:], w[:n], cfg.prior, risk, cfg.beta, cfg.gamma, p_bins, decide_on=global_mean)
         loss, f_u, extra = r.loss, f[:n], {"risk_p": r.risk_p, "risk_u": r.risk_u, "corrected": r.corrected}
     elif cfg.method == "pn":
         full_u, mag_s = stft(torch.cat((batch.u, batch.clean))).abs().chunk(2)
@@ -411,8 +412,13 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         if d.main:  # read (and refused if damaged) before minutes of decoding
             _trim_metrics(metrics, done)
         if done == cfg.epochs:  # finished: resuming it again (a retry loop, a re-run table) is not an error
-            return {"finished_before": True, "epochs": done, "steps": resumed["step"], "seconds": 0.0,
-                    "best_epoch": resumed["best_epoch"], "run_dir": str(run_dir)}
+            summary = {"finished_before": True, "epochs": done, "steps": resumed["step"], "seconds": 0.0,
+                       "best_epoch": resumed["best_epoch"], "run_dir": str(run_dir)}
+            if d.main and not (run_dir / "training.png").exists():  # killed while drawing it
+                from trainer.plot import plot_metrics
+
+                summary["plot"] = plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png")
+            return summary
     model = build_model(cfg, resume).to(d.device)  # before the data: a bad --init-from fails before minutes of decoding
     split_path = run_dir / "split.json"
     # runs from before split.json existed fall back to the folders' current files
