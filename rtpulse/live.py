@@ -17,7 +17,8 @@ output k always belongs to input ``k − delay`` with ``delay = slack + system_d
 
 After a restart the engine is fresh, so for ``system_delay`` samples (its start-up) the dry input is
 played; from then on the output is exactly what a fresh engine gives on the input from the restart
-position, which equals the uninterrupted output once the model's receptive field has passed.
+position, which equals the uninterrupted output once the model's past (its receptive field, and the
+level normaliser's window, ~2 s in the shipped model: ``model.past_frames``) has passed.
 Latency never grows: the delay is fixed at start and the rings have a fixed size.
 """
 
@@ -223,8 +224,9 @@ class LivePipeline:
         """Fresh engine and resamplers; worker output resumes at ``position`` (dry until the engine is warm).
 
         The engine is fed from the first input sample at or after ``position`` on the :attr:`grid`, so its
-        STFT frames and resampler phases coincide with an uninterrupted run's: once the receptive field has
-        passed, the output is the uninterrupted output again, sample for sample.
+        STFT frames and resampler phases coincide with an uninterrupted run's: once the model's past
+        (``model.past_frames``: receptive field and level window) has passed, the output is the uninterrupted
+        output again, sample for sample.
         """
         self.engine.reset()
         self.down.reset()
@@ -329,11 +331,13 @@ def _dbfs(rms: float) -> float:
 
 
 class LiveWorker:
-    """Runs :meth:`LivePipeline.work_once` in a daemon thread until :meth:`stop`."""
+    """Runs :meth:`LivePipeline.work_once` in a daemon thread until :meth:`stop`. A failure outside the engine
+    (whose faults the pipeline handles) ends the thread with :attr:`error` set: the session checks it."""
 
     def __init__(self, pipeline: LivePipeline, on_idle=None) -> None:
         self.pipeline = pipeline
-        self.on_idle = on_idle  # called when there is no work (recording drains)
+        self.on_idle = on_idle  # called when there is no work
+        self.error: str | None = None
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rtpulse-live-worker", daemon=True)
 
@@ -343,12 +347,15 @@ class LiveWorker:
 
     def _run(self) -> None:
         p = self.pipeline
-        while not self._stop.is_set():
-            if not p.work_once():
-                if self.on_idle is not None:
-                    self.on_idle()
-                p.wake.wait(0.05)
-                p.wake.clear()
+        try:
+            while not self._stop.is_set():
+                if not p.work_once():
+                    if self.on_idle is not None:
+                        self.on_idle()
+                    p.wake.wait(0.05)
+                    p.wake.clear()
+        except Exception as e:  # noqa: BLE001 - reported by the session, which would otherwise play dry input silently
+            self.error = f"{type(e).__name__}: {e}"
 
     def stop(self) -> None:
         self._stop.set()
@@ -357,7 +364,11 @@ class LiveWorker:
 
 
 class Recorder:
-    """Drains a ring (by absolute position) into a WAV file written to a temp name, renamed on close."""
+    """Drains a ring (by absolute position) into a WAV file written to a temp name, renamed on close.
+
+    The session drains it every 50 ms, far within the ring (2–4 s). Should a drain come so late that the ring
+    may have been overwritten, the overdue samples are written as silence and counted in :attr:`lost`: the file
+    keeps the session's timeline and never holds samples from the wrong time."""
 
     def __init__(self, path: Path, rate: int, ring: np.ndarray, position) -> None:
         import soundfile as sf
@@ -366,6 +377,8 @@ class Recorder:
         self.tmp = temp_beside(self.path)
         self.ring, self.position = ring, position  # position(): samples written to the ring so far
         self.done = 0
+        self.lost = 0
+        self.failed = False  # a write failed (disk full): close keeps what was written
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
@@ -375,13 +388,22 @@ class Recorder:
 
     def drain(self) -> None:
         end = self.position()
+        # only the newest half ring is safe to read: the writer goes on while this drain runs
+        overdue = end - self.ring.size // 2 - self.done
+        if overdue > 0:
+            self._buf[:] = 0.0
+            while overdue > 0:
+                n = min(overdue, self._buf.size)
+                self.file.write(self._buf[:n])
+                self.done, self.lost, overdue = self.done + n, self.lost + n, overdue - n
         while self.done < end:
             n = min(end - self.done, self._buf.size)
             self.file.write(ring_read(self.ring, self.done, self._buf[:n]))
             self.done += n
 
     def close(self) -> None:
-        self.drain()
+        if not self.failed:
+            self.drain()
         self.file.close()
         os.replace(self.tmp, self.path)
 
@@ -512,9 +534,16 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
             r.abort()
         raise
 
-    def drain() -> None:
+    def drain() -> str | None:
+        """Write what the recorders' rings gained; the error for a recording that could not be written."""
         for r in recorders:
-            r.drain()
+            if not r.failed:
+                try:
+                    r.drain()
+                except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors: a full disk, a lost mount
+                    r.failed = True
+                    return f"cannot write {r.path} ({str(e).splitlines()[0]}); the session stopped, what was recorded is kept"
+        return None
 
     stopped = threading.Event()
     try:
@@ -536,7 +565,7 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         for r in recorders:
             r.abort()
         raise
-    worker = LiveWorker(pipe, on_idle=drain).start()
+    worker = LiveWorker(pipe).start()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     device_ms = (stream.latency[0] + stream.latency[1]) * 1e3
     info = {"model": model_name, "devices": names, "device_latency_ms": device_ms, "channels": [ch_in, ch_out]}
@@ -568,6 +597,13 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         try:
             while pipe.n_read < target:
                 time.sleep(0.05)
+                # here, not in the worker: a worker slower than real time is never idle, and the rings wrap in 2–4 s
+                error = drain()
+                if error is not None:
+                    break
+                if worker.error is not None:
+                    error = f"denoising stopped ({worker.error})"
+                    break
                 now, n = time.perf_counter(), pipe.n_read  # one read: the callback thread moves it meanwhile
                 if n != last_n:
                     last_n, last_progress = n, now
@@ -599,11 +635,21 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         with stop_signals_held():  # a second Ctrl-C/SIGTERM must not leave the recordings unfinished
             closed = close_stream(stream, sd, CLOSE_TIMEOUT_S)  # first: the recordings then hold all it played
             worker.stop()
-            for r in recorders:
-                r.close()
+            for r in recorders:  # each one, whatever another's fate
+                try:
+                    r.close()
+                except (OSError, RuntimeError) as e:
+                    r.abort()
+                    if error is None or r.failed:  # the drain's "what was recorded is kept" no longer holds
+                        error = f"cannot write {r.path} ({str(e).splitlines()[0]}); it was not saved"
+    lost = {str(r.path): r.lost for r in recorders if r.lost}
+    if lost:  # the session's main loop was held up for seconds
+        console.print(f"warning: {', '.join(f'{k} has {v} samples of silence' for k, v in lost.items())} where "
+                      "the recording fell behind", highlight=False, soft_wrap=True)
     if not closed and error is None:
         error = f"the audio device did not close within {CLOSE_TIMEOUT_S:g} s ({names}: device gone?)"
-    stats = {**snapshot(), "interrupted": stop_signal is not None, "stop_signal": stop_signal, "error": error}
+    stats = {**snapshot(), "interrupted": stop_signal is not None, "stop_signal": stop_signal, "error": error,
+             "recording_lost_samples": lost}
     if opts.stats_json:
         write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
     if error:

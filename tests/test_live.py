@@ -722,3 +722,78 @@ def test_shutdown_holds_stop_signals_and_puts_the_handlers_back():
     finally:
         signal.signal(signal.SIGTERM, old)
         signal.signal(signal.SIGINT, old_int)
+
+
+def test_a_late_recorder_drain_writes_silence_for_what_the_ring_may_have_lost(tmp_path):
+    ring, end = np.zeros(64, np.float32), [0]
+    rec = Recorder(tmp_path / "r.wav", RATE, ring, lambda: end[0])
+    ring_write(ring, 136, np.arange(136, 200, dtype=np.float32))  # the ring now holds positions 136 … 199
+    end[0] = 200
+    rec.drain()  # positions below 200 − 64/2 may be overwritten while this drain reads: silence, counted
+    assert rec.lost == 168
+    ring_write(ring, 200, np.arange(200, 210, dtype=np.float32))
+    end[0] = 210
+    rec.close()  # on time: nothing more lost
+    assert rec.lost == 168
+    want = np.concatenate((np.zeros(168, np.float32), np.arange(168, 210, dtype=np.float32)))
+    np.testing.assert_array_equal(sf.read(tmp_path / "r.wav", dtype="float32")[0], want)
+
+
+def test_a_worker_failure_outside_the_engine_ends_its_thread_with_the_reason(model, monkeypatch):
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK)
+    monkeypatch.setattr(pipe, "work_once", lambda: (_ for _ in ()).throw(MemoryError("ring")))
+    worker = LiveWorker(pipe).start()
+    worker.thread.join(timeout=5)
+    assert not worker.thread.is_alive() and worker.error == "MemoryError: ring"
+    worker.stop()
+
+
+def test_a_worker_slower_than_real_time_still_records_every_sample(fake_sd, tmp_path, model, monkeypatch):
+    # never idle, the worker used to be the only drain: after the 2 s ring wrapped, the recording held old samples
+    real = LivePipeline.work_once
+
+    def slow(self):
+        time.sleep(0.02)  # a 16 ms hop's work takes 20 ms
+        return real(self)
+
+    monkeypatch.setattr(LivePipeline, "work_once", slow)
+    rec = tmp_path / "in.wav"
+    r = _live(tmp_path, model, "--duration", "2.6", "--record-in", str(rec))
+    assert r.exit_code == 0, r.output
+    recorded, _ = sf.read(rec, dtype="float32")
+    assert recorded.size == fake_sd.opened[0].fed > 2.6 * 16000 > 32768  # longer than the ring
+    np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))
+
+
+@pytest.mark.parametrize("fails", ["drain", "worker"])
+def test_a_failing_recording_or_worker_ends_the_session_in_one_line_and_keeps_the_rest(
+    fake_sd, tmp_path, model, monkeypatch, fails
+):
+    import rtpulse.live
+
+    if fails == "drain":  # a full disk: the input recording's third drain fails
+        real, calls = Recorder.drain, []
+
+        def drain(self):
+            if self.path.name == "in.wav":
+                calls.append(1)
+                if len(calls) == 3:
+                    raise RuntimeError("Error : disk full")
+            real(self)
+
+        monkeypatch.setattr(Recorder, "drain", drain)
+    else:
+        monkeypatch.setattr(rtpulse.live.LivePipeline, "work_once", lambda self: 1 / 0)
+    rec_in, rec_out, stats = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "s.json"
+    line = _one_line(_live(tmp_path, model, "--duration", "5", "--record-in", str(rec_in), "--record-out",
+                           str(rec_out), "--stats-json", str(stats)))
+    want = (f"cannot write {rec_in} (Error : disk full); the session stopped, what was recorded is kept"
+            if fails == "drain" else "denoising stopped (ZeroDivisionError: division by zero)")
+    assert want in line and json.loads(stats.read_text())["error"] in line
+    assert json.loads(stats.read_text())["seconds"] < 4  # it stopped, rather than play dry input to the end
+    played, _ = sf.read(rec_out, dtype="float32")
+    assert played.size == fake_sd.opened[0].fed > 0  # the other recording is whole
+    recorded, _ = sf.read(rec_in, dtype="float32")
+    assert 0 < recorded.size <= played.size
+    np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))  # what was written is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "m.safetensors", "out.wav", "s.json"]
