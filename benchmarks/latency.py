@@ -359,7 +359,7 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             (
-                "| peer | package | rate | rtf (mean, per 10 ms) | rtf (p50) | delay ms (raw stream, measured) "
+                "| peer | package | rate | rtf (mean, per 10 ms) | rtf (p50) | delay ms (raw stream; bench quality's lag 0 checks it) "
                 "| documented ms |"
             ),
             "|---|---|---|---|---|---|---|",

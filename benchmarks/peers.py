@@ -30,7 +30,9 @@ class Peer:
     package: str = ""
     rate: int = SAMPLE_RATE  # the rate the peer runs at
     frame: int = 160  # native samples per call (10 ms)
-    delay_native: int = 0  # raw output lag in native samples (measured once, see DELAY_NOTES)
+    # raw output lag in native samples, found by cross-correlation on speech mixtures; every `bench quality` run
+    # re-checks it: its "lag" column (the residual lag of the aligned output) must read 0
+    delay_native: int = 0
     documented_delay_ms: float | None = None
     delay_note: str = ""
     streaming: bool = True

@@ -123,6 +123,8 @@ def generated_set(
             raise RtpulseError(f"{name} must be a finite number ≥ {low:g}, got {value}")
     if not -80 <= level_dbfs <= 0:  # NaN fails this too
         raise RtpulseError(f"--level-dbfs must be −80…0 dB, got {level_dbfs}")
+    if not 0 <= seed < 2**32:
+        raise RtpulseError(f"--seed must be 0…2^32−1, got {seed}")
     speech_dir, noise_dir = data / "speech" / split, data / "noise" / split
     for d in (speech_dir, noise_dir):
         if not d.is_dir():
@@ -152,6 +154,8 @@ def generated_set(
         npath = noise_files[int(rng.integers(len(noise_files)))]
         if npath not in noises:
             noises[npath] = decode_cached(npath, None)
+            if not np.any(noises[npath]):  # a mixture at the drawn SNR would be the clean speech, mislabelled
+                raise RtpulseError(f"{npath} holds no sound (empty or silent); remove it from the noise folder")
         nz = noises[npath]
         if nz.size < s.size:
             nz = np.tile(nz, s.size // nz.size + 1)
@@ -467,11 +471,13 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
 # --- outputs -------------------------------------------------------------------------------------------
 
 
-def _fmt(m: dict | None, digits: int) -> str:
+def _fmt(m: dict | None, digits: int, files: int | None = None) -> str:
+    """mean ± ci; "(n of N files)" when some files gave no score (PESQ refuses some), since that mean is over fewer"""
     if not m or m.get("mean") is None:
         return "—"
     ci = "" if m.get("ci95") is None else f" ± {m['ci95']:.{digits}f}"
-    return f"{m['mean']:.{digits}f}{ci}"
+    part = f" (n {m['n']} of {files})" if files is not None and m.get("n", files) < files else ""
+    return f"{m['mean']:.{digits}f}{ci}{part}"
 
 
 def _lag(s: dict) -> str:
@@ -490,12 +496,13 @@ def markdown(result: dict) -> str:
         "| system | SI-SNRi dB | SI-SNR dB | PESQ-WB | STOI | DNSMOS OVRL | SIG | BAK | lag |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    n = ts["files"]
     for name, s in result["systems"].items():
         m = s["metrics"]
         lines.append(
-            f"| {name} | {_fmt(m.get('si_snri'), 2)} | {_fmt(m.get('si_snr'), 2)} | {_fmt(m.get('pesq_wb'), 2)}"
-            f" | {_fmt(m.get('stoi'), 3)} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
-            f"{_fmt(m.get('dnsmos_bak'), 2)} | {_lag(s)} |"
+            f"| {name} | {_fmt(m.get('si_snri'), 2, n)} | {_fmt(m.get('si_snr'), 2, n)} | "
+            f"{_fmt(m.get('pesq_wb'), 2, n)} | {_fmt(m.get('stoi'), 3, n)} | {_fmt(m.get('dnsmos_ovrl'), 2, n)} | "
+            f"{_fmt(m.get('dnsmos_sig'), 2, n)} | {_fmt(m.get('dnsmos_bak'), 2, n)} | {_lag(s)} |"
         )
     for name, why in result["skipped"].items():
         lines.append(f"| {name} | skipped: {why} | | | | | | | |")
@@ -510,9 +517,10 @@ def markdown(result: dict) -> str:
         ]
         for name, s in result["real"]["systems"].items():
             m = s["metrics"]
+            k = result["real"]["files"]
             lines.append(
-                f"| {name} | {_fmt(m.get('dnsmos_ovrl'), 2)} | {_fmt(m.get('dnsmos_sig'), 2)} | "
-                f"{_fmt(m.get('dnsmos_bak'), 2)} | {_fmt(m.get('dnsmos_p808'), 2)} |"
+                f"| {name} | {_fmt(m.get('dnsmos_ovrl'), 2, k)} | {_fmt(m.get('dnsmos_sig'), 2, k)} | "
+                f"{_fmt(m.get('dnsmos_bak'), 2, k)} | {_fmt(m.get('dnsmos_p808'), 2, k)} |"
             )
     lines += ["", *[f"- warning: {w}" for w in result.get("warnings", [])], *[f"- {n}" for n in result["notes"]]]
     lines += [f"- {name}: {s['note']}" for name, s in result["systems"].items() if s["kind"] != "input"]

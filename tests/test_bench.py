@@ -397,6 +397,26 @@ def test_too_few_speech_files_says_which_option_helps(tmp_path):
             _bench_quality(tmp_path, "--data", str(tmp_path), "--level-dbfs", level))
 
 
+@pytest.mark.parametrize("noise", [np.zeros(0, np.float32), np.zeros(SR, np.float32)], ids=["empty", "silent"])
+def test_a_noise_recording_without_sound_and_a_negative_seed_are_one_line_errors(tmp_path, noise):
+    import soundfile as sf
+
+    _tiny_data(tmp_path)
+    sf.write(tmp_path / "noise" / "dev" / "n.wav", noise, SR, subtype="FLOAT")  # the only noise: every mix draws it
+    line = _one_line_error(_bench_quality(tmp_path, "--data", str(tmp_path), "--count", "1", "--seconds", "1"))
+    assert "n.wav holds no sound (empty or silent); remove it from the noise folder" in line
+    line = _one_line_error(_bench_quality(tmp_path, "--data", str(tmp_path), "--seed", "-1"))
+    assert "--seed must be 0…2^32−1, got -1" in line
+
+
+def test_a_mean_over_fewer_files_than_the_set_says_how_many():
+    from benchmarks.quality import _fmt, mean_ci
+
+    part = mean_ci([1.0, None, 3.0])  # PESQ refused one file
+    assert part == {"mean": 2.0, "ci95": pytest.approx(12.706 * 2**0.5 / 2**0.5, abs=1e-3), "n": 2}
+    assert _fmt(part, 2, 3) == "2.00 ± 12.71 (n 2 of 3)" and _fmt(mean_ci([1.0, 2.0, 3.0]), 1, 3) == "2.0 ± 2.5"
+
+
 def test_labels_must_match_the_models(tmp_path):
     path = tmp_path / "m.safetensors"
     save_model(PulseCNN(ModelConfig(preset="blocks2")).eval(), path)

@@ -37,7 +37,10 @@ def test_a_model_against_itself_differs_by_zero_and_another_sharpness_does_not(t
     same = _run(model, model, "--data", data, "--count", 3, "--seconds", 1)
     assert same.returncode == 0, same.stderr
     assert "B − A per file: +0.000 ± 0.000 (95 %), B ahead on 0 of 3" in same.stdout
-    assert "| n" in same.stdout  # the per-noise table names the recordings
+    import re
+
+    rows = re.findall(r"^\| (dev/n\d) \| (\d+) \| ([+-]\d+\.\d\d) \| \3 \|$", same.stdout, re.MULTILINE)
+    assert rows and sum(int(k) for _, k, _ in rows) == 3  # the per-noise table: each recording, every file once
     other = _run(model, model, "--data", data, "--count", 3, "--seconds", 1, "--sharpness-b", 3)
     assert other.returncode == 0, other.stderr
     line = next(x for x in other.stdout.splitlines() if x.startswith("B − A"))
