@@ -11,7 +11,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import discard, temp_beside
+from rtpulse.files import discard, libsndfile_path, temp_beside
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
@@ -24,7 +24,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if path.is_dir():
         raise RtpulseError(f"input is a directory, not an audio file: {path}")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(libsndfile_path(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise RtpulseError(f"cannot read {path} as audio: {str(e).splitlines()[0]}") from None
     check_input_rate(path, rate)
@@ -59,18 +59,26 @@ def load_mono(path: str | os.PathLike, rate: int) -> np.ndarray:
     return resample(to_mono(data), file_rate, rate)
 
 
+# What rtpulse writes, by suffix: (soundfile format, subtype; None = the format's default). Float WAV keeps full
+# precision; Ogg's default codec is Vorbis, so .opus names Opus. Only these: libsndfile's other formats store some
+# rates wrongly or not at all (.wve always 8 kHz, .xi 44.1 kHz, .htk and .sds altered, .sd2 unreadable).
+WRITE_FORMATS: dict[str, tuple[str, str | None]] = {
+    ".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", None), ".ogg": ("OGG", None), ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", None), ".aiff": ("AIFF", None), ".aif": ("AIFF", None), ".au": ("AU", None),
+}
+
+
 def output_format(path: str | os.PathLike) -> tuple[str, str | None]:
-    """(soundfile format, subtype) for writing ``path``, chosen by its suffix; float WAV keeps full precision.
-    A suffix soundfile cannot write without more information (e.g. headerless .raw) is a one-line error."""
+    """(soundfile format, subtype) for writing ``path``, chosen by its suffix (:data:`WRITE_FORMATS`); any other
+    suffix, or one this libsndfile cannot encode, is a one-line error."""
     path = Path(path)
-    ext = path.suffix[1:].upper()
-    if ext == "OPUS":  # Ogg's default codec is Vorbis: name Opus, or .opus would hold Vorbis
-        if "OPUS" not in sf.available_subtypes("OGG"):
-            raise RtpulseError(f"cannot write {path}: this libsndfile has no Opus encoder (use .ogg or .flac)")
-        return "OGG", "OPUS"
-    if ext not in sf.available_formats() or sf.default_subtype(ext) is None:
-        raise RtpulseError(f"cannot write {path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
-    return ext, ("FLOAT" if ext == "WAV" else None)
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise RtpulseError(f"cannot write {path}: unknown audio format {path.suffix!r} (rtpulse writes "
+                           f"{', '.join(WRITE_FORMATS)})")
+    if fmt[0] not in sf.available_formats() or (fmt[1] is not None and fmt[1] not in sf.available_subtypes(fmt[0])):
+        raise RtpulseError(f"cannot write {path}: this libsndfile has no {path.suffix[1:]} encoder (use .wav or .flac)")
+    return fmt
 
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -95,7 +103,7 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: s
     check_output_rate(path, rate)
     tmp = temp_beside(path)
     try:
-        sf.write(str(tmp), data, rate, subtype=subtype or own_subtype, format=ext)
+        sf.write(libsndfile_path(tmp), data, rate, subtype=subtype or own_subtype, format=ext)
         os.replace(tmp, path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         # libsndfile names the file it opened: the user knows path, not the hidden temp name

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from rtpulse.cli_common import Engine, Mask, console, fail
+from rtpulse.cli_common import USER_ERRORS, Engine, Mask, console, fail, labelled, message
 from rtpulse.errors import RtpulseError
 
 app = typer.Typer(
@@ -90,12 +90,12 @@ def _denoise_all(
         pairs = plan_outputs(inputs, output, force)  # first: a mistyped path fails before the model loads
         net = load_model_or_default(model)
         opts = DenoiseOptions(mask=mask_for(mask, net), floor_db=floor_db, engine=engine.value)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     errors: list[str] = []
     seconds = 0.0
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console, transient=True,
         disable=not console.is_terminal,  # piped or logged: a transient bar only leaves a blank line behind
     ) as progress:
@@ -104,15 +104,16 @@ def _denoise_all(
             progress.update(task, description=f"denoising {src.name}")
             try:
                 seconds += denoise_file(net, src, dst, opts)
-            except RtpulseError as e:
-                errors.append(str(e))
+            except USER_ERRORS as e:
+                errors.append(message(e))
             progress.advance(task)
     done = len(pairs) - len(errors)
     if len(pairs) == 1 and errors:
         fail(RtpulseError(errors[0]))
     for msg in errors:
-        console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    console.print(f"denoised {done}/{len(pairs)} file(s), {seconds:.1f} s of audio → {output}", highlight=False)
+        console.print(labelled("error:", "red", msg), highlight=False, soft_wrap=True)
+    console.print(f"denoised {done}/{len(pairs)} file(s), {seconds:.1f} s of audio → {output}", highlight=False,
+                  soft_wrap=True)
     if errors:
         raise typer.Exit(1)
 

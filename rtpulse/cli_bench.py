@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rtpulse.cli_common import console, fail
+from rtpulse.cli_common import USER_ERRORS, console, fail, labelled
 from rtpulse.cli_train import Precision
 from rtpulse.errors import RtpulseError
 from rtpulse.files import check_output_dir
@@ -77,7 +77,7 @@ def latency(
         with console.status("latency") as status:
             result, hist = run_latency(opts, progress=lambda msg: status.update(msg))
         written = write_latency(result, hist, json_out, plot=plot)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     typer.echo(markdown(result))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
@@ -149,12 +149,12 @@ def quality(
         with _progress() as progress:
             result, example = run_quality(opts, progress)
         written = write_quality(result, example, out)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     typer.echo(markdown(result))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
     for warning in result["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(labelled("warning:", "yellow", warning), highlight=False, soft_wrap=True)
 
 
 @bench_app.command()
@@ -216,7 +216,7 @@ def training(
     try:
         check_output_dir(out)
         result = run_table(opts)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     typer.echo((out / "training_table.md").read_text())
     console.print(f"{len(result['rows'])} rows in {out}", highlight=False)

@@ -25,11 +25,12 @@ def devices() -> None:
     from rich.table import Table
 
     from rtpulse.cli import fail
+    from rtpulse.cli_common import USER_ERRORS
     from rtpulse.live import list_devices
 
     try:
         found = list_devices()
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     table = Table(title="audio devices (* = default)")
     for col in ("index", "name", "host API", "in", "out", "default rate"):
@@ -44,7 +45,7 @@ def devices() -> None:
             str(d["outputs"]),
             f"{d['rate']} Hz",
         )
-    Console().print(table)
+    Console(markup=False).print(table)  # "USB [hw:1,0]" is a name
     if not found:
         Console(stderr=True).print("no audio devices found (is a sound server or card available?)")
 
@@ -111,6 +112,7 @@ def live(
     from rich.console import Console
 
     from rtpulse.cli import fail, load_model_or_default, mask_for
+    from rtpulse.cli_common import USER_ERRORS
     from rtpulse.dashboard import num
     from rtpulse.files import check_json_output, check_output_file
     from rtpulse.live import LiveOptions, run_live
@@ -118,7 +120,7 @@ def live(
     from rtpulse.signals import Terminated, sigterm_interrupts
     from rtpulse.stream import check_floor_db
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)  # device names and paths are not markup
     if not 0.0 <= dry <= 1.0:
         fail(RtpulseError(f"--dry must be within 0…1, got {dry}"))
     for name, value in (("--blocksize", blocksize), ("--rate", rate)):
@@ -173,7 +175,7 @@ def live(
         # stream runs it ends the command with 143 (= 128 + 15; Ctrl-C gives 130) and no temp file left
         with sigterm_interrupts():
             stats = run_live(net, name, opts, console)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     except Terminated:
         console.print("terminated (SIGTERM) before the audio stream ran", highlight=False)

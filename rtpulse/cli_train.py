@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from rtpulse.cli_common import Engine, Mask, console, fail
+from rtpulse.cli_common import USER_ERRORS, Engine, Mask, console, fail, labelled
 from rtpulse.errors import RtpulseError
 
 
@@ -268,7 +268,7 @@ def train(
                 command=command,
             )
         summary = run_training(cfg, resume=resume is not None, console=console)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)
     if os.environ.get("RANK", "0") != "0":  # only rank 0 validates, so only it knows the best epoch
         return
@@ -316,6 +316,8 @@ def evaluate(
     force: Annotated[bool, typer.Option("--force", help="Replace the --json file if it exists.")] = False,
 ) -> None:
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
+    from rich.console import Console
+
     from rtpulse.files import check_json_output
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
@@ -338,10 +340,10 @@ def evaluate(
             result = evaluate_pairs(net, noisy, clean, opts)
         # "model" is the preset; two checkpoints' reports must say which file each scored
         result = {"model_file": str(model if model is not None else default_model_path()), **result}
-        print_table(result, console)
+        print_table(result, Console(markup=False))  # results on stdout (> scores.txt); file names as they are
         for warning in result["warnings"]:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            console.print(labelled("warning:", "yellow", warning), highlight=False, soft_wrap=True)
         if json_out is not None:
             write_json(result, json_out)
-    except RtpulseError as e:
+    except USER_ERRORS as e:
         fail(e)

@@ -21,9 +21,17 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from rtpulse.audio import AUDIO_SUFFIXES, check_input_rate, check_output_rate, output_format, resample, to_mono
+from rtpulse.audio import (
+    AUDIO_SUFFIXES,
+    WRITE_FORMATS,
+    check_input_rate,
+    check_output_rate,
+    output_format,
+    resample,
+    to_mono,
+)
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_file, discard, temp_beside
+from rtpulse.files import check_output_file, discard, libsndfile_path, temp_beside
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
@@ -101,11 +109,12 @@ def plan_outputs(inputs: list[Path], output: str | os.PathLike, force: bool) -> 
         # "-o fx.wav" with two inputs is a slip (e.g. "--force true" made "true" an input), not a folder name
         if not output.is_dir() and len(inputs) > 1 and _names_audio_file(output):
             raise RtpulseError(f"-o {output} names a file, but {len(inputs)} inputs were given; give a folder")
-        names = [p.name for p in inputs]
+        # each keeps its name; one in a format rtpulse does not write (an extensionless file, .caf) becomes .wav
+        names = [p.name if p.suffix.lower() in WRITE_FORMATS else p.stem + ".wav" for p in inputs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise RtpulseError(f"two inputs share the name {min(dup)!r}; denoise them into separate folders")
-        pairs = [(p, output / p.name) for p in inputs]
+            raise RtpulseError(f"two inputs would both be written as {min(dup)!r}; denoise them into separate folders")
+        pairs = [(p, output / n) for p, n in zip(inputs, names, strict=True)]
     else:
         pairs = [(inputs[0], output)]
     for src, dst in pairs:
@@ -252,7 +261,7 @@ def _open_input(src: Path) -> sf.SoundFile:
     if src.is_dir():
         raise RtpulseError(f"input is a directory, not an audio file: {src}")
     try:
-        return sf.SoundFile(str(src))
+        return sf.SoundFile(libsndfile_path(src))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise RtpulseError(f"cannot read {src} as audio: {str(e).splitlines()[0]}") from None
 
@@ -266,7 +275,7 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> N
     fmt, subtype = output_format(dst)
     tmp = temp_beside(dst)
     try:
-        with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
+        with sf.SoundFile(libsndfile_path(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
             for block in blocks:
                 f.write(block)
         os.replace(tmp, dst)

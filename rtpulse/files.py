@@ -51,6 +51,17 @@ def check_json_output(path: str | os.PathLike, what: str) -> Path:
     return check_output_file(path)
 
 
+def libsndfile_path(path: str | os.PathLike) -> str | bytes:
+    """``path`` for soundfile: the str while it is UTF-8, else its bytes. soundfile encodes a str as UTF-8, so a
+    name that is not (Latin-1 bytes on a UTF-8 system, held as surrogates) fails there, though libsndfile opens it."""
+    text = os.fspath(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
 def temp_beside(path: Path, suffix: str = "") -> Path:
     """A hidden temp name in ``path``'s folder (so the final rename stays on one file system). A legal 255-byte output
     name must not give an illegal temp name: a long name keeps its first 180 bytes plus a hash of the whole, so two

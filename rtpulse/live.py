@@ -37,8 +37,12 @@ from typing import Protocol
 import numpy as np
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import discard, temp_beside, write_text_atomic
+from rtpulse.files import discard, libsndfile_path, temp_beside, write_text_atomic
 from rtpulse.resampler import StreamResampler
+
+# A device's float32 samples are nominally within ±1: anything past this is driver garbage, clipped before the
+# engine and the dry path (which would play it) see it. Files may be louder (rtpulse.stream.MAX_ABS).
+DEVICE_MAX_ABS = 1e3
 from rtpulse.signals import Terminated, stop_signals_held
 from rtpulse.stft import HOP, SAMPLE_RATE
 
@@ -165,9 +169,7 @@ class LivePipeline:
         self.n_read = 0  # output samples emitted by the callback
         self.wake = threading.Event()
         self._lock = threading.Lock()  # serialises work_once (worker thread vs. tests/stop)
-        from rtpulse.stream import MAX_ABS  # here, not at the top: this module is imported without torch
-
-        self._max_abs = MAX_ABS
+        self._max_abs = DEVICE_MAX_ABS
         self._restart(0, None)
 
     # ---- callback side: copies only ---------------------------------------------------------
@@ -381,7 +383,7 @@ class Recorder:
         self.failed = False  # a write failed (disk full): close keeps what was written
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+            self.file = sf.SoundFile(libsndfile_path(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise RtpulseError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None
         self._buf = np.zeros(ring.size // 2, np.float32)

@@ -53,9 +53,10 @@ def mask_gain(
     return gain
 
 
-# Largest |sample| the engine accepts; louder values are clipped. Audio is nominally within ±1, so this only
-# catches garbage (1e30 would overflow float32 inside the FFT and the convolutions and come out as Inf/NaN).
-MAX_ABS = 1e3
+# Largest |sample| the engine accepts; louder values are clipped. Float files written from integer samples without
+# scaling (±32768, ±2^23, ±2^31) are real audio and pass; only garbage is clipped (1e30 would overflow float32 inside
+# the FFT and the convolutions and come out as Inf/NaN; 2^31 leaves ~10^14 of float32's range to spare).
+MAX_ABS = 2.0**31
 # |output| ≤ OUTPUT_GAIN_BOUND · max|input| for any mask gain in [0, 1] (see StreamingDenoiser).
 OUTPUT_GAIN_BOUND = 27.42
 # Below this a sample is treated as silence: denormal floats make every FFT and conv on them 10-100x slower.

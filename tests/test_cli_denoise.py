@@ -279,3 +279,62 @@ def test_an_error_piped_to_a_log_is_its_one_line_and_nothing_before_it(tmp_path)
                  ["eval", "-m", str(make_model(tmp_path)), "--noisy", str(bad), "--clean", str(bad)]):
         res = runner.invoke(app, args)
         assert res.exit_code == 1 and res.output.startswith("error: cannot read") and res.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("engine", ["offline", "stream"])
+def test_a_float_file_at_integer_scale_is_denoised_as_loud_not_clipped(tmp_path, engine):
+    # float WAVs written from integer samples without scaling (±32768, ±2^23) are real recordings: a level-normalised
+    # model gives the same output scaled (2^k is exact in float), where clipping at ±1e3 once gave garbage
+    path = tmp_path / "m.safetensors"
+    save_model(random_model("blocks2", 1, level_frames=20), path)
+    x = noisy_signal(1.0)
+    outs = []
+    for scale in (1.0, 2.0**15, 2.0**23):
+        src, dst = tmp_path / f"in{scale:.0f}.wav", tmp_path / f"out{scale:.0f}.wav"
+        sf.write(src, x * scale, 16000, subtype="FLOAT")
+        r = runner.invoke(app, ["denoise", str(src), "-o", str(dst), "-m", str(path), "--engine", engine])
+        assert r.exit_code == 0, r.output
+        outs.append(sf.read(dst, dtype="float32")[0] / scale)
+    assert np.abs(x).max() * 2.0**23 > 1e6 and np.abs(outs[0]).max() > 0.01  # far past the old clip; not silent
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-6 * np.abs(outs[0]).max())
+    np.testing.assert_allclose(outs[2], outs[0], rtol=0, atol=1e-6 * np.abs(outs[0]).max())
+
+
+def test_paths_that_look_like_rich_markup_are_printed_as_they_are(tmp_path):
+    model = make_model(tmp_path)
+    missing = tmp_path / "[live] set.wav"
+    r = runner.invoke(app, ["denoise", str(missing), "-o", str(tmp_path / "o.wav"), "-m", str(model)])
+    assert r.exit_code == 1 and f"input not found: {missing}" in r.output, r.output  # "[live]" once vanished
+    src = tmp_path / "in.wav"
+    sf.write(src, noisy_signal(0.5), 16000)
+    out_dir = tmp_path / "out" / "[/x]"  # a closing tag with no opening one: rich raised MarkupError after the work
+    r = runner.invoke(app, ["denoise", str(src), "-o", f"{out_dir}/", "-m", str(model)])
+    assert r.exit_code == 0 and f"→ {out_dir}" in r.output and "Traceback" not in r.output, r.output
+    assert (out_dir / "in.wav").is_file()
+
+
+@pytest.mark.parametrize("where", ["input", "output", "model"])
+def test_a_name_longer_than_the_system_allows_is_a_one_line_error(tmp_path, where):
+    # pathlib's exists() raises ENAMETOOLONG rather than answer False: it was a traceback
+    model = make_model(tmp_path)
+    src = tmp_path / "in.wav"
+    sf.write(src, noisy_signal(0.5), 16000)
+    long = tmp_path / ("a" * 300 + ".wav")
+    args = {"input": [str(long), "-o", str(tmp_path / "o.wav"), "-m", str(model)],
+            "output": [str(src), "-o", str(long), "-m", str(model)],
+            "model": [str(src), "-o", str(tmp_path / "o.wav"), "-m", str(tmp_path / ("m" * 300 + ".safetensors"))]}
+    r = runner.invoke(app, ["denoise", *args[where]])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "File name too long" in r.output and "Errno" not in r.output
+
+
+def test_a_name_that_is_not_utf8_is_read_and_written(tmp_path):
+    # Latin-1 bytes in a name on a UTF-8 system: Python holds them as surrogates, which soundfile could not encode
+    model = make_model(tmp_path)
+    src = tmp_path / os.fsdecode(b"lat\xe9.wav")
+    dst = tmp_path / os.fsdecode(b"out\xe9.wav")
+    sf.write(os.fsencode(src), noisy_signal(0.5), 16000)
+    r = runner.invoke(app, ["denoise", str(src), "-o", str(dst), "-m", str(model)])
+    assert r.exit_code == 0, r.output
+    assert sf.info(os.fsencode(dst)).frames == 8000 and b"out\xe9.wav" in os.listdir(os.fsencode(tmp_path))

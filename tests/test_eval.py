@@ -339,3 +339,15 @@ def test_synth_leaves_out_silent_clean_files_and_silent_crops(tmp_path):
     sf.write(tmp_path / "silent" / "empty.wav", np.zeros(0, np.float32), 16000)
     line = one_line_error(CliRunner().invoke(app, [*args, "--clean", str(tmp_path / "silent")]))
     assert f"every audio file under {tmp_path / 'silent'} is empty or silent" in line
+
+
+def test_the_results_table_goes_to_stdout_with_file_names_as_they_are(pair, tmp_path):
+    # `rtpulse eval ... > scores.txt` keeps the table; "[b]" in a name is a name, not rich's bold tag
+    for side in ("noisy", "clean"):
+        (pair / side / "a" / "utt.wav").rename(pair / side / "a" / "[b]utt [i].wav")
+    constant_model(tmp_path / "m.safetensors", -10.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "m.safetensors"), "--noisy", str(pair / "noisy"),
+                                   "--clean", str(pair / "clean")])
+    assert res.exit_code == 0, res.output
+    assert "[b]utt [i]" in res.stdout and "mean" in res.stdout and "si_snri" in res.stdout
+    assert "si_snri" not in res.stderr

@@ -165,7 +165,7 @@ def test_nan_inf_and_huge_input_never_reach_the_speaker(model, dry, worker_runs)
     pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=dry)
     work = (lambda b: [None for _ in iter(pipe.work_once, False)]) if worker_runs else None
     out = drive(pipe, x, BLOCK, on_block=work)
-    assert np.isfinite(out).all() and np.abs(out).max() <= 1e3  # the engine's own input bound, MAX_ABS
+    assert np.isfinite(out).all() and np.abs(out).max() <= 1e3  # DEVICE_MAX_ABS: the callback's bound on device input
     assert (np.abs(out) > 0.05).mean() > 0.2  # and it still plays the signal
 
 

@@ -188,7 +188,25 @@ def test_unknown_output_format_is_refused_before_work(tmp_path, model_path):
     _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.xyz", "-m", model_path]), "unknown audio format")
     # soundfile lists RAW but cannot write it without a subtype: refused the same way, not a TypeError
     _assert_one_line_error(_denoise([src, "-o", tmp_path / "o.raw", "-m", model_path]), "unknown audio format")
+    # libsndfile writes these, but not at the audio's rate (.wve: 8 kHz, .xi: 44.1 kHz) or not faithfully
+    for ext in (".wve", ".xi", ".htk", ".sds", ".sd2"):
+        _assert_one_line_error(_denoise([src, "-o", tmp_path / f"o{ext}", "-m", model_path]), "unknown audio format")
     assert not list(tmp_path.glob("*o.*"))
+
+
+def test_into_a_folder_an_input_in_a_format_not_written_becomes_wav(tmp_path, model_path):
+    sf.write(tmp_path / "take1.aif", _signal(4000, 1), 22050, format="AIFF")
+    sf.write(tmp_path / "take2", _signal(3000, 2), 16000, format="WAV")  # no extension
+    sf.write(tmp_path / "take3.caf", _signal(2000, 3), 44100, format="CAF")
+    out = tmp_path / "out"
+    r = _denoise([tmp_path / "take1.aif", tmp_path / "take2", tmp_path / "take3.caf", "-o", out, "-m", model_path])
+    assert r.exit_code == 0, r.output
+    got = {p.name: (sf.info(p).format, sf.info(p).samplerate, sf.info(p).frames) for p in out.iterdir()}
+    assert got == {"take1.aif": ("AIFF", 22050, 4000), "take2.wav": ("WAV", 16000, 3000),
+                   "take3.wav": ("WAV", 44100, 2000)}
+    sf.write(tmp_path / "take2.wav", _signal(3000, 2), 16000)
+    _assert_one_line_error(_denoise([tmp_path / "take2", tmp_path / "take2.wav", "-o", tmp_path / "o2", "-m",
+                                     model_path]), "two inputs would both be written as 'take2.wav'")
 
 
 @pytest.mark.parametrize("floor", ["nan", "inf", "-inf", "6", "1e5", "-201"])

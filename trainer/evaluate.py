@@ -195,6 +195,7 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
 
 def print_table(result: dict, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     cols = [k for k in SCORES if k in result["mean"]]
     table = Table(title=f"{result['engine']} engine, {result['mask']} mask")
@@ -208,7 +209,7 @@ def print_table(result: dict, console) -> None:
     for r in result["files"]:
         table.add_row(r["name"], *(fmt(r.get(k)) for k in cols))
     table.add_section()
-    table.add_row("[bold]mean", *(f"[bold]{fmt(result['mean'][k])}" for k in cols))
+    table.add_row(*(Text(v, style="bold") for v in ("mean", *(fmt(result["mean"][k]) for k in cols))))
     counts = [result["mean_files"][k] for k in cols]
     if len(set(counts)) > 1:  # some column's mean left files out: say over how many each is
         table.add_row("files in mean", *(str(n) for n in counts))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from rtpulse.errors import RtpulseError
 from rtpulse.files import write_text_atomic
@@ -214,8 +215,8 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
             return None
         bank = AudioBank.from_files(files, cache)
         if console is not None and bank.left_out:
-            console.print(f"[yellow]note:[/] left out {len(bank.left_out)} empty or silent file(s): "
-                          f"{name_list(bank.left_out)}", highlight=False, soft_wrap=True)
+            console.print(Text.assemble(("note:", "yellow"), f" left out {len(bank.left_out)} empty or silent file(s): "
+                          f"{name_list(bank.left_out)}"), highlight=False, soft_wrap=True)
         return bank
 
     if console is not None:
@@ -247,9 +248,9 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
         elif not have_val:
             dev.noisy, dev.clean = hr.noisy_clips(cfg.dev_count, length, gen)
     if console is not None and dev.noisy is None and dev.u is None:
-        console.print("[yellow]note:[/] no validation data (no --val-clean/--val-noise, and too few files to hold "
-                      "out: --dev-fraction needs ≥ 2 files of speech and of noise), so best.safetensors is the epoch "
-                      "with the lowest training loss")
+        console.print(Text.assemble(("note:", "yellow"), " no validation data (no --val-clean/--val-noise, and too "
+                      "few files to hold out: --dev-fraction needs ≥ 2 files of speech and of noise), so "
+                      "best.safetensors is the epoch with the lowest training loss"))
     return recipe, dev, split
 
 
