@@ -32,7 +32,7 @@ def _progress():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # it names models and files
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
@@ -72,10 +72,13 @@ def latency(
         profile=profile,
         timing_repeats=timing_repeats,
     )
+    from rich.text import Text
+
     try:
         check_latency_outputs(json_out)  # before minutes of timing
         with console.status("latency") as status:
-            result, hist = run_latency(opts, progress=lambda msg: status.update(msg))
+            # a Text: the spinner reads a str as markup, and the message names model files
+            result, hist = run_latency(opts, progress=lambda msg: status.update(Text(msg)))
         written = write_latency(result, hist, json_out, plot=plot)
     except USER_ERRORS as e:
         fail(e)

@@ -404,6 +404,8 @@ class Recorder:
             self.done += n
 
     def close(self) -> None:
+        # where the file really is: a Ctrl-C between a write and its count would otherwise repeat that block
+        self.done = self.file.tell()
         if not self.failed:
             self.drain()
         self.file.close()

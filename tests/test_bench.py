@@ -507,3 +507,19 @@ def test_train_speed_refuses_a_cpu_without_native_bf16(monkeypatch):
     monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(train_speed.RtpulseError, match="no native bf16"):
         train_speed.measure(presets=("blocks2",))
+
+
+def test_the_bench_progress_shows_names_as_they_are(monkeypatch):
+    # a model file named "m[/x].safetensors" raised MarkupError mid-run in a terminal; "[live]" vanished
+    import io
+
+    from rich.console import Console
+
+    import rtpulse.cli_bench
+
+    out = io.StringIO()
+    monkeypatch.setattr(rtpulse.cli_bench, "console", Console(file=out, force_terminal=True, markup=False, width=120))
+    with rtpulse.cli_bench._progress() as progress:
+        progress.add_task("quality: m[/x] on [live] take", total=2)
+        progress.refresh()
+    assert "m[/x] on [live] take" in out.getvalue()

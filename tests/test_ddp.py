@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from trainer.config import TrainConfig
 from trainer.data import Batch
-from trainer.ddp import Dist, init_distributed, rank_seed
+from trainer.ddp import Dist, check_rank_device, init_distributed, rank_seed
 from trainer.train import build_model, compute_loss, train_step
 
 CFG = TrainConfig(out="unused", method="pn", clean="c", noise="n", dropout=0.0, seed=3)
@@ -98,6 +98,9 @@ def test_a_gpu_index_under_torchrun_is_refused_since_every_rank_would_take_it(mo
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(RtpulseError, match="under torchrun give --device cuda .each rank takes the GPU of its LOCAL_RANK"):
         init_distributed("cuda:0")
+    for fine in (None, "", "auto", "cuda", "cpu"):  # the default (auto) too: each rank takes cuda:LOCAL_RANK
+        check_rank_device(fine, 2)
+    check_rank_device("cuda:1", 1)  # one process may name its GPU
 
 
 def test_each_rank_and_epoch_gets_its_own_stream():

@@ -797,3 +797,12 @@ def test_a_failing_recording_or_worker_ends_the_session_in_one_line_and_keeps_th
     assert 0 < recorded.size <= played.size
     np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))  # what was written is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "m.safetensors", "out.wav", "s.json"]
+
+
+def test_a_block_written_but_not_counted_is_not_written_twice(tmp_path):
+    # a Ctrl-C between a drain's write and its count: close() goes on from where the file really is
+    ring, end = np.arange(64, dtype=np.float32), [40]
+    rec = Recorder(tmp_path / "r.wav", RATE, ring, lambda: end[0])
+    rec.file.write(ring[:40])  # what the interrupted drain wrote; rec.done is still 0
+    rec.close()
+    np.testing.assert_array_equal(sf.read(tmp_path / "r.wav", dtype="float32")[0], ring[:40])

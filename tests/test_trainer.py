@@ -289,15 +289,15 @@ def test_a_kill_while_saving_the_last_epochs_state_leaves_last_current_after_res
     import trainer.checkpoint
     from trainer.train import resume_config
 
-    real = trainer.checkpoint._atomic_torch_save
+    real = trainer.checkpoint.save_model
 
-    def dying(state, path):
-        if state["epoch"] == 2:
+    def dying(model, path):  # killed while writing epoch 2's last.safetensors
+        if path.name == "last.safetensors" and model.config.extra["epoch"] == 2:
             raise Killed
-        real(state, path)
+        real(model, path)
 
     with monkeypatch.context() as m:
-        m.setattr(trainer.checkpoint, "_atomic_torch_save", dying)
+        m.setattr(trainer.checkpoint, "save_model", dying)
         with pytest.raises(Killed):
             run_training(tiny(corpus, tmp_path, epochs=2, steps_per_epoch=1), progress=False)
     assert load_checkpoint(tmp_path / "run")[1]["epoch"] == 1  # epoch 2 is not done: the resume redoes it

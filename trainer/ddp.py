@@ -61,6 +61,14 @@ def global_mean(t: torch.Tensor) -> torch.Tensor:
     return t / dist.get_world_size()
 
 
+def check_rank_device(device: str | None, world: int) -> None:
+    """Under torchrun a GPU index would put every rank on that one GPU (NCCL then fails on the duplicate)."""
+    if world > 1 and device not in (None, "", "auto") and torch.device(device).type == "cuda" \
+            and torch.device(device).index is not None:
+        raise RtpulseError(f"--device {device}: under torchrun give --device cuda (each rank takes the GPU of "
+                           "its LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
+
+
 def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -75,11 +83,8 @@ def init_distributed(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    check_rank_device(device, world)
     dev = pick_device(device, local_rank)
-    if world > 1 and dev.type == "cuda" and torch.device(device).index is not None:
-        # every rank would take that one GPU (NCCL then fails on the duplicate); CUDA_VISIBLE_DEVICES picks the GPUs
-        raise RtpulseError(f"--device {device}: under torchrun give --device cuda (each rank takes the GPU of its "
-                           "LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
