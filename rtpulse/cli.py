@@ -93,6 +93,7 @@ def _denoise_all(
     except USER_ERRORS as e:
         fail(e)
     errors: list[str] = []
+    warnings: list[str] = []
     seconds = 0.0
     with Progress(
         TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -103,13 +104,15 @@ def _denoise_all(
         for src, dst in pairs:
             progress.update(task, description=f"denoising {src.name}")
             try:
-                seconds += denoise_file(net, src, dst, opts)
+                seconds += denoise_file(net, src, dst, opts, on_warning=warnings.append)
             except USER_ERRORS as e:
                 errors.append(message(e))
             progress.advance(task)
     done = len(pairs) - len(errors)
     if len(pairs) == 1 and errors:
         fail(RtpulseError(errors[0]))
+    for msg in warnings:
+        console.print(labelled("warning:", "yellow", msg), highlight=False, soft_wrap=True)
     for msg in errors:
         console.print(labelled("error:", "red", msg), highlight=False, soft_wrap=True)
     console.print(f"denoised {done}/{len(pairs)} file(s), {seconds:.1f} s of audio → {output}", highlight=False,

@@ -266,17 +266,22 @@ def _open_input(src: Path) -> sf.SoundFile:
         raise RtpulseError(f"cannot read {src} as audio: {str(e).splitlines()[0]}") from None
 
 
-def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> None:
-    """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end.
+def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> int:
+    """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end; returns how
+    many samples beyond ±1 the format clipped (0 for float WAV, which keeps any level).
 
     Any failure — in the writer, in the rename, or in whatever produces the blocks (including
     KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
     """
     fmt, subtype = output_format(dst)
+    keeps_any_level = subtype in ("FLOAT", "DOUBLE")
+    clipped = 0
     tmp = temp_beside(dst)
     try:
         with sf.SoundFile(libsndfile_path(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
             for block in blocks:
+                if not keeps_any_level:
+                    clipped += int(np.count_nonzero(np.abs(block) > 1.0))
                 f.write(block)
         os.replace(tmp, dst)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -284,6 +289,7 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> N
         raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0].replace(str(tmp), str(dst))}") from None
     finally:
         discard(tmp)
+    return clipped
 
 
 def denoise_file(
@@ -293,11 +299,12 @@ def denoise_file(
     opts: DenoiseOptions,
     chunk_frames: int = CHUNK_FRAMES,
     on_progress: Callable[[float], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> float:
     """Denoise one file in chunks; returns its duration in seconds. The output is written atomically.
 
     Memory is bounded by ``chunk_frames`` (not the file's length). ``on_progress(fraction)`` is called
-    as the input is read.
+    as the input is read; ``on_warning(text)`` hears of samples the output format had to clip.
     """
     src, dst = Path(src), Path(dst)
     output_format(dst)  # refuse an unknown output format before any work
@@ -330,5 +337,8 @@ def denoise_file(
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RtpulseError(f"cannot create the output folder {dst.parent}: {e.strerror}") from None
-        write_blocks_atomic(dst, out, rate)
+        clipped = write_blocks_atomic(dst, out, rate)
+    if clipped and on_warning is not None:
+        on_warning(f"{dst}: {clipped} samples beyond full scale (±1) were clipped, as the input is louder than "
+                   f"{dst.suffix} can hold; write .wav to keep them")
     return n_in / rate

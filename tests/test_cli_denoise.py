@@ -338,3 +338,17 @@ def test_a_name_that_is_not_utf8_is_read_and_written(tmp_path):
     r = runner.invoke(app, ["denoise", str(src), "-o", str(dst), "-m", str(model)])
     assert r.exit_code == 0, r.output
     assert sf.info(os.fsencode(dst)).frames == 8000 and b"out\xe9.wav" in os.listdir(os.fsencode(tmp_path))
+
+
+def test_a_format_that_cannot_hold_a_loud_output_says_it_clipped(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(random_model("blocks2", 1, level_frames=20), path)
+    src = tmp_path / "loud.wav"
+    sf.write(src, noisy_signal(1.0) * 2.0**15, 16000, subtype="FLOAT")
+    flac = runner.invoke(app, ["denoise", str(src), "-o", str(tmp_path / "o.flac"), "-m", str(path)])
+    y = sf.read(tmp_path / "o.flac", dtype="float32")[0]
+    clipped = int(np.count_nonzero(np.abs(y) >= 32767 / 32768))  # FLAC holds integers: ±1 at most
+    assert flac.exit_code == 0 and clipped > 100, flac.output
+    assert f"warning: {tmp_path / 'o.flac'}: {clipped} samples beyond full scale" in flac.output
+    wav = runner.invoke(app, ["denoise", str(src), "-o", str(tmp_path / "o.wav"), "-m", str(path)])
+    assert wav.exit_code == 0 and "warning" not in wav.output
