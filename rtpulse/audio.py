@@ -113,10 +113,20 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, rate: int, subtype: s
 
 
 def find_audio_files(root: str | os.PathLike) -> list[Path]:
-    """All audio files under ``root`` (recursive, sorted), or ``[root]`` if it is a file."""
+    """All audio files under ``root`` (recursive, sorted), or ``[root]`` if it is a file. Linked folders are
+    followed (extra noise is added by linking its folder into --noise), each real folder once (a link loop ends)."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise RtpulseError(f"not found: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for folder, subdirs, files in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            subdirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES]
+    return sorted(p for p in found if p.is_file())

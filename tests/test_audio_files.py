@@ -57,3 +57,17 @@ def test_denoise_refuses_an_absurd_rate_and_an_opus_rate_before_work(tmp_path):
     assert res.exit_code == 1 and f"cannot write {tmp_path / 'out.mp3'}: MP3 stores 8 to 48 kHz" in res.output
     assert "this audio is 96000 Hz" in res.output and ".tmp-" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.wav", "hi.wav", "r.wav"]
+
+
+def test_audio_files_are_found_through_linked_folders_once_and_a_link_loop_ends(tmp_path):
+    from rtpulse.audio import find_audio_files
+
+    noise, extra = tmp_path / "noise", tmp_path / "extra"
+    (noise / "sub").mkdir(parents=True)
+    extra.mkdir()
+    for p in (noise / "a.wav", noise / "sub" / "b.FLAC", extra / "c.ogg", noise / "notes.txt"):
+        p.write_bytes(b"x")
+    (noise / "debian").symlink_to(extra, target_is_directory=True)  # the documented way to add noise
+    (noise / "sub" / "loop").symlink_to(noise, target_is_directory=True)
+    found = find_audio_files(noise)
+    assert found == [noise / "a.wav", noise / "debian" / "c.ogg", noise / "sub" / "b.FLAC"]

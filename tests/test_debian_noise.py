@@ -24,6 +24,13 @@ def test_patterns_keep_ambiences_and_leave_out_voices_and_animal_calls():
     lincity = next(s for s in dn.SOURCES if s.package == "lincity-ng-data")
     assert dn.wanted(lincity, "/usr/share/games/lincity-ng/sounds/TraficHigh1.wav")
     assert not dn.wanted(lincity, "/usr/share/games/lincity-ng/sounds/SportsCroud1.wav")  # a crowd: voices
+    flare = next(s for s in dn.SOURCES if s.package == "flare-game")
+    kart = next(s for s in dn.SOURCES if s.package == "supertuxkart-data")
+    assert dn.wanted(flare, "/usr/share/games/flare/soundfx/environment/rain.ogg")
+    assert dn.wanted(kart, "/usr/share/games/supertuxkart/data/sfx/river_loop.ogg")
+    for source, inner in ((flare, "/usr/share/games/flare/soundfx/environment/birds.ogg"),  # birdsong: tonal calls
+                          (kart, "/usr/share/games/supertuxkart/data/sfx/exotic-birds.ogg")):
+        assert not dn.wanted(source, inner)
 
 
 def test_correlation_finds_a_copy_at_any_gain_offset_and_dc_and_not_unrelated_noise():

@@ -56,6 +56,10 @@ def test_pack_keeps_every_fixed_file_and_spreads_train_over_groups_within_budget
     with pytest.raises(RtpulseError, match="over the"):
         pack(data, tmp_path / "small", (fixed - 1) / MIB, wheels=False)
     assert not (tmp_path / "small").exists()
+    # room for the fixed files but for no train speech: the trainer could not use it
+    with pytest.raises(RtpulseError, match="no train speech file fits the .* budget"):
+        pack(data, tmp_path / "no_train", (fixed + one - 1) / MIB, wheels=False)
+    assert not (tmp_path / "no_train").exists()
 
 
 def test_pack_refuses_a_bad_manifest_in_one_line(tmp_path):

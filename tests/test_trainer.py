@@ -623,6 +623,18 @@ def test_a_cache_that_is_a_file_and_audio_with_nan_are_one_line_errors(corpus, t
             decode_cached(bad, cache)
 
 
+def test_a_damaged_cache_entry_is_decoded_again(corpus, tmp_path):
+    from trainer.data import decode_cached
+
+    src, cache = corpus / "noise" / min(p.name for p in (corpus / "noise").iterdir()), tmp_path / "cache"
+    want = decode_cached(src, cache)
+    (entry,) = cache.glob("*.npy")
+    for damage in (b"", b"\x93NUMPY", b"garbage"):  # empty: a crash right after the rename (EOFError once escaped)
+        entry.write_bytes(damage)
+        np.testing.assert_array_equal(decode_cached(src, cache), want)
+        np.testing.assert_array_equal(np.load(entry), want)  # and the entry is whole again
+
+
 def test_silent_noise_is_left_out_with_a_note_and_an_all_silent_folder_is_refused(corpus, tmp_path):
     import shutil
 

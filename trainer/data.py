@@ -57,7 +57,7 @@ def decode_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
     if npy.is_file():
         try:
             return _finite(np.load(npy, allow_pickle=False), path)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # EOFError: an empty file (a crash right after the rename)
             pass  # corrupt cache entry: decode again
     x = _finite(load_mono(path, SAMPLE_RATE).astype(np.float32), path)
     tmp = temp_beside(npy, ".npy")
