@@ -48,16 +48,18 @@ def test_a_model_against_itself_differs_by_zero_and_another_sharpness_does_not(t
     assert "(s = 3)" in other.stdout
 
 
-@pytest.mark.parametrize("bad", ["missing_model", "count", "sharpness", "no_split"])
-def test_bad_arguments_are_one_line_errors(tmp_path, bad):
+@pytest.mark.parametrize(("bad", "words"), [("missing_model", "none.safetensors"), ("count", "--count must be 2…10000"),
+                                            ("sharpness", "--sharpness must be"), ("no_split", "speech/test")])
+def test_bad_arguments_are_one_line_errors(tmp_path, bad, words):
     data, model = _data_root(tmp_path), tmp_path / "m.safetensors"
     save_model(random_model("blocks2", 0), model)
-    args = {"missing_model": [tmp_path / "none.safetensors", model, "--data", data],
+    few = ["--count", 2, "--seconds", 1]  # the data root holds 3 voices: each case fails for its own reason only
+    args = {"missing_model": [tmp_path / "none.safetensors", model, "--data", data, *few],
             "count": [model, model, "--data", data, "--count", 1],
-            "sharpness": [model, model, "--data", data, "--sharpness-a", 0],
-            "no_split": [model, model, "--data", data, "--split", "test"]}[bad]
+            "sharpness": [model, model, "--data", data, "--sharpness-a", 0, *few],
+            "no_split": [model, model, "--data", data, "--split", "test", *few]}[bad]
     run = _run(*args)
-    assert run.returncode != 0 and "Traceback" not in run.stderr and run.stderr.strip()
+    assert run.returncode != 0 and "Traceback" not in run.stderr and words in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize("tool", ["benchmarks.paired", "benchmarks.mask_sharpness"])

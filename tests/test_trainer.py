@@ -46,6 +46,36 @@ def tiny(corpus, tmp_path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def test_the_logged_statistics_are_the_steps_own_and_their_epoch_mean(corpus, tmp_path, monkeypatch):
+    import math
+
+    import trainer.train
+    from trainer.data import Batch
+    from trainer.train import STAT_KEYS, compute_loss
+
+    # constant logits f = −0.5 (last layer's weights zero), w = 1: every statistic by hand, with π = 0.7
+    cfg = tiny(corpus, tmp_path, weight_exponent=0.0, risk="nnpu", prior=0.7)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.convs[-1].weight.zero_()
+        model.convs[-1].bias.fill_(-0.5)
+    g = torch.Generator().manual_seed(0)
+    _, stats = compute_loss(model, Batch(u=torch.randn(2, 8000, generator=g), p=torch.randn(2, 8000, generator=g)), cfg)
+    sig = 1 / (1 + math.exp(-0.5))  # σ(0.5): the P bins' loss σ(−f)
+    want = {"risk_p": 0.7 * sig, "risk_u": (1 - 0.7) * (1 - sig), "corrected": 0.0, "u_speech": 1.0,
+            "logit_mean": -0.5, "logit_std": 0.0}
+    want["loss"] = want["risk_p"] + want["risk_u"]  # R_U^- − πR_P^- > 0: no correction
+    assert {k: pytest.approx(float(stats[k]), abs=1e-6) for k in want} == want
+    # the epoch's record is the mean of its steps' statistics
+    seen, real = [], trainer.train.train_step
+    monkeypatch.setattr(trainer.train, "train_step", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    run_training(tiny(corpus, tmp_path, steps_per_epoch=3), progress=False)
+    (row,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(seen) == 3 and len({float(s["loss"]) for s in seen}) == 3  # three different steps
+    for k in STAT_KEYS:
+        assert row[k] == pytest.approx(np.mean([float(s[k]) for s in seen]), rel=1e-5, abs=1e-7), k
+
+
 def test_crops_are_slices_of_one_file_or_zero_padded():
     bank = AudioBank([np.arange(1, 11, dtype=np.float32), np.arange(101, 104, dtype=np.float32)], ["a", "b"])
     x = bank.crops(200, 5, torch.Generator().manual_seed(0))  # [200, 5]
