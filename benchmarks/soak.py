@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import write_text_atomic
+from rtpulse.files import check_output_dir, write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, load_model
 from rtpulse.stft import HOP, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, enhance
@@ -220,7 +220,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     try:
-        # model and length checked before the progress bar starts: a bad one is one line, nothing else
+        # output, model and length checked before the progress bar starts: a bad one is one line, nothing else
+        check_output_dir(args.out)
         model = load_model(args.model) if args.model else soak_model()
         check_seconds(args.seconds, model)
         with Progress(

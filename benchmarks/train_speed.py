@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import write_text_atomic
+from rtpulse.files import check_output_dir, write_text_atomic
 from rtpulse.stft import SAMPLE_RATE
 from trainer.config import TrainConfig, cpu_has_native_bf16
 from trainer.data import Batch
@@ -161,6 +161,7 @@ def main() -> None:
     if not (1 <= args.rounds <= 100 and 1 <= args.steps <= 100 and 1 <= args.threads <= 256):
         p.error("--rounds and --steps must be 1…100, --threads 1…256")
     try:
+        check_output_dir(args.out)  # before minutes of timing
         result = measure(rounds=args.rounds, steps=args.steps, threads=args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out / "train_speed.json", json.dumps(result, indent=1) + "\n")

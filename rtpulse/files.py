@@ -80,6 +80,15 @@ def discard(tmp: Path) -> None:
         pass
 
 
+def write_synced(tmp: Path, data: bytes) -> None:
+    """Write ``data`` to ``tmp`` and flush it to the disk: renamed over a file afterwards, a power cut cannot leave an
+    empty file where the old one was (some file systems commit the rename before the data)."""
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a hidden temp file beside ``path`` and rename it over ``path``: a crash never leaves a
     partial file. The folder is created if missing; any OS problem is one :class:`RtpulseError` line."""
@@ -87,7 +96,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     tmp = temp_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        write_synced(tmp, text.encode())
         os.replace(tmp, path)
     except OSError as e:
         raise RtpulseError(f"cannot write {path}: {e.strerror or e}") from None

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtpulse.errors import RtpulseError, short_reason
-from rtpulse.files import discard, temp_beside
+from rtpulse.files import discard, temp_beside, write_synced
 
 N_BINS = 513
 
@@ -165,6 +165,8 @@ class ModelConfig:
             raise RtpulseError(f"freq_input must be true or false, got {self.freq_input!r}")
         if not isinstance(self.band_input, bool):
             raise RtpulseError(f"band_input must be true or false, got {self.band_input!r}")
+        if not isinstance(self.extra, dict):  # tools read it as a dict (mask_sharpness, checkpoints)
+            raise RtpulseError(f"extra must be a JSON object, got {type(self.extra).__name__}")
         scale = self.freq_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not MIN_FREQ_SCALE <= scale <= MAX_FREQ_SCALE:
             raise RtpulseError(f"freq_scale must be a number {MIN_FREQ_SCALE:g}…{MAX_FREQ_SCALE:g}, got {scale!r}")
@@ -456,6 +458,7 @@ def count_parameters(model: nn.Module) -> int:
 # Loading never unpickles anything, so a file cannot execute code.
 
 _META_KEY = "rtpulse_config"
+MAX_HEADER_BYTES = 1 << 20  # the shipped model's header is under 4 kB
 
 
 def save_model(model: PulseCNN, path: str | os.PathLike) -> None:
@@ -468,7 +471,7 @@ def save_model(model: PulseCNN, path: str | os.PathLike) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
         # bytes written by Python, not safetensors' save_file: that one creates the file 0600, ignoring the umask
-        tmp.write_bytes(save(tensors, metadata={_META_KEY: model.config.to_json(), "format": "pt"}))
+        write_synced(tmp, save(tensors, metadata={_META_KEY: model.config.to_json(), "format": "pt"}))
         os.replace(tmp, path)
     finally:
         discard(tmp)
@@ -479,33 +482,41 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if path.is_dir():
-        raise RtpulseError(f"model {path} is a folder; give a model file (.safetensors)")
-    if not path.is_file():
-        raise RtpulseError(f"model file not found: {path}")
+    try:
+        if path.is_dir():
+            raise RtpulseError(f"model {path} is a folder; give a model file (.safetensors)")
+        if not path.is_file():
+            raise RtpulseError(f"model file not found: {path}")
+        with path.open("rb") as raw:  # safetensors: an 8-byte little-endian header length, the JSON header, the data
+            header_bytes = int.from_bytes(raw.read(8), "little")
+    except OSError as e:  # a name past 255 bytes, a folder that cannot be read: pathlib raises rather than answers
+        raise RtpulseError(f"cannot read the model file {path}: {e.strerror or e}") from None
+    # a real header is a few kB (dozens of tensors and the config): a huge one is not a model, and parsing it would
+    # cost seconds and gigabytes before any check
+    if header_bytes > MAX_HEADER_BYTES:
+        raise RtpulseError(f"{path} is not an rtpulse model file: its header claims {header_bytes:,} bytes")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 — safe_open is not a dict
+            if _META_KEY not in meta:
+                raise RtpulseError(f"{path} has no rtpulse config; it is not an rtpulse model file")
+            try:
+                config = ModelConfig.from_json(meta[_META_KEY])
+            except (ValueError, TypeError, RecursionError, RtpulseError) as e:  # JSONDecodeError is a ValueError
+                raise RtpulseError(f"{path} has a broken config: {short_reason(e)}") from None
+            # names and shapes against the config before any tensor is read, so a hostile file cannot allocate much
+            expected = {}
+            for i, (cin, cout, k) in enumerate(config.layers):
+                expected[f"convs.{i}.weight"], expected[f"convs.{i}.bias"] = (cout, cin, k, k), (cout,)
+            if set(f.keys()) != set(expected):
+                raise RtpulseError(f"{path}: weights do not match its config (preset {config.preset!r})")
+            for k, want in expected.items():
+                shape = tuple(f.get_slice(k).get_shape())
+                if shape != want:
+                    raise RtpulseError(f"{path}: tensor {k} has shape {shape}, config {config.preset!r} needs {want}")
+            tensors = {k: f.get_tensor(k) for k in expected}
     except (SafetensorError, OSError, ValueError) as e:
         raise RtpulseError(f"{path} is not an rtpulse model file (safetensors): {short_reason(e)}") from None
-    if _META_KEY not in meta:
-        raise RtpulseError(f"{path} has no rtpulse config; it is not an rtpulse model file")
-    try:
-        config = ModelConfig.from_json(meta[_META_KEY])
-    except (ValueError, TypeError, RecursionError, RtpulseError) as e:  # JSONDecodeError is a ValueError
-        raise RtpulseError(f"{path} has a broken config: {short_reason(e)}") from None
-    # Check shapes against the config before building anything, so a hostile config cannot allocate much.
-    expected = {}
-    for i, (cin, cout, k) in enumerate(config.layers):
-        expected[f"convs.{i}.weight"], expected[f"convs.{i}.bias"] = (cout, cin, k, k), (cout,)
-    if set(tensors) != set(expected):
-        raise RtpulseError(f"{path}: weights do not match its config (preset {config.preset!r})")
-    for k, v in tensors.items():
-        if tuple(v.shape) != expected[k]:
-            raise RtpulseError(
-                f"{path}: tensor {k} has shape {tuple(v.shape)}, config {config.preset!r} needs {expected[k]}"
-            )
     odd = [k for k, v in tensors.items() if not v.is_floating_point()]
     if odd:  # complex or integer weights would load with a warning, or be cast silently
         raise RtpulseError(f"{path}: tensor {odd[0]} holds {tensors[odd[0]].dtype} values, not real floating point")

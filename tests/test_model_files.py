@@ -142,6 +142,11 @@ def test_header_claiming_a_huge_size_is_a_one_line_error(tmp_path):
         (lambda c: {**c, "mask_sharpness": True}, "mask_sharpness"),
         (lambda c: {**c, "mask_sharpness": float("nan")}, "mask_sharpness"),
         (lambda c: "[" * 100_000 + "]" * 100_000, "broken config"),  # json's RecursionError
+        (lambda c: {**c, "level_frames": -5}, "level_frames must be an integer 0…1000"),
+        (lambda c: {**c, "level_frames": 10**9}, "level_frames must be an integer 0…1000"),  # 8 GB of state
+        (lambda c: {**c, "floor_frames": 1001}, "floor_frames must be an integer 0…1000"),
+        (lambda c: {**c, "extra": [1, 2]}, "extra must be a JSON object"),  # tools read it as a dict
+        (lambda c: {**c, "extra": None}, "extra must be a JSON object"),
     ],
 )
 def test_config_that_disagrees_with_the_weights_is_a_one_line_error(tmp_path, edit, fragment):
@@ -198,7 +203,26 @@ def test_safetensors_without_rtpulse_config_is_refused(tmp_path):
     assert "no rtpulse config" in _one_line(info.value)
 
 
+def test_a_header_of_a_million_tensors_is_refused_before_it_is_parsed(tmp_path):
+    import json
+
+    path = _saved(tmp_path)
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header.update({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(60_000)})
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    assert len(text) > 2**20  # past MAX_HEADER_BYTES: a real header is a few kB
+    with pytest.raises(RtpulseError) as info:  # refused on its length, before safetensors parses 60,000 entries
+        load_model(path)
+    assert "its header claims" in _one_line(info.value)
+
+
 def test_missing_file_and_directory_are_one_line_errors(tmp_path):
+    with pytest.raises(RtpulseError) as info:  # pathlib raises ENAMETOOLONG rather than answer
+        load_model(tmp_path / ("m" * 300 + ".safetensors"))
+    assert "cannot read the model file" in _one_line(info.value) and "File name too long" in str(info.value)
     for path, words in ((tmp_path / "absent.safetensors", "not found"), (tmp_path, "is a folder; give a model file")):
         with pytest.raises(RtpulseError) as info:
             load_model(path)
@@ -276,12 +300,12 @@ def test_save_is_atomic_and_replaces_an_old_model(tmp_path, monkeypatch):
     path = _saved(tmp_path)
     before = path.read_bytes()
 
-    def disk_full_half_way(self, data):
-        with open(self, "wb") as f:
+    def disk_full_half_way(tmp, data):
+        with open(tmp, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_full_half_way)
+    monkeypatch.setattr("rtpulse.model.write_synced", disk_full_half_way)
     with pytest.raises(OSError):
         save_model(PulseCNN(ModelConfig(preset="paper")), path)
     assert path.read_bytes() == before
@@ -301,3 +325,16 @@ def test_a_model_file_from_before_mask_sharpness_loads_with_the_plain_soft_mask(
     path = _saved(tmp_path)
     _rewrite_config(path, lambda c: {k: v for k, v in c.items() if k != "mask_sharpness"})
     assert load_model(path).config.mask_sharpness == 1.0
+
+
+def test_model_and_text_files_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    # renamed over an old file, data still in the page cache could leave an empty file after a power cut
+    from rtpulse.files import write_text_atomic
+
+    order = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: order.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: order.append("replace") or real_replace(a, b))
+    save_model(PulseCNN(ModelConfig()), tmp_path / "m.safetensors")
+    write_text_atomic(tmp_path / "r.json", "{}")
+    assert order == ["fsync", "replace", "fsync", "replace"]

@@ -527,6 +527,21 @@ def test_soak_too_short_is_a_one_line_error(tmp_path, monkeypatch, capsys, secon
     assert not (tmp_path / "res").exists()
 
 
+def test_soak_and_train_speed_refuse_an_output_that_is_a_file_before_the_run(tmp_path, monkeypatch, capsys):
+    from benchmarks import train_speed
+
+    taken = tmp_path / "f"
+    taken.write_text("mine")
+    code, err = _soak_main(monkeypatch, capsys, "--seconds", "8", "--out", str(taken))
+    assert code == 1 and err == f"error: output folder {taken} is a file; give a folder\n", err
+    ran = []
+    monkeypatch.setattr(train_speed, "measure", lambda **kw: ran.append(kw))
+    monkeypatch.setattr(sys, "argv", ["train_speed", "--out", str(taken)])
+    with pytest.raises(SystemExit, match=f"output folder {taken} is a file"):
+        train_speed.main()
+    assert ran == [] and taken.read_text() == "mine"  # refused before the timing, not after it
+
+
 def test_soak_truncated_model_is_a_one_line_error(tmp_path, monkeypatch, capsys, model_path):
     cut = tmp_path / "trunc.safetensors"
     cut.write_bytes(model_path.read_bytes()[:5000])
