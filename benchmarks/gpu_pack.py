@@ -93,7 +93,9 @@ def choose_files(data: Path, budget_bytes: int, seed: int = 0) -> tuple[list[Pat
                 if used + size <= budget_bytes:  # a file that does not fit is skipped; smaller ones may still
                     train.append(p)
                     used += size
-    if total_train and not train:  # a pack the trainer cannot use: refused here, not on the GPU's time
+    if not total_train:
+        raise RtpulseError(f"no train speech in {parts['speech/train']}: a pack without it cannot train")
+    if not train:  # a pack the trainer cannot use: refused here, not on the GPU's time
         raise RtpulseError(f"no train speech file fits the {budget_bytes / MIB:.1f} MiB budget beside the noise and dev "
                            f"speech ({used / MIB:.1f} MiB); raise --budget-mib")
     stats = {"bytes": used, "fixed_files": len(fixed), "train_files": len(train), "train_files_available": total_train}

@@ -128,5 +128,7 @@ def find_audio_files(root: str | os.PathLike) -> list[Path]:
             subdirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        # a folder reached both directly and through a link is listed under its real path, whatever the disk's order
+        subdirs.sort(key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         found += [Path(folder) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES]
     return sorted(p for p in found if p.is_file())

@@ -268,13 +268,14 @@ def _open_input(src: Path) -> sf.SoundFile:
 
 def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> int:
     """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end; returns how
-    many samples beyond ±1 the format clipped (0 for float WAV, which keeps any level).
+    many samples beyond ±1 the format clipped (0 for float WAV, Vorbis and MP3, which keep any level).
 
     Any failure — in the writer, in the rename, or in whatever produces the blocks (including
     KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
     """
     fmt, subtype = output_format(dst)
-    keeps_any_level = subtype in ("FLOAT", "DOUBLE")
+    # float WAV, Vorbis and MP3 store any level; FLAC, AIFF, AU (integers) and Opus clip at ±1
+    keeps_any_level = subtype in ("FLOAT", "DOUBLE") or fmt == "MP3" or (fmt == "OGG" and subtype != "OPUS")
     clipped = 0
     tmp = temp_beside(dst)
     try:
@@ -317,9 +318,13 @@ def denoise_file(
         piece = HOP * chunk_frames
         block_in = max(1, piece * rate // SAMPLE_RATE)
 
+        peak = 0.0
+
         def read() -> Iterator[np.ndarray]:
+            nonlocal peak
             done = 0
             for block in _read_blocks(f, src, block_in):
+                peak = max(peak, float(np.abs(block).max(initial=0.0)))
                 done += block.size
                 if on_progress is not None:
                     on_progress(min(1.0, done / n_in))
@@ -338,7 +343,8 @@ def denoise_file(
         except OSError as e:
             raise RtpulseError(f"cannot create the output folder {dst.parent}: {e.strerror}") from None
         clipped = write_blocks_atomic(dst, out, rate)
-    if clipped and on_warning is not None:
+    # only for an input past full scale: a full-scale one can overshoot by ~0.1 % after resampling, inaudibly
+    if clipped and peak > 1.0 and on_warning is not None:
         on_warning(f"{dst}: {clipped} samples beyond full scale (±1) were clipped, as the input is louder than "
                    f"{dst.suffix} can hold; write .wav to keep them")
     return n_in / rate

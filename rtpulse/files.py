@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -86,7 +87,11 @@ def write_synced(tmp: Path, data: bytes) -> None:
     with tmp.open("wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        try:
+            os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system without fsync: the rename still holds
+                raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -71,3 +71,7 @@ def test_audio_files_are_found_through_linked_folders_once_and_a_link_loop_ends(
     (noise / "sub" / "loop").symlink_to(noise, target_is_directory=True)
     found = find_audio_files(noise)
     assert found == [noise / "a.wav", noise / "debian" / "c.ogg", noise / "sub" / "b.FLAC"]
+    # a folder reached directly and through links before and after it by name: listed under its real path
+    (noise / "alink").symlink_to(noise / "sub", target_is_directory=True)
+    (noise / "zlink").symlink_to(noise / "sub", target_is_directory=True)
+    assert find_audio_files(noise) == found

@@ -56,7 +56,12 @@ def test_pack_keeps_every_fixed_file_and_spreads_train_over_groups_within_budget
     with pytest.raises(RtpulseError, match="over the"):
         pack(data, tmp_path / "small", (fixed - 1) / MIB, wheels=False)
     assert not (tmp_path / "small").exists()
-    # room for the fixed files but for no train speech: the trainer could not use it
+    # no train speech at all, or room for the fixed files but for no train speech: the trainer could not use it
+    empty = _tree(tmp_path / "empty")
+    for p in (empty / "speech" / "train").rglob("*.wav"):
+        p.unlink()
+    with pytest.raises(RtpulseError, match="no train speech in .*speech/train"):
+        pack(empty, tmp_path / "no_speech", 1.0, wheels=False)
     with pytest.raises(RtpulseError, match="no train speech file fits the .* budget"):
         pack(data, tmp_path / "no_train", (fixed + one - 1) / MIB, wheels=False)
     assert not (tmp_path / "no_train").exists()

@@ -338,3 +338,14 @@ def test_model_and_text_files_reach_the_disk_before_their_rename(tmp_path, monke
     save_model(PulseCNN(ModelConfig()), tmp_path / "m.safetensors")
     write_text_atomic(tmp_path / "r.json", "{}")
     assert order == ["fsync", "replace", "fsync", "replace"]
+
+
+def test_a_file_system_without_fsync_still_saves(tmp_path, monkeypatch):
+    import errno
+
+    def unsupported(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", unsupported)
+    save_model(PulseCNN(ModelConfig()), tmp_path / "m.safetensors")
+    assert load_model(tmp_path / "m.safetensors").config == ModelConfig()
