@@ -351,3 +351,15 @@ def test_the_results_table_goes_to_stdout_with_file_names_as_they_are(pair, tmp_
     assert res.exit_code == 0, res.output
     assert "[b]utt [i]" in res.stdout and "mean" in res.stdout and "si_snri" in res.stdout
     assert "si_snri" not in res.stderr
+
+
+def test_without_the_eval_extra_the_report_says_why_pesq_and_stoi_are_absent(pair, tmp_path, monkeypatch):
+    import rtpulse.metrics
+
+    r = run_eval(pair, constant_model(tmp_path / "m.safetensors", -10.0))
+    assert not any("rtpulse[eval]" in w for w in r["warnings"])  # installed here: nothing to say
+    monkeypatch.setattr(rtpulse.metrics, "perceptual_scores", lambda est, ref, rate=16000: {})  # as without the extra
+    monkeypatch.setattr("trainer.evaluate.perceptual_scores", lambda est, ref, rate=16000: {})
+    r = run_eval(pair, tmp_path / "m.safetensors")
+    assert "pesq_wb and stoi not scored: pip install 'rtpulse[eval]' for them" in r["warnings"]
+    assert "pesq_wb" not in r["mean"] and "si_snri" in r["mean"]

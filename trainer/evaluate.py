@@ -129,6 +129,9 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, 
                 warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)})")
         elif any(k in r for r in rows):  # its library is installed, yet refused every file (e.g. all too short)
             warnings.append(f"{k}: no file could be scored (too short for it, or silent outputs?), so it has no mean")
+    missing = [k for k in ("pesq_wb", "stoi") if rows and not any(k in r for r in rows)]
+    if missing:  # the [eval] extra is not installed: say why the columns are absent
+        warnings.append(f"{' and '.join(missing)} not scored: pip install 'rtpulse[eval]' for them")
     return {"model": model.config.preset, "lookahead": model.lookahead, "engine": opts.engine, "mask": opts.mask,
             "mask_sharpness": model.config.mask_sharpness, "floor_db": opts.floor_db, **source, "count": len(rows),
             "mean": mean, "mean_files": mean_files, "warnings": warnings, "files": rows}
