@@ -61,6 +61,10 @@ class TableOptions:
     lr: float = 3e-4
     warmup_steps: int = 100
     pvu_steps: int = 0  # P-vs-U warm start before nnPU/uPU (0 = the paper's method from the first step)
+    gamma: float = 0.096  # nnPU's correction step: the reference code's default (rtpulse train's is 1)
+    # which mask picks each run's best epoch: "reference" = the reference code's (binary for PU rows, the soft sigmoid
+    # for PN and MixIT); "soft" or "binary" for every row (the CPU-scale tables of sessions 2 and 15 used soft)
+    select_mask: str = "reference"
     preset: str | None = None  # replaces `paper` in every row (e.g. blocks2 on a CPU); L is capped to its maximum
     device: str | None = None
     precision: str = "auto"  # rtpulse train --precision (bf16 on a CPU with native bf16: ~2× the clips/s)
@@ -104,14 +108,15 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
         "--init": "he",
         "--dropout": 0,
         "--level-frames": 125,
-        "--select-mask": "soft",
         "--seed": opts.seed,
     }
     if "--compress" not in flags:
         shared["--compress"] = "linear"
     pu = flags[flags.index("--method") + 1] == "pu"
+    reference_mask = "binary" if pu else "soft"
+    shared["--select-mask"] = reference_mask if opts.select_mask == "reference" else opts.select_mask
     if pu:  # the PU loss's options: `rtpulse train` refuses them for PN and MixIT
-        shared["--p-level"], shared["--prior"] = "matched", 0.7
+        shared["--p-level"], shared["--prior"], shared["--gamma"] = "matched", 0.7, opts.gamma
     if opts.pvu_steps and pu and "pvu" not in flags:
         shared["--pvu-steps"] = opts.pvu_steps
     if opts.device:
@@ -133,7 +138,9 @@ def check_options(opts: TableOptions) -> None:
                 preset=opts.preset or "paper", epochs=opts.epochs, steps_per_epoch=opts.steps_per_epoch,
                 batch_size=opts.batch_size, crop_seconds=opts.crop_seconds, lr=opts.lr, warmup_steps=opts.warmup_steps,
                 pvu_steps=opts.pvu_steps, dev_count=opts.dev_count, dev_seconds=opts.dev_seconds, seed=opts.seed,
-                device=opts.device, precision=opts.precision).validate()
+                device=opts.device, precision=opts.precision, gamma=opts.gamma).validate()
+    if opts.select_mask not in ("reference", "soft", "binary"):
+        raise RtpulseError(f"--select-mask must be reference, soft or binary, got {opts.select_mask!r}")
 
 
 MACHINE_OPTIONS = ("--device", "--precision", "--cache", "--out")  # where a row runs, not what it trains

@@ -175,6 +175,13 @@ def training(
     pvu_steps: Annotated[
         int, typer.Option(min=0, help="P-vs-U warm start before nnPU/uPU rows (0 = the paper's method throughout).")
     ] = 0,
+    gamma: Annotated[
+        float, typer.Option(help="nnPU's correction step γ for the PU rows (the reference code's 0.096; train's is 1).")
+    ] = 0.096,
+    select_mask: Annotated[
+        str, typer.Option(help="Mask that picks each row's best epoch: reference (binary for PU, soft for PN/MixIT, as "
+                               "the reference code), soft or binary.")
+    ] = "reference",
     preset: Annotated[
         str | None, typer.Option(help="Replace `paper` in every row (e.g. blocks2 on a CPU); L is capped.")
     ] = None,
@@ -205,6 +212,8 @@ def training(
         lr=lr,
         warmup_steps=warmup_steps,
         pvu_steps=pvu_steps,
+        gamma=gamma,
+        select_mask=select_mask,
         preset=preset,
         device=device,
         precision=precision.value,

@@ -12,6 +12,7 @@ import torch
 from benchmarks import training_table
 from benchmarks.quality import generated_set
 from benchmarks.training_table import ROWS, TableOptions, row_args, run_table, score_model
+from rtpulse.errors import RtpulseError
 from rtpulse.model import ModelConfig, PulseCNN, save_model
 
 
@@ -68,6 +69,16 @@ def test_row_commands_share_the_recipe_and_cap_the_lookahead(tmp_path):
         assert "--precision" not in args  # auto: each row's trainer picks (its config says "auto")
         fast = row_args(name, _opts(tmp_path, tmp_path, precision="bf16"))
         assert fast[fast.index("--precision") + 1] == "bf16"
+        # as the reference code: PU rows pick their epoch by the binary mask with γ = 0.096, PN and MixIT by the soft
+        pu = args[args.index("--method") + 1] == "pu"
+        assert args[args.index("--select-mask") + 1] == ("binary" if pu else "soft")
+        assert (args[args.index("--gamma") + 1] == "0.096") if pu else "--gamma" not in args
+        soft = row_args(name, _opts(tmp_path, tmp_path, select_mask="soft", gamma=1.0))
+        assert soft[soft.index("--select-mask") + 1] == "soft" and ("--gamma" not in soft or "1.0" in soft)
+    from benchmarks.training_table import check_options
+
+    with pytest.raises(RtpulseError, match="--select-mask must be reference, soft or binary, got 'best'"):
+        check_options(_opts(tmp_path, tmp_path, select_mask="best"))
 
 
 def test_a_model_that_keeps_every_bin_scores_zero_improvement(data, tmp_path):
