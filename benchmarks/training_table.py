@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -116,7 +117,9 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
     reference_mask = "binary" if pu else "soft"
     shared["--select-mask"] = reference_mask if opts.select_mask == "reference" else opts.select_mask
     if pu:  # the PU loss's options: `rtpulse train` refuses them for PN and MixIT
-        shared["--p-level"], shared["--prior"], shared["--gamma"] = "matched", 0.7, opts.gamma
+        shared["--p-level"], shared["--prior"] = "matched", 0.7
+    if pu and "--risk" not in flags:  # γ acts in nnPU's correction only (the pvu and uPU rows have none)
+        shared["--gamma"] = opts.gamma
     if opts.pvu_steps and pu and "pvu" not in flags:
         shared["--pvu-steps"] = opts.pvu_steps
     if opts.device:
@@ -154,15 +157,41 @@ def recipe(name: str, opts: TableOptions) -> list[str]:
     return [a for i, a in enumerate(args) if i not in drop]
 
 
-def check_recipe(name: str, then: list[str] | None, now: list[str], where: Path) -> None:
-    """A row trained with other settings is refused, not reported under these (rows from before recipes were
-    recorded pass)."""
-    if then is None or then == now:
-        return
-    i = next((i for i, (a, b) in enumerate(zip(then, now)) if a != b), min(len(then), len(now)))
-    was, is_ = " ".join(then[max(i - 1, 0) : i + 1]), " ".join(now[max(i - 1, 0) : i + 1])
-    raise RtpulseError(f"row {name} in {where} was trained with '{was}', not '{is_}': give a new --out, or delete "
-                       f"{where / 'rows' / (name + '.json')} and {where / 'runs' / name} to train it again")
+DATA_OPTIONS = ("--clean", "--noise", "--val-clean", "--val-noise")  # paths: a command may name them relatively
+
+
+def _options(args: list[str]) -> dict[str, str]:
+    """``--key value`` pairs (a key without a value maps to ""), in order."""
+    out, i = {}, 0
+    while i < len(args):
+        if args[i].startswith("--"):
+            has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+            out[args[i]] = args[i + 1] if has_value else ""
+            i += 2 if has_value else 1
+        else:
+            i += 1
+    return out
+
+
+def check_recipe(name: str, then: list[str] | None, now: list[str], where: Path, command: str | None = None) -> None:
+    """A row trained with other settings is refused, not reported under these, option by option. A row from before
+    recipes were recorded is checked against the command that trained it (its data paths aside); one resumed from
+    such a row has no command to tell, and passes."""
+    if then is None:
+        args = shlex.split(command or "")[2:]  # "rtpulse train ..."
+        if not args or "--resume" in args:
+            return
+        drop = set(MACHINE_OPTIONS) | set(DATA_OPTIONS)
+        old = {k: v for k, v in _options(args).items() if k not in drop}
+        new = {k: v for k, v in _options(now).items() if k not in drop}
+    else:
+        old, new = _options(then), _options(now)
+    for key in [*new, *(k for k in old if k not in new)]:
+        if old.get(key) != new.get(key):
+            was = f"{key} {old[key]}".strip() if key in old else f"no {key}"
+            is_ = f"{key} {new[key]}".strip() if key in new else f"no {key}"
+            raise RtpulseError(f"row {name} in {where} was trained with '{was}', not '{is_}': give a new --out, or "
+                               f"delete {where / 'rows' / (name + '.json')} and {where / 'runs' / name} to train it again")
 
 
 def _train(name: str, opts: TableOptions) -> str:
@@ -231,7 +260,7 @@ def run_table(opts: TableOptions) -> dict:
         run_dir = opts.out / "runs" / name
         if done.exists():
             row = read_row(done)
-            check_recipe(name, row.get("recipe"), recipe(name, opts), opts.out)
+            check_recipe(name, row.get("recipe"), recipe(name, opts), opts.out, row.get("command"))
             if row.get("test_set") != test_set:  # finished under another test set: re-score, do not retrain
                 row.update(scores=score_model(run_dir / "best.safetensors", items), test_set=test_set)
                 write_text_atomic(done, json.dumps(row, indent=1))
@@ -279,7 +308,8 @@ def write_table(out: Path, test_set: dict) -> dict:
     lines = [
         f"Training table — test set: {test_set['count']} dev-split mixtures ≤ {test_set['seconds']:g} s, seed "
         + f"{test_set['seed']}, references with a noise floor ≤ {test_set.get('reference_floor_db', 0):g} dB, −26 dBFS, "
-        + "SNR U[−5, 10] dB (as `rtpulse bench quality`); each run's best epoch by dev soft SI-SNRi; † = scored on "
+        + "SNR U[−5, 10] dB (as `rtpulse bench quality`); each run's best epoch by the dev SI-SNRi of the mask its "
+        + "command's --select-mask names; † = scored on "
         + "another test set (a row not re-run under these settings)",
         "",
         "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | dev soft: kept (epoch) / last |"

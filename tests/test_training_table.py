@@ -72,13 +72,33 @@ def test_row_commands_share_the_recipe_and_cap_the_lookahead(tmp_path):
         # as the reference code: PU rows pick their epoch by the binary mask with γ = 0.096, PN and MixIT by the soft
         pu = args[args.index("--method") + 1] == "pu"
         assert args[args.index("--select-mask") + 1] == ("binary" if pu else "soft")
-        assert (args[args.index("--gamma") + 1] == "0.096") if pu else "--gamma" not in args
+        nnpu = pu and "--risk" not in args  # γ acts in nnPU's correction only
+        assert (args[args.index("--gamma") + 1] == "0.096") if nnpu else "--gamma" not in args
         soft = row_args(name, _opts(tmp_path, tmp_path, select_mask="soft", gamma=1.0))
         assert soft[soft.index("--select-mask") + 1] == "soft" and ("--gamma" not in soft or "1.0" in soft)
     from benchmarks.training_table import check_options
 
     with pytest.raises(RtpulseError, match="--select-mask must be reference, soft or binary, got 'best'"):
         check_options(_opts(tmp_path, tmp_path, select_mask="best"))
+
+
+def test_recipes_are_compared_option_by_option_and_old_rows_by_their_command(tmp_path):
+    from benchmarks.training_table import check_recipe, recipe
+
+    now = recipe("pu-paper-L0", _opts(tmp_path, tmp_path))
+    moved = now[:2] + now[4:] + now[2:4]  # the same options in another order: the same recipe
+    check_recipe("pu-paper-L0", moved, now, tmp_path)
+    older = [a for a in now if a not in ("--gamma", "0.096")]
+    with pytest.raises(RtpulseError, match="was trained with 'no --gamma', not '--gamma 0.096'"):
+        check_recipe("pu-paper-L0", older, now, tmp_path)
+    # a row from before recipes were recorded: its command (relative data paths, machine options) is the record
+    args = row_args("pu-paper-L0", _opts(Path("data"), tmp_path, select_mask="soft", gamma=1.0, device="cpu"))
+    command = "rtpulse train " + " ".join(args)
+    with pytest.raises(RtpulseError, match="was trained with '--select-mask soft', not '--select-mask binary'"):
+        check_recipe("pu-paper-L0", None, now, tmp_path, command)
+    check_recipe("pu-paper-L0", None, recipe("pu-paper-L0", _opts(tmp_path, tmp_path, select_mask="soft", gamma=1.0)),
+                 tmp_path, command)  # the settings it was trained with: accepted
+    check_recipe("pu-paper-L0", None, now, tmp_path, "rtpulse train --resume runs/x")  # nothing to tell: passes
 
 
 def test_a_model_that_keeps_every_bin_scores_zero_improvement(data, tmp_path):
