@@ -55,6 +55,18 @@ def _worker(rank: int, port: int, out: str, cfg: TrainConfig) -> None:
             torch.save(params, out)
     finally:
         d.close()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End a worker whose results are written. After a DDP step gloo's threads outlive destroy_process_group and die
+    in interpreter shutdown; a peer already gone can then make one abort (SIGABRT, seen once under load)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
@@ -126,6 +138,7 @@ def _train_worker(rank: int, port: int, args: list[str], out_dir: str) -> None:
         f.write(f"{res.exit_code}\n{res.output}")
     with open(f"{out_dir}/seeds{rank}.txt", "w") as f:
         f.write(" ".join(map(str, seeds)))
+    _exit_now()
 
 
 def test_two_rank_training_run_writes_once_and_only_rank_0_reports(tmp_path):
