@@ -319,3 +319,13 @@ def test_pn_loss_in_the_trainer_compares_the_masked_noisy_with_the_clean(tmp_pat
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-10)
     loss, _ = compute_loss(model, Batch(u=u, clean=0.25 * u), cfg)
     assert float(loss.detach()) > 1e-3
+
+
+def test_a_warm_start_as_long_as_the_run_is_refused(tmp_path):
+    from rtpulse.errors import RtpulseError
+
+    # warm-start epochs never compete for best: the run would keep epoch 1 as best.safetensors whatever followed
+    with pytest.raises(RtpulseError, match="--pvu-steps 10 covers all 10 steps .* never reach --risk nnpu"):
+        _cfg(tmp_path, pvu_steps=10, epochs=2, steps_per_epoch=5).validate()
+    _cfg(tmp_path, pvu_steps=9, epochs=2, steps_per_epoch=5).validate()  # one nnPU step left: fine
+    _cfg(tmp_path, pvu_steps=10, epochs=2, steps_per_epoch=5, risk="pvu").validate()  # all P-vs-U anyway

@@ -159,6 +159,11 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "dev_count"):
             if getattr(self, name) < 1:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
+        steps = self.epochs * self.steps_per_epoch
+        if self.method == "pu" and self.risk != "pvu" and self.pvu_steps >= steps:
+            # warm-start epochs never compete for best: best.safetensors would stay epoch 1 whatever the scores
+            raise RtpulseError(f"--pvu-steps {self.pvu_steps} covers all {steps} steps (--epochs × --steps-per-epoch): "
+                               f"the run would never reach --risk {self.risk}; lower it, or use --risk pvu")
         if self.crop_seconds * 16000 < 1024 or self.dev_seconds * 16000 < 1024:
             raise RtpulseError("--crop-seconds and --dev-seconds must be at least 0.064 s (one STFT frame)")
         # upper bounds: far above any use, low enough that a typo is refused before it asks for terabytes
