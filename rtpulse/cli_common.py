@@ -33,7 +33,7 @@ USER_ERRORS = (RtpulseError, OSError)
 
 def message(err: Exception) -> str:
     """The one line for a user error: an OSError as "reason: path", without Python's "[Errno N]"."""
-    if isinstance(err, OSError) and not isinstance(err, RtpulseError) and err.strerror:
+    if isinstance(err, OSError) and err.strerror:
         return err.strerror + (f": {os.fsdecode(err.filename)}" if err.filename is not None else "")
     return str(err)
 

@@ -336,9 +336,8 @@ class LiveWorker:
     """Runs :meth:`LivePipeline.work_once` in a daemon thread until :meth:`stop`. A failure outside the engine
     (whose faults the pipeline handles) ends the thread with :attr:`error` set: the session checks it."""
 
-    def __init__(self, pipeline: LivePipeline, on_idle=None) -> None:
+    def __init__(self, pipeline: LivePipeline) -> None:
         self.pipeline = pipeline
-        self.on_idle = on_idle  # called when there is no work
         self.error: str | None = None
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rtpulse-live-worker", daemon=True)
@@ -352,8 +351,6 @@ class LiveWorker:
         try:
             while not self._stop.is_set():
                 if not p.work_once():
-                    if self.on_idle is not None:
-                        self.on_idle()
                     p.wake.wait(0.05)
                     p.wake.clear()
         except Exception as e:  # noqa: BLE001 - reported by the session, which would otherwise play dry input silently

@@ -279,7 +279,7 @@ def test_real_time_stream_with_slow_hops_and_exceptions(model, tmp_path):
     pipe = LivePipeline(engine, RATE, BLOCK, startup_s=0.3, max_lag_s=0)
     rec_in = Recorder(tmp_path / "in.wav", RATE, pipe.in_ring, lambda: pipe.n_in)
     rec_out = Recorder(tmp_path / "out.wav", RATE, pipe.played_ring, lambda: pipe.n_read)
-    worker = LiveWorker(pipe, on_idle=lambda: (rec_in.drain(), rec_out.drain())).start()
+    worker = LiveWorker(pipe).start()
     out, period = [], BLOCK / RATE
     t0 = time.perf_counter()
     try:
@@ -294,6 +294,8 @@ def test_real_time_stream_with_slow_hops_and_exceptions(model, tmp_path):
                 SimpleNamespace(input_overflow=b == 5, output_underflow=b in (3, 200)),
             )
             out.append(outdata[:, 0].copy())
+            rec_in.drain()  # as the session does, from its own loop: a late worker must not hold the recordings back
+            rec_out.drain()
     finally:
         worker.stop()
     rec_in.close()
