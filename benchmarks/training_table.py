@@ -56,6 +56,7 @@ class TableOptions:
     data: Path
     out: Path
     epochs: int = 100
+    minutes: float | None = None  # each row's time budget (`rtpulse train --minutes`), `epochs` then the cap
     steps_per_epoch: int = 100
     batch_size: int = 16
     crop_seconds: float = 3.125
@@ -99,6 +100,7 @@ def row_args(name: str, opts: TableOptions) -> list[str]:
         "--dev-count": opts.dev_count,
         "--dev-seconds": opts.dev_seconds,
         "--epochs": opts.epochs,
+        **({} if opts.minutes is None else {"--minutes": opts.minutes}),
         "--steps-per-epoch": opts.steps_per_epoch,
         "--batch-size": opts.batch_size,
         "--crop-seconds": opts.crop_seconds,
@@ -138,7 +140,7 @@ def check_options(opts: TableOptions) -> None:
 
     d = opts.data
     TrainConfig(out=str(opts.out / "runs" / "check"), clean=str(d / "speech" / "train"), noise=str(d / "noise" / "train"),
-                preset=opts.preset or "paper", epochs=opts.epochs, steps_per_epoch=opts.steps_per_epoch,
+                preset=opts.preset or "paper", epochs=opts.epochs, minutes=opts.minutes, steps_per_epoch=opts.steps_per_epoch,
                 batch_size=opts.batch_size, crop_seconds=opts.crop_seconds, lr=opts.lr, warmup_steps=opts.warmup_steps,
                 pvu_steps=opts.pvu_steps, dev_count=opts.dev_count, dev_seconds=opts.dev_seconds, seed=opts.seed,
                 device=opts.device, precision=opts.precision, gamma=opts.gamma).validate()

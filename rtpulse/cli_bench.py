@@ -166,7 +166,11 @@ def training(
     out: Annotated[Path, typer.Option(help="Folder for runs/, rows/ and training_table.md/.json/.png.")] = (
         _RESULTS / "training_table"
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per row.")] = 100,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per row (with --minutes: the cap).")] = 100,
+    minutes: Annotated[
+        float | None,
+        typer.Option(help="Each row's time budget for its steps (`rtpulse train --minutes`: the epochs that fit).")
+    ] = None,
     steps_per_epoch: Annotated[int, typer.Option(min=1, help="Steps per epoch.")] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per step (PU: this many U and as many P).")] = 16,
     crop_seconds: Annotated[float, typer.Option(help="Training clip length (s).")] = 3.125,
@@ -206,6 +210,7 @@ def training(
         data=data,
         out=out,
         epochs=epochs,
+        minutes=minutes,
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         crop_seconds=crop_seconds,

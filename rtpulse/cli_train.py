@@ -114,7 +114,16 @@ def train(
     ] = 0.0,
     snr_min: Annotated[float, typer.Option(help="Lowest mixing SNR (dB).")] = -5.0,
     snr_max: Annotated[float, typer.Option(help="Highest mixing SNR (dB).")] = 10.0,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default 10; with --resume: the new total).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Epochs (default 10, or 10000 as the cap of --minutes; with --resume: the new total)."),
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(help="A time budget: after the first epoch, train as many epochs as fit in this many minutes at"
+                     " its pace (steps, validation, checkpoint; data loading not counted), the cosine decay ending"
+                     " with them."),
+    ] = None,
     steps_per_epoch: Annotated[int, typer.Option(help="Steps per epoch, each on freshly mixed clips.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Clips per step per process (PU: this many U and as many P).")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
@@ -240,7 +249,8 @@ def train(
                 noise_warp=noise_warp,
                 noise_mix=noise_mix,
                 noise_balance=noise_balance,
-                epochs=10 if epochs is None else epochs,
+                epochs=epochs if epochs is not None else 10 if minutes is None else 10_000,
+                minutes=minutes,
                 steps_per_epoch=steps_per_epoch,
                 batch_size=batch_size,
                 lr=lr,

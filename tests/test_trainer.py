@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -204,6 +205,53 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path, mo
     full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]  # the trimmed line of the killed epoch 2 comes back, once
     assert [r["lr"] for r in lines] == [r["lr"] for r in full_lines]
+
+
+def test_planned_epochs_fit_the_budget_within_the_cap_and_past_the_warm_start(tmp_path):
+    from trainer.train import planned_epochs
+
+    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=100, steps_per_epoch=50, minutes=2.0)
+    assert planned_epochs(cfg, 1, 30.0) == 4  # 120 s / 30 s
+    assert planned_epochs(cfg, 1, 31.0) == 3  # whole epochs only: the fourth would end past the budget
+    assert planned_epochs(cfg, 1, 500.0) == 1  # the epoch already run stays
+    assert planned_epochs(cfg, 6, 30.0) == 9  # a resume before the plan: 5 done, then 4 more
+    assert planned_epochs(cfg, 1, 0.5) == 100  # the cap
+    warm = dataclasses.replace(cfg, pvu_steps=120)  # steps 0…119 are P-vs-U: epoch 3 (steps 100…149) is the first nnPU
+    assert planned_epochs(warm, 1, 500.0) == 3
+    assert planned_epochs(dataclasses.replace(warm, risk="pvu"), 1, 500.0) == 1  # no warm start to get past
+
+
+def test_a_minutes_run_trains_exactly_the_run_of_its_planned_epochs(corpus, tmp_path, monkeypatch):
+    import trainer.loop
+    from trainer.train import resume_config
+
+    # epoch 1 "takes" 30 s of a 2-minute budget → 4 epochs; its warm-up covers epoch 1, so the only schedule that
+    # differs (the cap's, before the plan) is never used, and the cosine decay must then end at epoch 4 as planned
+    ticks = itertools.count(0.0, 30.0)  # called at the loop's start and after each planning epoch
+    monkeypatch.setattr(trainer.loop, "_clock", lambda: next(ticks))
+    common = {"dropout": 0.2, "warmup_steps": 2, "lr_schedule": "cosine"}
+    budget = tiny(corpus, tmp_path, out=str(tmp_path / "budget"), epochs=50, minutes=2.0, **common)
+    summary = run_training(budget, progress=False)
+    fixed = tiny(corpus, tmp_path, out=str(tmp_path / "fixed"), epochs=4, **common)
+    run_training(fixed, progress=False)
+    assert summary["epochs"] == 4
+    saved = resume_config(tmp_path / "budget")
+    assert (saved.epochs, saved.minutes) == (4, None)  # a resume continues the plan, not the cap
+    a, sa = load_checkpoint(tmp_path / "budget")
+    b, sb = load_checkpoint(tmp_path / "fixed")
+    assert sa["step"] == sb["step"] == 8
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    lrs = [[json.loads(x)["lr"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+           for r in ("budget", "fixed")]
+    assert lrs[0] == lrs[1] and lrs[0][-1] < 0.05 * budget.lr  # decayed by the planned end, not the cap's
+
+
+def test_a_minutes_budget_must_be_positive(corpus, tmp_path):
+    tiny(corpus, tmp_path, minutes=0.5).validate()
+    for bad in (0.0, -1.0):
+        with pytest.raises(RtpulseError, match="--minutes must be above 0"):
+            tiny(corpus, tmp_path, minutes=bad).validate()
 
 
 @pytest.mark.parametrize("kill_in", ["save_model", "save_checkpoint"])  # best.safetensors' writer, the state's
@@ -490,6 +538,21 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     assert "trained 1 epochs" not in res.output
 
 
+def test_cli_minutes_plans_from_the_first_epoch_under_a_default_cap(corpus, tmp_path):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "train", "--out", str(run), "--clean", str(corpus / "clean"), "--noise", str(corpus / "noise"),
+        "--cache", str(tmp_path / "cache"), "--minutes", "1e-5", "--steps-per-epoch", "2", "--batch-size", "2",
+        "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--device", "cpu",
+    ])
+    assert res.exit_code == 0, res.output
+    # 0.6 ms is less than any epoch: the one run is all the budget holds
+    assert "--minutes 1e-05: epoch 1 took" in res.output and "→ 1 epochs (--epochs 10000 the cap)" in res.output
+    assert "trained 1 epochs" in res.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["epochs"], saved["minutes"]) == (1, None)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--noise", "n"], "give --clean DIR"),
     (["--clean", "c", "--noise", "n", "--val-floor-db", "5"], "--val-floor-db must be within −120…0 dB"),
@@ -520,6 +583,7 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     (["--clean", "c", "--noise", "n", "--seed", "-1"], "--seed must be 0…"),
     (["--clean", "c", "--noise", "n", "--warmup-steps", "-5"], "--warmup-steps must be ≥ 0"),
     (["--clean", "c", "--noise", "n", "--epochs", "0"], "--epochs must be ≥ 1"),
+    (["--clean", "c", "--noise", "n", "--minutes", "0"], "--minutes must be above 0"),
     (["--clean", "c", "--noise", "n", "--output-bias", "1e308"], "--output-bias must be −100…100"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):

@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import training_table
 from benchmarks.quality import generated_set
-from benchmarks.training_table import ROWS, TableOptions, row_args, run_table, score_model
+from benchmarks.training_table import ROWS, TableOptions, recipe, row_args, run_table, score_model
 from rtpulse.errors import RtpulseError
 from rtpulse.model import ModelConfig, PulseCNN, save_model
 
@@ -61,6 +61,10 @@ def test_row_commands_share_the_recipe_and_cap_the_lookahead(tmp_path):
     assert small[small.index("--pvu-steps") + 1] == "50"  # the warm start goes to nnPU rows…
     for name in ("pvu-paper-L0", "pn-paper-L0", "mixit-paper-L0"):
         assert "--pvu-steps" not in row_args(name, _opts(tmp_path, tmp_path, pvu_steps=50))  # …not to the others
+    assert "--minutes" not in small
+    budget = row_args("pn-paper-L0", _opts(tmp_path, tmp_path, minutes=5.0))  # a time budget reaches every row
+    assert budget[budget.index("--minutes") + 1] == "5.0" and "--minutes" in recipe("pn-paper-L0", _opts(
+        tmp_path, tmp_path, minutes=5.0))  # and is part of the recipe: a row trained for 5 min is not a 10-min row
     power = row_args("pu-power-L0", _opts(tmp_path, tmp_path))
     assert power.count("--compress") == 1 and power[power.index("--compress") + 1] == "power"
     for name in ROWS:  # every row names its output folder after itself
@@ -217,7 +221,8 @@ def test_a_damaged_row_record_is_a_one_line_error_and_a_users_folder_is_not_dele
 
 @pytest.mark.parametrize(("kw", "words"), [({"lr": float("nan")}, "--lr must be a finite number"),
                                            ({"preset": "foo"}, "unknown preset 'foo'"),
-                                           ({"batch_size": 0}, "--batch-size must be ≥ 1")])
+                                           ({"batch_size": 0}, "--batch-size must be ≥ 1"),
+                                           ({"minutes": 0.0}, "--minutes must be above 0")])
 def test_a_bad_shared_option_is_refused_before_the_test_set_and_any_row(tmp_path, kw, words):
     from rtpulse.errors import RtpulseError
 
@@ -227,8 +232,6 @@ def test_a_bad_shared_option_is_refused_before_the_test_set_and_any_row(tmp_path
 
 
 def test_the_recipe_is_the_same_for_the_same_folders_named_two_ways(tmp_path, monkeypatch):
-    from benchmarks.training_table import recipe
-
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
     relative = recipe("pn-paper-L0", _opts(Path("data"), Path("table")))

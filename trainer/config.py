@@ -53,6 +53,8 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     steps_per_epoch: int = 100
+    # a time budget: after its first epoch the run sets `epochs` to what fits (`epochs` the cap) and clears this
+    minutes: float | None = None
     batch_size: int = 8
     lr: float = 3e-4
     warmup_steps: int = 0
@@ -159,6 +161,8 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "dev_count"):
             if getattr(self, name) < 1:
                 raise RtpulseError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if self.minutes is not None and not 0 < self.minutes <= 1e6:
+            raise RtpulseError(f"--minutes must be above 0 (and at most 10^6), got {self.minutes:g}")
         steps = self.epochs * self.steps_per_epoch
         if self.method == "pu" and self.risk != "pvu" and self.pvu_steps >= steps:
             # warm-start epochs never compete for best: best.safetensors would stay epoch 1 whatever the scores

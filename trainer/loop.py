@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 
@@ -14,6 +16,7 @@ from trainer.config import effective_precision
 from trainer.ddp import rank_seed
 
 REFRESH_STEPS = 10  # host syncs for the live line happen this often, not every step
+_clock = time.monotonic  # the --minutes budget's clock (a test replaces it)
 
 
 def _live(avg: dict, cfg) -> str:
@@ -37,13 +40,17 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
     )
     with progress:
         task = progress.add_task("train", total=cfg.steps_per_epoch, epoch=0, rate=0.0, diag="")
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        first, started = state["epoch"] + 1, _clock()
+        epoch = state["epoch"]
+        while epoch < cfg.epochs:  # a --minutes budget sets cfg.epochs after the first epoch
+            epoch += 1
             seed = rank_seed(cfg.seed, epoch, d.rank)
             gen = torch.Generator(device=d.device).manual_seed(seed)
             torch.manual_seed(seed + 1)  # dropout's stream, also per (epoch, rank)
             if hasattr(recipe, "set_epoch"):
                 recipe.set_epoch(epoch)
-            progress.reset(task, total=cfg.steps_per_epoch, epoch=f"{epoch}/{cfg.epochs}", rate=0.0, diag="")
+            of = f"{cfg.epochs}" if cfg.minutes is None else f"? ({cfg.minutes:g} min)"
+            progress.reset(task, total=cfg.steps_per_epoch, epoch=f"{epoch}/{of}", rate=0.0, diag="")
             sums = torch.zeros(len(STAT_KEYS), device=d.device)
             t0 = time.time()
             for i in range(cfg.steps_per_epoch):
@@ -85,8 +92,27 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                     console.print(_epoch_line(record, cfg), highlight=False)
             state["epoch"] = epoch
             d.barrier()
+            if cfg.minutes is not None:
+                cfg = _plan(cfg, d, scheduler, first, _clock() - started, console)
     return {"epochs": state["epoch"], "steps": state["step"], "best_epoch": state["best_epoch"],
             "best_score": state["best_score"], "run_dir": str(run_dir)}
+
+
+def _plan(cfg, d, scheduler, first: int, seconds: float, console):
+    """Turn the --minutes budget into epochs, from the epoch just run (every rank the same: the ranks' mean time);
+    the cosine decay is stretched to end with them, and config.json records them for a resume."""
+    from rtpulse.files import write_text_atomic
+    from trainer.train import _lr_factor, planned_epochs
+
+    seconds = float(d.mean(torch.tensor([seconds], dtype=torch.float64, device=d.device)))
+    planned = dataclasses.replace(cfg, epochs=planned_epochs(cfg, first, seconds), minutes=None)
+    scheduler.lr_lambdas[0] = _lr_factor(planned)
+    if d.main:
+        write_text_atomic(cfg.run_dir / "config.json", json.dumps(planned.to_dict(), indent=1))
+        if console is not None:
+            console.print(f"--minutes {cfg.minutes:g}: epoch {first} took {seconds:.1f} s → {planned.epochs} epochs "
+                          f"(--epochs {cfg.epochs} the cap)", highlight=False)
+    return planned
 
 
 def _validate(model, dev, cfg, device, dev_sisnri, dev_pu_risk) -> dict:

@@ -290,6 +290,16 @@ def _lr_factor(cfg: TrainConfig):
     return factor
 
 
+def planned_epochs(cfg: TrainConfig, first_epoch: int, seconds_per_epoch: float) -> int:
+    """The total for a ``--minutes`` run: the epochs done, plus as many more as fit in the budget at the pace of
+    ``first_epoch`` (its steps, validation and checkpoint), counting ``first_epoch`` itself; at least that epoch,
+    past a P-vs-U warm start (its epochs never compete for best), and at most ``--epochs``."""
+    fit = first_epoch - 1 + max(1, math.floor(cfg.minutes * 60 / max(seconds_per_epoch, 1e-9)))
+    if cfg.method == "pu" and cfg.risk != "pvu":
+        fit = max(fit, cfg.pvu_steps // cfg.steps_per_epoch + 1)
+    return min(cfg.epochs, fit)
+
+
 def _write_line(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -321,7 +331,7 @@ def _metrics_epoch(path: Path, line_no: int, line: str) -> int:
 
 # The options a resume may change (config.json is rewritten with them); any other difference between config.json and
 # the checkpoint's own copy means the file was edited, and the checkpoint would train under a recipe it never had.
-RESUMABLE_CHANGES = frozenset({"out", "epochs", "device", "precision", "command"})
+RESUMABLE_CHANGES = frozenset({"out", "epochs", "minutes", "device", "precision", "command"})
 
 
 def check_resume_matches(run_dir: Path, cfg: TrainConfig, checkpoint: PulseCNN) -> None:
@@ -353,7 +363,9 @@ def resume_config(run_dir: Path, epochs: int | None = None, device: str | None =
             cfg = dataclasses.replace(cfg, val_floor_db=0.0)
     except (OSError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise RtpulseError(f"cannot resume: {path} is not a readable run config ({e})") from None
+    # a new total replaces a time budget not yet turned into epochs (a run killed right after its first epoch)
     return dataclasses.replace(cfg, out=str(run_dir), epochs=cfg.epochs if epochs is None else epochs,
+                               minutes=cfg.minutes if epochs is None else None,
                                device=device or cfg.device, precision=precision or cfg.precision)
 
 
