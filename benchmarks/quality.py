@@ -86,14 +86,14 @@ def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str
     """Pairs as ``rtpulse eval`` makes them (same checks), and its one-line warnings (unpaired, cut to length)."""
     from trainer.evaluate import load_pair, pair_files, pairing_warnings
 
-    pairs, unpaired = pair_files(noisy_root, clean_root)
+    pairs, unpaired, unused = pair_files(noisy_root, clean_root)
     items, cut = [], {}
     for name, n_path, c_path in pairs:
         x, s, cut_samples = load_pair(n_path, c_path)
         if cut_samples:
             cut[name] = cut_samples
         items.append(Item(name, x, s))
-    return items, pairing_warnings(clean_root, unpaired, cut)
+    return items, pairing_warnings(clean_root, unpaired, cut, unused)
 
 
 def add_mixture_options(parser) -> None:

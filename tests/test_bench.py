@@ -369,8 +369,8 @@ def _one_line_error(res) -> str:
 
 
 @pytest.mark.parametrize(("samples", "words"), [
-    (np.zeros(0, np.float32), "holds no samples"),
-    (np.r_[np.zeros(100), np.nan, np.zeros(99)].astype(np.float32), "holds 1 non-finite sample(s)"),
+    (np.zeros(0, np.float32), "holds 0 samples at 16 kHz, under one STFT frame"),
+    (np.r_[np.zeros(1000), np.nan, np.zeros(999)].astype(np.float32), "holds 1 non-finite sample(s)"),
 ])
 def test_bench_quality_refuses_empty_or_non_finite_input(tmp_path, samples, words):
     import soundfile as sf

@@ -168,7 +168,7 @@ def test_bad_floor_db_is_one_line_error(pair, floor):
     assert res.exit_code == 1 and "--floor-db must be -200…0 dB" in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("samples", [100, 4800])  # pystoi fails on the first, returns its 1e-5 sentinel on the second
+@pytest.mark.parametrize("samples", [1024, 4800])  # pystoi fails on the first, returns its 1e-5 sentinel on the second
 def test_too_short_for_stoi_is_a_gap_not_a_score(tmp_path, samples):
     pytest.importorskip("pystoi")
     x = np.random.default_rng(0).standard_normal(samples).astype(np.float32) * 0.1
@@ -200,8 +200,11 @@ def one_line_error(res) -> str:
 
 
 @pytest.mark.parametrize(("which", "samples", "words"), [
-    ("noisy", np.zeros(0, np.float32), "holds no samples"),
-    ("clean", np.zeros(0, np.float32), "holds no samples"),
+    ("noisy", np.zeros(0, np.float32), "holds 0 samples at 16 kHz, under one STFT frame (1024): too short to score"),
+    ("clean", np.zeros(0, np.float32), "holds 0 samples at 16 kHz, under one STFT frame (1024): too short to score"),
+    # one sample is always a scaled copy of another: its SI-SNR would be the ~74 dB cap, entering the mean
+    ("clean", np.full(1, 0.4, np.float32), "holds 1 samples at 16 kHz, under one STFT frame"),
+    ("noisy", np.full(1023, 0.4, np.float32), "holds 1023 samples at 16 kHz, under one STFT frame"),
     ("noisy", np.r_[np.zeros(800), np.nan, np.zeros(799)].astype(np.float32), "holds 1 non-finite sample(s)"),
     ("clean", np.r_[np.full(3, np.inf), np.zeros(1597)].astype(np.float32), "holds 3 non-finite sample(s)"),
     ("clean", np.zeros(1600, np.float32), "is silent (every sample is 0)"),  # SI-SNRi against it: a number, no meaning
@@ -251,7 +254,7 @@ def test_each_mean_says_over_how_many_files(tmp_path):
     rng = np.random.default_rng(0)
     for d in ("noisy", "clean"):
         (tmp_path / d).mkdir()
-    for name, samples in (("long", 16000), ("tiny", 100)):  # pystoi cannot score 100 samples: no STOI for tiny
+    for name, samples in (("long", 16000), ("tiny", 2000)):  # pystoi cannot score 2000 samples: no STOI for tiny
         x = (0.1 * rng.standard_normal(samples)).astype(np.float32)
         sf.write(tmp_path / "clean" / f"{name}.wav", x, 16000, subtype="FLOAT")
         sf.write(tmp_path / "noisy" / f"{name}.wav", x + 0.05 * rng.standard_normal(samples).astype(np.float32),
@@ -313,13 +316,16 @@ def test_synth_refuses_a_huge_seed_and_names_a_file_with_nan(pair, tmp_path):
     assert "n.wav holds NaN or infinite samples" in line and not (tmp_path / "s.json").exists()
 
 
-def test_synth_leaves_out_silent_clean_files_and_silent_crops(tmp_path):
+@pytest.mark.parametrize("room_tone", [0.0, 1e-4])  # digital silence, or a −80 dBFS floor as real recordings have
+def test_synth_leaves_out_silent_clean_files_and_silent_crops(tmp_path, room_tone):
     keep = constant_model(tmp_path / "keep.safetensors", -1.0)
     t = np.arange(16000) / 16000
     for d in ("clean", "noise", "silent"):
         (tmp_path / d).mkdir()
-    # speech for the first 0.25 s, then 1.75 s of digital silence: many 0.5 s crops hold no speech at all
-    voice = np.concatenate([0.4 * np.sin(2 * np.pi * 500 * t[:4000]), np.zeros(28000)]).astype(np.float32)
+    # speech for the first 0.25 s, then 1.75 s of silence: many 0.5 s crops hold no speech at all (mixing scales each
+    # crop to its SNR, so a −80 dBFS floor would become a "speech" reference as loud as any)
+    pause = room_tone * np.random.default_rng(2).standard_normal(28000)
+    voice = np.concatenate([0.4 * np.sin(2 * np.pi * 500 * t[:4000]), pause]).astype(np.float32)
     sf.write(tmp_path / "clean" / "voice.wav", voice, 16000, subtype="FLOAT")
     sf.write(tmp_path / "clean" / "zeros.wav", np.zeros(32000, np.float32), 16000)
     sf.write(tmp_path / "silent" / "zeros.wav", np.zeros(32000, np.float32), 16000)
@@ -363,3 +369,43 @@ def test_without_the_eval_extra_the_report_says_why_pesq_and_stoi_are_absent(pai
     r = run_eval(pair, tmp_path / "m.safetensors")
     assert "pesq_wb and stoi not scored: pip install 'rtpulse[eval]' for them" in r["warnings"]
     assert "pesq_wb" not in r["mean"] and "si_snri" in r["mean"]
+
+
+def test_pairing_by_path_extension_and_name_never_borrows_another_files_partner(tmp_path):
+    from trainer.evaluate import pair_files
+
+    tone = (0.1 * np.sin(np.arange(2048) / 5)).astype(np.float32)
+    for rel in ("noisy/spk_a/001.wav", "noisy/spk_b/001.wav", "clean/spk_a/001.wav",  # spk_b's clean file missing
+                "noisy/x.wav", "noisy/x.flac", "clean/x.wav", "clean/x.flac",  # one name, two formats, two pairs
+                "noisy/snr0/utt.wav", "noisy/snr5/utt.wav", "clean/utt.wav",  # two mixtures of one reference
+                "clean/unused.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / rel, tone, 16000)
+    pairs, unpaired, unused = pair_files(tmp_path / "noisy", tmp_path / "clean")
+    got = {name: str(c.relative_to(tmp_path / "clean")) for name, _, c in pairs}
+    assert got == {"spk_a/001": "spk_a/001.wav", "x.wav": "x.wav", "x.flac": "x.flac", "snr0/utt": "utt.wav",
+                   "snr5/utt": "utt.wav"}
+    assert unpaired == ["spk_b/001"]  # not scored against speaker a's reference
+    assert unused == ["unused.wav"]
+
+
+def test_overlapping_folders_are_refused_and_unused_references_are_said(pair, tmp_path):
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    for noisy, clean in ((pair, pair / "clean"), (pair / "noisy", pair), (pair / "noisy", pair / "noisy")):
+        res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(noisy), "--clean", str(clean)])
+        assert "overlap (one holds the other)" in one_line_error(res)
+    sf.write(pair / "clean" / "spare.wav", np.ones(2048, np.float32) * 0.1, 16000)
+    r = run_eval(pair, keep)
+    assert f"1 clean file(s) in {pair / 'clean'} without a noisy partner: spare.wav" in r["warnings"]
+
+
+def test_long_file_names_stay_whole_in_a_piped_table(pair, tmp_path):
+    long = "clean_fileid_0_snr5_tl-21_" + "x" * 60
+    for side in ("noisy", "clean"):
+        (pair / side / "a" / "utt.wav").rename(pair / side / "a" / f"{long}.wav")
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(pair / "noisy"), "--clean",
+                                   str(pair / "clean")])  # the runner's console is 80 columns, as a pipe's
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.stdout
+    assert long in "".join(ln.split("│")[1].strip() for ln in res.stdout.splitlines() if ln.count("│") > 2)

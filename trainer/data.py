@@ -319,12 +319,18 @@ class Recipe:
         """(noisy, clean) ``[n, length]``; clean is None for real recordings."""
         if self.noisy is not None:
             return standardise(self.noisy.crops(n, length, gen)), None
+        noisy, clean, _ = self.mixtures(n, length, gen)
+        return noisy, clean
+
+    def mixtures(self, n: int, length: int, gen: torch.Generator):
+        """(noisy, clean, speech) ``[n, length]``: the synthetic recipe's mixtures, their clean part, and the speech
+        crops as they were before mixing scaled them (where a silent stretch still looks silent)."""
         speech = self.clean.crops(n, length, gen)
         noise = self.noise_clips(n, length, gen)
         lo, hi = self.snr_range
         snr = lo + (hi - lo) * torch.rand(n, device=speech.device, generator=gen)
         noisy, clean, _ = mix_at_snr(speech, noise, snr)
-        return noisy, clean
+        return noisy, clean, speech
 
     def batch(self, n: int, length: int, gen: torch.Generator) -> Batch:
         noisy, clean = self.noisy_clips(n, length, gen)

@@ -14,7 +14,7 @@ from rtpulse.errors import RtpulseError
 from rtpulse.files import write_text_atomic
 from rtpulse.metrics import perceptual_scores, si_snr_np, si_snri
 from rtpulse.model import PulseCNN
-from rtpulse.stft import HOP, SAMPLE_RATE
+from rtpulse.stft import HOP, N_FFT, SAMPLE_RATE
 from rtpulse.stream import check_floor_db, enhance, stream_offline_equivalent
 from trainer.data import name_list
 
@@ -45,41 +45,64 @@ def score(model: PulseCNN, noisy: np.ndarray, clean: np.ndarray, opts: EvalOptio
     return row
 
 
-def pair_files(noisy_root: Path, clean_root: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pair by path relative to each root (falls back to the bare file name when that is unique); two files pair.
+def pair_files(noisy_root: Path, clean_root: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """Pair by path relative to each root: with its extension first, then without, then by bare file name where that
+    is unique and the clean file is no other noisy file's own partner (``noisy/snr0/utt`` and ``noisy/snr5/utt`` both
+    pair with ``clean/utt``); two files pair.
 
-    Returns (pairs as (name, noisy, clean), names of the noisy files that found no clean partner).
+    Returns (pairs as (name, noisy, clean), noisy files without a clean partner, clean files no pair uses).
     """
     if noisy_root.is_file() and clean_root.is_file():
-        return [(noisy_root.stem, noisy_root, clean_root)], []
-    noisy = find_audio_files(noisy_root)
-    clean = find_audio_files(clean_root)
+        return [(noisy_root.stem, noisy_root, clean_root)], [], []
+    for inner, outer in ((clean_root, noisy_root), (noisy_root, clean_root)):
+        if outer.is_dir() and inner.resolve().is_relative_to(outer.resolve()):  # the same folder too
+            raise RtpulseError(f"--clean {clean_root} and --noisy {noisy_root} overlap (one holds the other): the "
+                               "clean files would be scored as noisy ones; give two separate folders")
+    noisy, clean = find_audio_files(noisy_root), find_audio_files(clean_root)
 
     def rel(p: Path, root: Path) -> str:
-        return p.name if root.is_file() else str(p.relative_to(root).with_suffix(""))
+        return p.name if root.is_file() else str(p.relative_to(root))
 
-    by_rel = {rel(p, clean_root): p for p in clean}
-    by_name: dict[str, list[Path]] = {}
-    for p in clean:
-        by_name.setdefault(p.stem, []).append(p)
-    pairs, unpaired = [], []
+    def group(keys) -> dict[str, list[Path]]:
+        out: dict[str, list[Path]] = {}
+        for key, p in keys:
+            out.setdefault(key, []).append(p)
+        return out
+
+    def unique(table: dict[str, list[Path]], key: str) -> Path | None:
+        found = table.get(key, [])
+        return found[0] if len(found) == 1 else None
+
+    exact = {rel(p, clean_root): p for p in clean}
+    loose = group((str(Path(rel(p, clean_root)).with_suffix("")), p) for p in clean)
+    by_name = group((p.stem, p) for p in clean)
+    # a name without its extension, unless two noisy files share it (x.wav and x.flac keep theirs)
+    stems = group((str(Path(rel(p, noisy_root)).with_suffix("")), p) for p in noisy)
+    names = {p: key if len(ps) == 1 else rel(p, noisy_root) for key, ps in stems.items() for p in ps}
+    matched: dict[Path, Path] = {}
     for p in noisy:
         key = rel(p, noisy_root)
-        match = by_rel.get(key) or (by_name[p.stem][0] if len(by_name.get(p.stem, [])) == 1 else None)
-        if match is not None:
-            pairs.append((key, p, match))
-        else:
-            unpaired.append(key)
+        found = exact.get(key) or unique(loose, str(Path(key).with_suffix("")))
+        if found is not None:
+            matched[p] = found
+    claimed = set(matched.values())
+    for p in noisy:
+        if p not in matched and (found := unique(by_name, p.stem)) is not None and found not in claimed:
+            matched[p] = found
+    pairs = [(names[p], p, matched[p]) for p in noisy if p in matched]
+    unpaired = [names[p] for p in noisy if p not in matched]
+    used = set(matched.values())
+    unused = [rel(p, clean_root) for p in clean if p not in used]
     if not pairs:
         raise RtpulseError(f"no file in {noisy_root} has a clean partner of the same name in {clean_root}")
-    return pairs, unpaired
+    return pairs, unpaired, unused
 
 
 def load_checked(path: Path) -> np.ndarray:
     """Mono 16 kHz ``[T]``; an empty file or one with NaN/inf samples is an error (its scores would be 0 or NaN)."""
     x = load_mono(path, SAMPLE_RATE)
-    if x.size == 0:
-        raise RtpulseError(f"{path} holds no samples")
+    if x.size < N_FFT:  # SI-SNR of a few samples is any number (one sample is always a scaled copy)
+        raise RtpulseError(f"{path} holds {x.size} samples at 16 kHz, under one STFT frame ({N_FFT}): too short to score")
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
         raise RtpulseError(f"{path} holds {bad} non-finite sample(s) (NaN or inf): its scores would be NaN")
@@ -105,11 +128,14 @@ def load_pair(noisy_path: Path, clean_path: Path) -> tuple[np.ndarray, np.ndarra
     return x[:n], s[:n], cut
 
 
-def pairing_warnings(clean_root: Path, unpaired: list[str], cut: dict[str, int]) -> list[str]:
-    """One line each: noisy files left out for want of a clean partner; pairs scored over the shorter file."""
+def pairing_warnings(clean_root: Path, unpaired: list[str], cut: dict[str, int], unused: list[str]) -> list[str]:
+    """One line each: noisy files left out for want of a clean partner; clean files no pair used; pairs scored over
+    the shorter file."""
     out = []
     if unpaired:
         out.append(f"{len(unpaired)} noisy file(s) without a clean partner in {clean_root} skipped: {name_list(unpaired)}")
+    if unused:
+        out.append(f"{len(unused)} clean file(s) in {clean_root} without a noisy partner: {name_list(unused)}")
     if cut:
         ms = max(cut.values()) * 1000 / SAMPLE_RATE
         out.append(f"{len(cut)} pair(s) differ in length (by up to {ms:.1f} ms), scored over the shorter: "
@@ -140,7 +166,7 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, 
 def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: EvalOptions) -> dict:
     from rich.progress import track
 
-    pairs, unpaired = pair_files(noisy_root, clean_root)
+    pairs, unpaired, unused = pair_files(noisy_root, clean_root)
     rows, cut = [], {}
     from rtpulse.cli_common import console
 
@@ -151,7 +177,7 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
         if cut_samples:
             cut[name] = cut_samples
         rows.append({"name": name, **score(model, x, s, opts)})
-    warnings = pairing_warnings(clean_root, unpaired, cut)
+    warnings = pairing_warnings(clean_root, unpaired, cut, unused)
     return _result(model, rows, opts, {"noisy": str(noisy_root), "clean": str(clean_root)}, warnings)
 
 
@@ -159,7 +185,7 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
 SYNTH_COUNT_MAX = 10_000
 SYNTH_SECONDS_MAX = 600.0
 SYNTH_TOTAL_SECONDS_MAX = 3600.0
-SILENT_REF = 1e-6  # a reference 60 dB below its mixture: the mixtures here are −5…10 dB SNR
+SILENT_CROP = 1e-4  # a speech crop 40 dB below the speech files' mean power: silence or room tone, no speech
 
 
 def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
@@ -180,16 +206,18 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     clean = AudioBank.from_files(list_audio(clean_root, "--clean"), cache)
     noise = AudioBank.from_files(list_audio(noise_root, "--noise"), cache)
     gen = torch.Generator().manual_seed(seed)
-    noisy, ref = Recipe("pn", noise, clean=clean).noisy_clips(count, round(seconds * SAMPLE_RATE), gen)
+    noisy, ref, speech = Recipe("pn", noise, clean=clean).mixtures(count, round(seconds * SAMPLE_RATE), gen)
     warnings = [f"left out {len(bank.left_out)} empty or silent {what} file(s): {name_list(bank.left_out)}"
                 for bank, what in ((clean, "--clean"), (noise, "--noise")) if bank.left_out]
-    # a crop from a silent stretch of speech: SI-SNR against a (near) zero reference measures nothing
-    silent = {i for i in range(count) if float(ref[i].square().sum()) <= SILENT_REF * float(noisy[i].square().sum())}
+    # a crop from a silent stretch of speech: SI-SNR against its (amplified) room tone measures nothing. Judged before
+    # mixing, which scales every crop to its SNR: a crop 40 dB below the --clean files' mean power holds no speech
+    floor = SILENT_CROP * float(clean.samples.double().square().mean())
+    silent = {i for i in range(count) if float(speech[i].double().square().mean()) <= floor}
     if len(silent) == count:
         raise RtpulseError("every mixture's clean crop is silent: the --clean files hold too little speech to score")
     if silent:
-        warnings.append(f"left out {len(silent)} of {count} mixtures whose clean crop is silent (60 dB below the "
-                        f"mixture): {name_list([f'mix-{i:04d}' for i in sorted(silent)])}")
+        warnings.append(f"left out {len(silent)} of {count} mixtures whose clean crop is silent (40 dB below the "
+                        f"--clean files' mean power): {name_list([f'mix-{i:04d}' for i in sorted(silent)])}")
     rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)}
             for i in range(count) if i not in silent]
     source = {"clean": str(clean_root), "noise": str(noise_root), "seed": seed, "seconds": seconds}
@@ -202,7 +230,7 @@ def print_table(result: dict, console) -> None:
 
     cols = [k for k in SCORES if k in result["mean"]]
     table = Table(title=f"{result['engine']} engine, {result['mask']} mask")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")  # piped (80 columns), a long name wraps whole instead of "…"
     for k in cols:
         table.add_column(k, justify="right")
 
