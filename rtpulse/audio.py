@@ -85,12 +85,18 @@ OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
+VORBIS_MAX_RATE = 200_000  # 200,001 Hz and up: a segmentation fault inside libvorbis (through libsndfile)
+
+
 def check_output_rate(path: str | os.PathLike, rate: int) -> None:
     """Opus and MP3 store only a few rates (libsndfile's own error for others is cryptic, and comes after the work)."""
     fmt, subtype = output_format(path)
     if subtype == "OPUS" and rate not in OPUS_RATES:
         raise RtpulseError(f"cannot write {Path(path)}: Opus stores 8, 12, 16, 24 or 48 kHz, this audio is {rate} Hz "
                            "(write .ogg or .flac instead)")
+    if fmt == "OGG" and subtype != "OPUS" and rate > VORBIS_MAX_RATE:  # libvorbis crashes the process above it
+        raise RtpulseError(f"cannot write {Path(path)}: Vorbis stores at most {VORBIS_MAX_RATE // 1000} kHz, this audio "
+                           f"is {rate} Hz (write .flac or .wav instead)")
     if fmt == "MP3" and rate not in MP3_RATES:
         raise RtpulseError(f"cannot write {Path(path)}: MP3 stores 8 to 48 kHz (8, 11.025, 12, 16, 22.05, 24, 32, "
                            f"44.1, 48), this audio is {rate} Hz (write .flac or .wav instead)")

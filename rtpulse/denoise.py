@@ -105,7 +105,8 @@ def plan_outputs(inputs: list[Path], output: str | os.PathLike, force: bool) -> 
     to_dir = len(inputs) > 1 or output.is_dir() or slash
     if to_dir:
         if output.exists() and not output.is_dir():
-            raise RtpulseError(f"several inputs need -o to be a directory, but {output} is a file")
+            why = "several inputs need" if len(inputs) > 1 else "a name ending in / asks for"
+            raise RtpulseError(f"{why} -o to be a directory, but {output} is a file")
         # "-o fx.wav" with two inputs is a slip (e.g. "--force true" made "true" an input), not a folder name
         if not output.is_dir() and len(inputs) > 1 and _names_audio_file(output):
             raise RtpulseError(f"-o {output} names a file, but {len(inputs)} inputs were given; give a folder")
@@ -249,7 +250,9 @@ def _trim(blocks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
 
 def _read_blocks(f: sf.SoundFile, src: Path, blocksize: int) -> Iterator[np.ndarray]:
     try:
-        for block in f.blocks(blocksize=blocksize, dtype="float32", always_2d=True):
+        # read() until it returns nothing, not SoundFile.blocks(): that one trusts the header's length and, on a cut
+        # MP3, went on yielding its reused buffer (the last block again) up to the length the header promised
+        while (block := f.read(blocksize, dtype="float32", always_2d=True)).size:
             yield sanitize(to_mono(block))  # sanitise before resampling: its filter would smear NaN around
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise RtpulseError(f"cannot read {src}: {str(e).splitlines()[0]}") from None
@@ -266,23 +269,45 @@ def _open_input(src: Path) -> sf.SoundFile:
         raise RtpulseError(f"cannot read {src} as audio: {str(e).splitlines()[0]}") from None
 
 
-def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> int:
+CLIP_SLACK = 0.01  # an output louder than full scale by more than this is worth a warning where the format clips
+RIFF_MAX_DATA = 2**32 - 1 - 4096  # WAV, AIFF and AU sizes are 32-bit fields (less the header's room)
+SAMPLE_BYTES = {"FLOAT": 4, "DOUBLE": 8, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4}
+
+
+def large_file_format(dst: Path, fmt: str, subtype: str | None, frames: int) -> str:
+    """The container for ``frames`` mono samples: a float WAV past 4 GiB (6.2 h at 48 kHz) becomes RF64 (still .wav,
+    which libsndfile and ffmpeg read; plain WAV kept only its first 4 GiB); AIFF or AU that large is refused."""
+    size = frames * SAMPLE_BYTES.get(subtype or sf.default_subtype(fmt), 4)
+    if size <= RIFF_MAX_DATA:
+        return fmt
+    if fmt == "WAV":
+        return "RF64"
+    if fmt in ("AIFF", "AU"):
+        raise RtpulseError(f"cannot write {dst}: {size / 2**30:.1f} GiB of samples is past {fmt}'s 4 GiB; write .wav "
+                           "(RF64) or .flac instead")
+    return fmt
+
+
+def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int, frames: int = 0) -> tuple[int, float]:
     """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end; returns how
-    many samples beyond ±1 the format clipped (0 for float WAV, Vorbis and MP3, which keep any level).
+    many samples beyond ±1 the format clipped, and the loudest of them (0 for float WAV, Vorbis, Opus and MP3, which
+    keep any level).
 
     Any failure — in the writer, in the rename, or in whatever produces the blocks (including
     KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
     """
     fmt, subtype = output_format(dst)
-    # float WAV, Vorbis and MP3 store any level; FLAC, AIFF, AU (integers) and Opus clip at ±1
-    keeps_any_level = subtype in ("FLOAT", "DOUBLE") or fmt == "MP3" or (fmt == "OGG" and subtype != "OPUS")
-    clipped = 0
+    fmt = large_file_format(dst, fmt, subtype, frames)  # ``frames``: how many samples will come
+    # float WAV, Vorbis, Opus and MP3 store any level (checked by reading them back); FLAC, AIFF, AU (integers) clip
+    keeps_any_level = subtype in ("FLOAT", "DOUBLE") or fmt in ("MP3", "OGG")
+    clipped, peak = 0, 0.0
     tmp = temp_beside(dst)
     try:
         with sf.SoundFile(libsndfile_path(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
             for block in blocks:
                 if not keeps_any_level:
                     clipped += int(np.count_nonzero(np.abs(block) > 1.0))
+                    peak = max(peak, float(np.abs(block).max(initial=0.0)))
                 f.write(block)
         os.replace(tmp, dst)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -290,7 +315,7 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int) -> i
         raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0].replace(str(tmp), str(dst))}") from None
     finally:
         discard(tmp)
-    return clipped
+    return clipped, peak
 
 
 def denoise_file(
@@ -315,16 +340,15 @@ def denoise_file(
             raise RtpulseError(f"{src} holds no samples")
         check_input_rate(src, rate)
         check_output_rate(dst, rate)  # the output keeps the input's rate: refused before any work
+        large_file_format(dst, *output_format(dst), n_in)  # an AIFF past 4 GiB, too
         piece = HOP * chunk_frames
         block_in = max(1, piece * rate // SAMPLE_RATE)
 
-        peak = 0.0
+        done = 0
 
         def read() -> Iterator[np.ndarray]:
-            nonlocal peak
-            done = 0
+            nonlocal done
             for block in _read_blocks(f, src, block_in):
-                peak = max(peak, float(np.abs(block).max(initial=0.0)))
                 done += block.size
                 if on_progress is not None:
                     on_progress(min(1.0, done / n_in))
@@ -342,9 +366,13 @@ def denoise_file(
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RtpulseError(f"cannot create the output folder {dst.parent}: {e.strerror}") from None
-        clipped = write_blocks_atomic(dst, out, rate)
-    # only for an input past full scale: a full-scale one can overshoot by ~0.1 % after resampling, inaudibly
-    if clipped and peak > 1.0 and on_warning is not None:
-        on_warning(f"{dst}: {clipped} samples beyond full scale (±1) were clipped, as the input is louder than "
-                   f"{dst.suffix} can hold; write .wav to keep them")
+        clipped, loudest = write_blocks_atomic(dst, out, rate, n_in)
+    if done < n_in and on_warning is not None:  # a cut MP3's header still announces the whole file
+        on_warning(f"{src}: only {done / rate:.2f} s of the {n_in / rate:.2f} s its header announces could be read "
+                   f"(a cut or damaged file?); the rest of {dst} is silence")
+    # not for the hair (~0.1 %) a full-scale recording overshoots by after resampling; a clipped recording denoised
+    # can overshoot by 10–30 %, an input past full scale by more
+    if clipped and loudest > 1.0 + CLIP_SLACK and on_warning is not None:
+        on_warning(f"{dst}: {clipped} samples beyond full scale (±1) were clipped (the loudest at {loudest:.2f}), as "
+                   f"{dst.suffix} holds at most full scale; write .wav to keep them")
     return n_in / rate

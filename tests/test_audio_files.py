@@ -56,7 +56,11 @@ def test_denoise_refuses_an_absurd_rate_and_an_opus_rate_before_work(tmp_path):
     res = CliRunner().invoke(app, ["denoise", str(tmp_path / "hi.wav"), "-o", str(tmp_path / "out.mp3")])
     assert res.exit_code == 1 and f"cannot write {tmp_path / 'out.mp3'}: MP3 stores 8 to 48 kHz" in res.output
     assert "this audio is 96000 Hz" in res.output and ".tmp-" not in res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.wav", "hi.wav", "r.wav"]
+    # DXD's 352.8 kHz as Vorbis: libvorbis would kill the process (SIGSEGV) and leave the temp file
+    sf.write(str(tmp_path / "dxd.wav"), np.zeros(3528, np.float32), 352800)
+    res = CliRunner().invoke(app, ["denoise", str(tmp_path / "dxd.wav"), "-o", str(tmp_path / "out.ogg")])
+    assert res.exit_code == 1 and "Vorbis stores at most 200 kHz, this audio is 352800 Hz" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.wav", "dxd.wav", "hi.wav", "r.wav"]
 
 
 def test_audio_files_are_found_through_linked_folders_once_and_a_link_loop_ends(tmp_path):

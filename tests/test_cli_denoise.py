@@ -249,6 +249,11 @@ def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path):
     line = _one_line_error(runner.invoke(app, ["denoise", str(src), "-o", str(notes / "x.wav"),
                                                "-m", str(make_model(tmp_path))]))
     assert f"{notes} is a file, not a folder" in line
+    for out, why in ((f"{notes}/", "a name ending in / asks for"), (str(notes), "several inputs need")):
+        inputs = [str(src)] if out.endswith("/") else [str(src), str(src.with_name("in2.wav"))]
+        sf.write(src.with_name("in2.wav"), noisy_signal(0.3), 16000)
+        line = _one_line_error(runner.invoke(app, ["denoise", *inputs, "-o", out, "-m", str(make_model(tmp_path))]))
+        assert f"{why} -o to be a directory, but {notes} is a file" in line
     assert notes.read_text() == "mine"
 
 
@@ -366,3 +371,30 @@ def test_a_format_that_cannot_hold_a_loud_output_says_it_clipped(tmp_path):
              subtype="PCM_16")
     r = runner.invoke(app, ["denoise", str(tmp_path / "full.wav"), "-o", str(tmp_path / "full.flac"), "-m", str(path)])
     assert r.exit_code == 0 and "warning" not in r.output, r.output
+    # a hot recording, clipped at −0.1 dBFS: inside full scale, yet its denoised square-ish waves overshoot it
+    hot = np.clip(noisy_signal(2.0, seed=1) * 6, -0.99, 0.99).astype(np.float32)
+    sf.write(tmp_path / "hot.wav", hot, 16000, subtype="PCM_16")
+    r = runner.invoke(app, ["denoise", str(tmp_path / "hot.wav"), "-o", str(tmp_path / "hot.wav.wav"), "-m", str(path)])
+    kept = sf.read(tmp_path / "hot.wav.wav", dtype="float32")[0]
+    assert r.exit_code == 0 and np.abs(kept).max() > 1.01, r.output  # float WAV keeps the overshoot, says nothing
+    assert "warning" not in r.output
+    r = runner.invoke(app, ["denoise", str(tmp_path / "hot.wav"), "-o", str(tmp_path / "hot.flac"), "-m", str(path)])
+    over = int(np.count_nonzero(np.abs(kept) > 1.0))
+    assert f"warning: {tmp_path / 'hot.flac'}: {over} samples beyond full scale (±1) were clipped (the loudest at " \
+        f"{np.abs(kept).max():.2f})" in r.output
+    r = runner.invoke(app, ["denoise", str(src), "-o", str(tmp_path / "o.opus"), "-m", str(path)])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output  # Opus stores any level too
+    assert np.abs(sf.read(tmp_path / "o.opus", dtype="float32")[0]).max() > 2
+
+
+def test_a_wav_piped_in_through_dev_stdin_is_denoised_as_the_file(tmp_path):
+    model = make_model(tmp_path)
+    src = tmp_path / "in.wav"
+    sf.write(src, noisy_signal(0.7), 22050)  # resampled on the way: more than one read
+    ref = runner.invoke(app, ["denoise", str(src), "-o", str(tmp_path / "file.wav"), "-m", str(model)])
+    assert ref.exit_code == 0, ref.output
+    # `cat in.wav | rtpulse denoise /dev/stdin -o …`: a pipe cannot seek (SoundFile.blocks refused it)
+    res = subprocess.run([sys.executable, "-m", "rtpulse.cli", "denoise", "/dev/stdin", "-o", str(tmp_path / "pipe.wav"),
+                          "-m", str(model)], input=src.read_bytes(), capture_output=True, check=False, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    np.testing.assert_array_equal(sf.read(tmp_path / "pipe.wav")[0], sf.read(tmp_path / "file.wav")[0])

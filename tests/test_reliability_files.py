@@ -159,6 +159,46 @@ def test_truncated_data_gives_output_of_the_readable_length(tmp_path, model_path
     np.testing.assert_allclose(y, denoise_array(model, readable, rate, DenoiseOptions()), atol=1e-5)
 
 
+def test_a_cut_mp3_whose_header_promises_more_gives_silence_not_repeated_audio(tmp_path, model_path, model):
+    src = tmp_path / "cut.mp3"
+    sf.write(src, _signal(6 * 22050, 1)[:, 0], 22050)  # a header (Xing) that announces 6 s
+    raw = src.read_bytes()
+    src.write_bytes(raw[: len(raw) * 2 // 5])  # an interrupted download
+    readable, rate = sf.read(src, dtype="float32")
+    announced = sf.info(src).frames
+    assert 0 < readable.size < announced - 22050  # the case: libsndfile reads less than the header says
+    r = _denoise([src, "-o", tmp_path / "o.wav", "-m", model_path])
+    assert r.exit_code == 0, r.output
+    assert f"only {readable.size / rate:.2f} s of the {announced / rate:.2f} s its header announces" in r.output
+    y = sf.read(tmp_path / "o.wav", dtype="float32")[0]
+    assert y.size == announced  # the length it announced, as a player shows it
+    # what was read is denoised as that audio alone; after it, silence (SoundFile.blocks repeated its last block)
+    np.testing.assert_allclose(y[: readable.size - 4096], denoise_array(model, readable, rate, DenoiseOptions())[
+        : readable.size - 4096], atol=1e-4)
+    assert np.abs(y[readable.size + 4096 :]).max() < 1e-6
+
+
+def test_a_wav_past_4_gib_is_written_as_rf64_and_an_aiff_that_large_refused(tmp_path, model_path, model, monkeypatch):
+    import rtpulse.denoise
+
+    src = tmp_path / "long.wav"
+    x = _signal(16000, 1)
+    sf.write(src, x, 16000)
+    r = _denoise([src, "-o", tmp_path / "plain.wav", "-m", model_path])
+    assert r.exit_code == 0, r.output
+    assert sf.info(tmp_path / "plain.wav").format == "WAV"
+    # the 4 GiB of a RIFF size field, scaled down to this second of audio (64,000 bytes of float samples)
+    monkeypatch.setattr(rtpulse.denoise, "RIFF_MAX_DATA", 63_999)
+    r = _denoise([src, "-o", tmp_path / "big.wav", "-m", model_path])
+    assert r.exit_code == 0, r.output
+    assert sf.info(tmp_path / "big.wav").format == "RF64"  # plain WAV would keep only what its size field counts
+    np.testing.assert_array_equal(sf.read(tmp_path / "big.wav")[0], sf.read(tmp_path / "plain.wav")[0])
+    monkeypatch.setattr(rtpulse.denoise, "RIFF_MAX_DATA", 31_999)  # AIFF writes 16-bit samples: 32,000 bytes
+    r = _denoise([src, "-o", tmp_path / "big.aiff", "-m", model_path])
+    _assert_one_line_error(r, "past AIFF's 4 GiB; write .wav (RF64) or .flac instead")
+    assert not (tmp_path / "big.aiff").exists()
+
+
 def test_one_sample_file_gives_one_sample(tmp_path, model_path):
     src = tmp_path / "one.wav"
     sf.write(src, np.array([[0.5]], np.float32), 44100)
