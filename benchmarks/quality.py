@@ -121,6 +121,8 @@ def generated_set(
     for name, value, low in (("--seconds", seconds, 1 / 16), ("--min-speech-seconds", min_seconds, 0.0)):
         if not low <= value < float("inf"):
             raise RtpulseError(f"{name} must be a finite number ≥ {low:g}, got {value}")
+    if not -200 <= reference_floor_db <= 0:  # NaN fails this too (and kept every file, then broke the JSON)
+        raise RtpulseError(f"--reference-floor-db must be −200…0 dB (0 keeps all), got {reference_floor_db}")
     if not -80 <= level_dbfs <= 0:  # NaN fails this too
         raise RtpulseError(f"--level-dbfs must be −80…0 dB, got {level_dbfs}")
     if not 0 <= seed < 2**32:

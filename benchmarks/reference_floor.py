@@ -17,6 +17,7 @@ import numpy as np
 from benchmarks.latency import _save_fig, have_matplotlib
 from benchmarks.quality import DEFAULT_DATA, REFERENCE_FLOOR_DB, generated_set
 from rtpulse.errors import RtpulseError
+from rtpulse.files import check_output_file
 
 
 def floors_by_file(result: dict, data: Path) -> dict[str, float]:
@@ -24,7 +25,11 @@ def floors_by_file(result: dict, data: Path) -> dict[str, float]:
     none) and measure each reference's noise floor. Refuses when the set does not match the run's files."""
     from trainer.data import noise_floor_db
 
-    ts = result["test_set"]
+    ts = result.get("test_set") if isinstance(result, dict) else None
+    if not isinstance(ts, dict) or not isinstance(result.get("systems"), dict):
+        raise RtpulseError("not a quality.json of `rtpulse bench quality` (no test_set and systems)")
+    if "count" not in ts:
+        raise RtpulseError("its files were given (--noisy/--clean), not generated: there is no set to regenerate")
     items = generated_set(
         data, ts["count"], ts["seconds_max"], ts["seed"], ts["speech_min_seconds"],
         reference_floor_db=ts.get("reference_floor_db", 0.0),
@@ -78,7 +83,9 @@ def main() -> None:
     p.add_argument("--systems", nargs="*", default=["rtpulse (shipped) offline", "RNNoise", "DeepFilterNet3"])
     p.add_argument("--out", type=Path, default=None, help="PNG (default: reference_floor.png beside the JSON)")
     args = p.parse_args()
+    out = args.out or args.quality_json.with_name("reference_floor.png")
     try:
+        check_output_file(out, (args.quality_json,))  # a folder, or a path under a file: before minutes of decoding
         result = json.loads(args.quality_json.read_text())
         floors = floors_by_file(result, args.data)
     except (OSError, ValueError, KeyError, RtpulseError) as e:
@@ -87,8 +94,10 @@ def main() -> None:
         print(f"{name:34s} floor ≤ {args.split_db:g} dB: {row['quiet']:+.2f} ({row['n_quiet']} files)   "
               f"> {args.split_db:g} dB: {row['background']:+.2f} ({row['n_background']} files)")
     if have_matplotlib():
-        out = args.out or args.quality_json.with_name("reference_floor.png")
-        plot(result, floors, [s for s in args.systems if s in result["systems"]], out, args.split_db)
+        try:
+            plot(result, floors, [s for s in args.systems if s in result["systems"]], out, args.split_db)
+        except (OSError, RtpulseError) as e:
+            sys.exit(f"error: cannot write {out}: {e}")
         print(f"wrote {out}")
 
 

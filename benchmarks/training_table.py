@@ -146,6 +146,9 @@ def check_options(opts: TableOptions) -> None:
                 device=opts.device, precision=opts.precision, gamma=opts.gamma).validate()
     if opts.select_mask not in ("reference", "soft", "binary"):
         raise RtpulseError(f"--select-mask must be reference, soft or binary, got {opts.select_mask!r}")
+    for part in ("speech/train", "noise/train", "speech/dev", "noise/dev"):  # else each row fails on its own, late
+        if not (d / part).is_dir():
+            raise RtpulseError(f"no {d / part}: --data needs speech/train, noise/train, speech/dev and noise/dev")
 
 
 MACHINE_OPTIONS = ("--device", "--precision", "--cache", "--out")  # where a row runs, not what it trains
@@ -175,6 +178,47 @@ def _options(args: list[str]) -> dict[str, str]:
     return out
 
 
+def _trainer_defaults() -> dict[str, object]:
+    from trainer.config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _as_trained(options: dict[str, str]) -> dict[str, str]:
+    """The options as the trainer took them: one equal to its default is left out (an old row's command without
+    --gamma trained with γ = 1, as a new one saying --gamma 1.0), and so are PU options of a PN or MixIT row (the
+    trainer ignored them before it refused them)."""
+    from trainer.config import PU_ONLY
+
+    defaults = _trainer_defaults()
+    pu = options.get("--method", defaults["method"]) == "pu"
+    out = {}
+    for key, value in options.items():
+        name = key[2:].replace("-", "_")
+        if name in PU_ONLY and not pu:
+            continue
+        default = defaults.get(name)
+        if default is not None and not isinstance(default, bool) and _canonical(value) == _canonical(str(default)):
+            continue
+        out[key] = value
+    return out
+
+
+def _said(key: str, options: dict[str, str]) -> str:
+    if key in options:
+        return f"{key} {options[key]}".strip()
+    default = _trainer_defaults().get(key[2:].replace("-", "_"))
+    return f"no {key}" if default is None or isinstance(default, bool) else f"{key} {default} (the default)"
+
+
+def _canonical(value: str | None) -> str | None:
+    """A number in one spelling ("1", "1.0", "1e0"); anything else as given."""
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return value
+
+
 def check_recipe(name: str, then: list[str] | None, now: list[str], where: Path, command: str | None = None) -> None:
     """A row trained with other settings is refused, not reported under these, option by option. A row from before
     recipes were recorded is checked against the command that trained it (its data paths aside); one resumed from
@@ -188,10 +232,10 @@ def check_recipe(name: str, then: list[str] | None, now: list[str], where: Path,
         new = {k: v for k, v in _options(now).items() if k not in drop}
     else:
         old, new = _options(then), _options(now)
+    old_set, new_set = _as_trained(old), _as_trained(new)
     for key in [*new, *(k for k in old if k not in new)]:
-        if old.get(key) != new.get(key):
-            was = f"{key} {old[key]}".strip() if key in old else f"no {key}"
-            is_ = f"{key} {new[key]}".strip() if key in new else f"no {key}"
+        if _canonical(old_set.get(key)) != _canonical(new_set.get(key)):
+            was, is_ = _said(key, old), _said(key, new)
             raise RtpulseError(f"row {name} in {where} was trained with '{was}', not '{is_}': give a new --out, or "
                                f"delete {where / 'rows' / (name + '.json')} and {where / 'runs' / name} to train it again")
 
@@ -242,7 +286,15 @@ def score_model(path: Path, items) -> dict:
         keys = ("si_snri", "pesq_wb", "stoi")
         out[mask] = {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys
                      if any(r.get(k) is not None for r in rows)}
+        # PESQ refuses some files (too short, silent output): a mean over fewer says so in its cell
+        out[mask]["files"] = {k: sum(r.get(k) is not None for r in rows) for k in keys}
     return out
+
+
+def _cell(scores: dict, key: str, digits: int, count: int) -> str:
+    value = f"{scores.get(key, float('nan')):.{digits}f}"
+    n = scores.get("files", {}).get(key, count)
+    return value if n == count else f"{value} (n {n} of {count})"
 
 
 def run_table(opts: TableOptions) -> dict:
@@ -254,7 +306,7 @@ def run_table(opts: TableOptions) -> dict:
     items = generated_set(
         opts.data, opts.count, opts.seconds, opts.seed, opts.min_speech_seconds, reference_floor_db=opts.reference_floor_db
     )
-    test_set = {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed, "data": str(opts.data),
+    test_set = {"count": opts.count, "seconds": opts.seconds, "seed": opts.seed, "data": str(Path(opts.data).resolve()),
                 "reference_floor_db": opts.reference_floor_db, "min_speech_seconds": opts.min_speech_seconds}
     (opts.out / "rows").mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -280,7 +332,7 @@ def run_table(opts: TableOptions) -> dict:
             "test_set": test_set,
         }
         write_text_atomic(done, json.dumps(row, indent=1))
-    return write_table(opts.out, test_set)
+    return write_table(opts.out, test_set, opts)
 
 
 def read_row(path: Path) -> dict:
@@ -295,8 +347,9 @@ def read_row(path: Path) -> dict:
     return row
 
 
-def write_table(out: Path, test_set: dict) -> dict:
-    """Table of every finished row in ``out/rows`` → training_table.md/.json (+ .png)."""
+def write_table(out: Path, test_set: dict, opts: TableOptions) -> dict:
+    """Table of every finished row in ``out/rows`` → training_table.md/.json (+ .png); a row another call trained
+    with other shared settings (`--only` into the same folder) is marked ‡, not passed off as this recipe's."""
     rows = [read_row(p) for p in sorted((out / "rows").glob("*.json"))]
     for r in rows:  # the dev curve at the kept epoch and at the last: does the method hold its best or drift away?
         metrics = out / "runs" / r["name"] / "metrics.jsonl"
@@ -312,7 +365,8 @@ def write_table(out: Path, test_set: dict) -> dict:
         + f"{test_set['seed']}, references with a noise floor ≤ {test_set.get('reference_floor_db', 0):g} dB, −26 dBFS, "
         + "SNR U[−5, 10] dB (as `rtpulse bench quality`); each run's best epoch by the dev SI-SNRi of the mask its "
         + "command's --select-mask names; † = scored on "
-        + "another test set (a row not re-run under these settings)",
+        + "another test set (a row not re-run under these settings); ‡ = trained with other shared settings than "
+        + "the last call's (see its command)",
         "",
         "| row | model | SI-SNRi soft / binary dB | PESQ-WB soft | STOI soft | dev soft: kept (epoch) / last |"
         + " steps | train min | clips/s | device |",
@@ -321,9 +375,11 @@ def write_table(out: Path, test_set: dict) -> dict:
     for r in rows:
         cfg = json.loads(r["model"])
         s, b = r["scores"]["soft"], r["scores"]["binary"]
+        count = r.get("test_set", test_set).get("count", test_set["count"])
+        marks = ("" if r.get("test_set") == test_set else " †") + (" ‡" if _other_recipe(r, opts) else "")
         lines.append(
-            f"| {_what(r)}{'' if r.get('test_set') == test_set else ' †'} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
-            f"{b['si_snri']:+.2f} | {s.get('pesq_wb', float('nan')):.2f} | {s.get('stoi', float('nan')):.3f} | "
+            f"| {_what(r)}{marks} | {cfg['preset']} L={cfg['lookahead']} {cfg['compress']} | {s['si_snri']:+.2f} / "
+            f"{b['si_snri']:+.2f} | {_cell(s, 'pesq_wb', 2, count)} | {_cell(s, 'stoi', 3, count)} | "
             f"{_dev(r)} | "
             f"{r['steps']} | {r['train_seconds'] / 60:.1f} | {r['clips_per_s']:.1f} | {r['device']} |"
         )
@@ -333,6 +389,16 @@ def write_table(out: Path, test_set: dict) -> dict:
     if rows and have_matplotlib():
         _plot(rows, out / "training_table.png")
     return result
+
+
+def _other_recipe(row: dict, opts: TableOptions) -> bool:
+    if row["name"] not in ROWS:
+        return False
+    try:
+        check_recipe(row["name"], row.get("recipe"), recipe(row["name"], opts), opts.out, row.get("command"))
+    except RtpulseError:
+        return True
+    return False
 
 
 def _what(row: dict) -> str:

@@ -336,6 +336,25 @@ def test_reference_floor_groups_each_system_by_its_references_floor(tmp_path):
     run["systems"]["A"]["files"].append({"file": "mix-009-elsewhere", "si_snri": 0.0})
     with pytest.raises(RtpulseError, match="not in the regenerated set"):
         floors_by_file(run, tmp_path / "data")
+    with pytest.raises(RtpulseError, match="not generated: there is no set to regenerate"):  # a --noisy/--clean run
+        floors_by_file({"test_set": {"noisy": "n", "clean": "c"}, "systems": {}}, tmp_path / "data")
+    with pytest.raises(RtpulseError, match="not a quality.json"):
+        floors_by_file([1, 2], tmp_path / "data")
+
+
+@pytest.mark.parametrize("out", ["folder", "under_a_file"])
+def test_reference_floor_refuses_an_unwritable_plot_before_decoding(tmp_path, out):
+    import subprocess
+    import sys
+
+    (tmp_path / "q.json").write_text(json.dumps({"test_set": {"count": 1}, "systems": {}}))
+    (tmp_path / "afile").write_text("x")
+    path = {"folder": tmp_path, "under_a_file": tmp_path / "afile" / "f.png"}[out]
+    run = subprocess.run([sys.executable, "-m", "benchmarks.reference_floor", str(tmp_path / "q.json"), "--data",
+                          str(tmp_path / "nodata"), "--out", str(path)], check=False, capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert {"folder": "is a directory", "under_a_file": "afile"}[out] in run.stderr
+    assert "nodata" not in run.stderr  # refused before the data were looked at
 
 
 def test_a_model_whose_own_mask_is_the_posterior_is_also_scored_with_it(tmp_path):

@@ -56,3 +56,33 @@ def test_headroom_scores_as_the_engine_does_and_splits_noise_from_speech_bins():
     assert expected > 10  # the tone kept, the white noise elsewhere removed
     assert r["irm"] > 15
     assert r["soft_on_speech_bins"] > 0.9 and r["soft_on_noise_bins"] < 0.1  # (the tone's skirts are speech bins too)
+
+
+def test_the_tool_takes_the_quality_sets_filters_and_a_nan_model_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import random_model, write_selection_root
+
+    from rtpulse.model import save_model
+
+    write_selection_root(tmp_path / "data", "dev")  # 4.5 s voices
+    good, bad = tmp_path / "m.safetensors", tmp_path / "nan.safetensors"
+    save_model(random_model("blocks2", 0), good)
+    broken = random_model("blocks2", 0)
+    with torch.no_grad():
+        for p in broken.parameters():  # ±1e30: sums of +inf and −inf, its logits NaN
+            p.copy_(torch.where(torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) < 0.5, 1e30, -1e30))
+    save_model(broken, bad)
+    base = [sys.executable, "-m", "benchmarks.mask_headroom", "--data", str(tmp_path / "data"), "--count", "2",
+            "--seconds", "1"]
+    # the 4 s default of --min-speech-seconds is the quality benchmark's; a set made with another is rebuilt with it
+    run = subprocess.run([*base, "-m", str(good), "--min-speech-seconds", "5"], check=False, capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and "lower --min-speech-seconds" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([*base, "-m", str(good), "--min-speech-seconds", "2"], check=False, capture_output=True,
+                         text=True)
+    assert run.returncode == 0 and f"| {good} | " in run.stdout, run.stderr
+    run = subprocess.run([*base, "-m", str(bad)], check=False, capture_output=True, text=True)
+    assert run.returncode != 0 and "NaN" in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

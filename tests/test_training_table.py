@@ -93,16 +93,44 @@ def test_recipes_are_compared_option_by_option_and_old_rows_by_their_command(tmp
     moved = now[:2] + now[4:] + now[2:4]  # the same options in another order: the same recipe
     check_recipe("pu-paper-L0", moved, now, tmp_path)
     older = [a for a in now if a not in ("--gamma", "0.096")]
-    with pytest.raises(RtpulseError, match="was trained with 'no --gamma', not '--gamma 0.096'"):
+    with pytest.raises(RtpulseError, match=r"was trained with '--gamma 1.0 \(the default\)', not '--gamma 0.096'"):
         check_recipe("pu-paper-L0", older, now, tmp_path)
     # a row from before recipes were recorded: its command (relative data paths, machine options) is the record
     args = row_args("pu-paper-L0", _opts(Path("data"), tmp_path, select_mask="soft", gamma=1.0, device="cpu"))
     command = "rtpulse train " + " ".join(args)
-    with pytest.raises(RtpulseError, match="was trained with '--select-mask soft', not '--select-mask binary'"):
+    with pytest.raises(RtpulseError, match="was trained with '--select-mask soft', not '--select-mask binary"):
         check_recipe("pu-paper-L0", None, now, tmp_path, command)
     check_recipe("pu-paper-L0", None, recipe("pu-paper-L0", _opts(tmp_path, tmp_path, select_mask="soft", gamma=1.0)),
                  tmp_path, command)  # the settings it was trained with: accepted
     check_recipe("pu-paper-L0", None, now, tmp_path, "rtpulse train --resume runs/x")  # nothing to tell: passes
+
+
+# two rows of benchmarks/results/training_table_cpu.json (session 2), as their commands were recorded
+SESSION2_COMMANDS = {
+    "pu-paper-L0": "rtpulse train --method pu --preset blocks2 --lookahead 0 --out runs/table_cpu/runs/pu-paper-L0 "
+    "--clean /d/speech/train --noise /d/noise/train --val-clean /d/speech/dev --val-noise /d/noise/dev --dev-count 40 "
+    "--dev-seconds 4.0 --epochs 8 --steps-per-epoch 50 --batch-size 8 --crop-seconds 1.0 --lr 0.001 --warmup-steps 30 "
+    "--lr-schedule cosine --clip-grad 1 --init he --p-level matched --prior 0.7 --dropout 0 --level-frames 125 "
+    "--select-mask soft --seed 0 --compress linear --pvu-steps 100 --device cpu",
+    "pn-paper-L0": "rtpulse train --method pn --preset blocks2 --out runs/table_cpu/runs/pn-paper-L0 --clean "
+    "/d/speech/train --noise /d/noise/train --val-clean /d/speech/dev --val-noise /d/noise/dev --dev-count 40 "
+    "--dev-seconds 4.0 --epochs 8 --steps-per-epoch 50 --batch-size 8 --crop-seconds 1.0 --lr 0.001 --warmup-steps 30 "
+    "--lr-schedule cosine --clip-grad 1 --init he --p-level matched --prior 0.7 --dropout 0 --level-frames 125 "
+    "--select-mask soft --seed 0 --compress linear --device cpu",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SESSION2_COMMANDS))
+def test_session_2_rows_match_the_command_training_md_gives_to_reproduce_them(tmp_path, name):
+    from benchmarks.training_table import check_recipe, recipe
+
+    # training.md: the CPU table's command "with --gamma 1 --select-mask soft to train the rows as they were". The
+    # old nnPU command has no --gamma (the trainer's default, 1) and the PN one PU options the trainer then ignored
+    opts = _opts(tmp_path, tmp_path, preset="blocks2", epochs=8, steps_per_epoch=50, batch_size=8, crop_seconds=1.0,
+                 lr=1e-3, warmup_steps=30, pvu_steps=100, gamma=1.0, select_mask="soft", dev_count=40, dev_seconds=4.0)
+    check_recipe(name, None, recipe(name, opts), tmp_path, SESSION2_COMMANDS[name])
+    with pytest.raises(RtpulseError, match="was trained with '--lr 0.001', not '--lr 0.002'"):
+        check_recipe(name, None, recipe(name, dataclasses.replace(opts, lr=2e-3)), tmp_path, SESSION2_COMMANDS[name])
 
 
 def test_a_model_that_keeps_every_bin_scores_zero_improvement(data, tmp_path):
@@ -115,6 +143,15 @@ def test_a_model_that_keeps_every_bin_scores_zero_improvement(data, tmp_path):
     scores = score_model(tmp_path / "keep.safetensors", items)
     for mask in ("soft", "binary"):
         assert abs(scores[mask]["si_snri"]) < 1e-3  # the STFT round trip gives the input back
+    pytest.importorskip("pystoi")
+    from benchmarks.quality import Item
+    from benchmarks.training_table import _cell
+
+    short = Item("short", items[0].noisy[:2000], items[0].clean[:2000])  # too short for STOI: no score, not a 0
+    scores = score_model(tmp_path / "keep.safetensors", [*items, short])["soft"]
+    assert scores["files"]["stoi"] == 2 and scores["files"]["si_snri"] == 3
+    assert _cell(scores, "stoi", 3, 3) == f"{scores['stoi']:.3f} (n 2 of 3)"  # the mean says it left one out
+    assert _cell(scores, "si_snri", 2, 3) == f"{scores['si_snri']:.2f}"
 
 
 def test_two_rows_train_score_and_a_finished_row_is_not_run_again(data, tmp_path, monkeypatch):
@@ -144,6 +181,19 @@ def test_two_rows_train_score_and_a_finished_row_is_not_run_again(data, tmp_path
     assert all(r["test_set"]["count"] == 1 for r in third["rows"])
     assert third["rows"][0]["command"] == again["rows"][0]["command"]
     assert " † |" not in (tmp_path / "table" / "training_table.md").read_text()  # no row left on the old set
+
+
+def test_rows_trained_by_two_calls_with_other_settings_are_marked_and_one_folder_named_two_ways_is_one_set(
+        data, tmp_path, monkeypatch):
+    table = tmp_path / "table"
+    run_table(_opts(data, table, only=["pn-paper-L0"]))
+    monkeypatch.chdir(data.parent)  # the same data folder, named relatively: the same test set (no re-score, no †)
+    second = run_table(_opts(Path(data.name), table, only=["mixit-paper-L0"], lr=1e-2))
+    md = (table / "training_table.md").read_text()
+    line = {r["name"]: next(ln for ln in md.splitlines() if ln.startswith(f"| {ROWS[r['name']][0]}"))
+            for r in second["rows"]}
+    assert " ‡ |" in line["pn-paper-L0"]  # trained with --lr 3e-4, not this call's 1e-2
+    assert "‡" not in line["mixit-paper-L0"] and "†" not in md.split("Commands:")[0].split("|---|")[-1]
 
 
 def test_a_killed_row_resumes_with_its_own_settings_and_records_them(data, tmp_path):
@@ -228,6 +278,19 @@ def test_a_bad_shared_option_is_refused_before_the_test_set_and_any_row(tmp_path
 
     with pytest.raises(RtpulseError, match=words):  # the data folder does not exist: nothing was read
         run_table(_opts(tmp_path / "no-data", tmp_path / "table", only=["pn-paper-L0"], **kw))
+    assert not (tmp_path / "table").exists()
+
+
+def test_missing_training_folders_and_a_nan_reference_floor_are_refused_before_any_row(data, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(data, partial)
+    shutil.rmtree(partial / "noise" / "train")
+    with pytest.raises(RtpulseError, match=f"no {partial / 'noise' / 'train'}: --data needs"):
+        run_table(_opts(partial, tmp_path / "table", only=["pn-paper-L0"]))
+    with pytest.raises(RtpulseError, match="--reference-floor-db must be −200…0 dB"):  # NaN kept every file
+        run_table(_opts(data, tmp_path / "table", only=["pn-paper-L0"], reference_floor_db=float("nan")))
     assert not (tmp_path / "table").exists()
 
 
