@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.align import locate_delay
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_json_output, discard, temp_beside, write_text_atomic
+from rtpulse.files import check_json_output, discard, probe_writable_dir, temp_beside, write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, count_parameters, default_model_path, load_model
 from rtpulse.stft import HOP, N_BINS, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, delay_samples
@@ -76,6 +76,13 @@ def subjects(models: list[Path], presets: bool = True) -> tuple[list[Subject], l
             for look in (0, ModelConfig(preset=preset).max_lookahead):
                 cfg = ModelConfig(preset=preset, lookahead=look)
                 out.append(Subject(f"{preset}-L{look}", PulseCNN(cfg).eval(), "random weights"))
+    # a row's name keys its histogram curve: two models named alike (a user's "shipped.safetensors", two folders'
+    # "best") would share one curve, showing the last one's times under both names
+    seen: dict[str, int] = {}
+    for s in out:
+        seen[s.name] = seen.get(s.name, 0) + 1
+        if seen[s.name] > 1:
+            s.name = f"{s.name} #{seen[s.name]}"
     return out, notes
 
 
@@ -252,7 +259,7 @@ def machine() -> dict:
 
 
 @torch.no_grad()
-def gpu_section(subjects_: list[Subject], hops: int = 500) -> dict | None:
+def gpu_section(subjects_: list[Subject], hops: int = 500, warmup: int = 50) -> dict | None:
     """On a CUDA GPU: per-hop step latency including host↔device transfers, and batched offline throughput."""
     if not torch.cuda.is_available():
         return None
@@ -264,13 +271,13 @@ def gpu_section(subjects_: list[Subject], hops: int = 500) -> dict | None:
         state = model.init_state(1)
         col = torch.rand(1, N_BINS)
         times = []
-        for i in range(hops + 50):
+        for i in range(hops + warmup):
             t0 = time.perf_counter_ns()
             y = model.step(col.to(dev), state)
             if y is not None:
                 y.cpu()
             torch.cuda.synchronize()
-            if i >= 50:
+            if i >= warmup:
                 times.append((time.perf_counter_ns() - t0) / 1e6)
         frames, batch = 625, 64  # 10 s clips
         mag = torch.rand(batch, N_BINS, frames, device=dev)
@@ -313,7 +320,7 @@ def run_latency(opts: LatencyOptions, progress=None) -> tuple[dict, dict[str, np
         peers, skipped = ([], {}) if not opts.peers else measure_peers(opts.peer_blocks)
         if progress:
             progress("GPU")
-        gpu = gpu_section(subs)
+        gpu = gpu_section(subs, opts.hops, opts.warmup)
         result = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine() | {"threads": 1},
@@ -447,6 +454,7 @@ def check_latency_outputs(json_path: Path) -> None:
     """Before minutes of timing: the files beside ``--json`` may replace only an earlier latency run's own files,
     never a user's (``--json README.json`` must not write over README.md)."""
     json_path = check_json_output(json_path, "--json")
+    probe_writable_dir(json_path.parent)
     existing = [p for p in latency_outputs(json_path) if p.exists()]
     if not existing:
         return
@@ -469,6 +477,8 @@ def write_latency(result: dict, hist: dict[str, np.ndarray], json_path: Path, pl
     if plot and hist and have_matplotlib():
         plot_histogram(hist, png)
         written.append(png)
+    else:
+        discard(png)  # an earlier run's histogram beside this run's JSON would show configurations it did not time
     return written
 
 

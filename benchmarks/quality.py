@@ -41,7 +41,6 @@ from trainer.data import QUIET_FLOOR_DB
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 METRICS = ("si_snri", "si_snr", "pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
-TARGET_RMS = 10 ** (-26 / 20)
 MIN_SPEECH_S = 4.0
 # A reference with a steady background 15–20 dB under the voice (a quarter of the dev speech) scores every
 # denoiser that removes that background as distorting the "clean" speech: RNNoise and DeepFilterNet3 lose 5–16 dB
@@ -83,7 +82,8 @@ class Item:
 
 
 def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str]]:
-    """Pairs as ``rtpulse eval`` makes them (same checks), and its one-line warnings (unpaired, cut to length)."""
+    """Pairs as ``rtpulse eval`` makes them (same checks), brought to the generated sets' level, and its one-line
+    warnings (unpaired, cut to length)."""
     from trainer.evaluate import load_pair, pair_files, pairing_warnings
 
     pairs, unpaired, unused = pair_files(noisy_root, clean_root)
@@ -92,8 +92,15 @@ def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str
         x, s, cut_samples = load_pair(n_path, c_path)
         if cut_samples:
             cut[name] = cut_samples
-        items.append(Item(name, x, s))
+        gain = listening_gain(x)  # one gain for both: the scores are the same, the peers get a level they expect
+        items.append(Item(name, (x * gain).astype(np.float32), (s * gain).astype(np.float32)))
     return items, pairing_warnings(clean_root, unpaired, cut, unused)
+
+
+def listening_gain(noisy: np.ndarray, level_dbfs: float = -26.0) -> float:
+    """The gain that brings ``noisy`` to ``level_dbfs`` RMS, its peak capped at 0.99: every set the systems see is at
+    one level (RNNoise and Speex take int16 and clip past full scale; DeepFilterNet3 fails on very quiet input)."""
+    return min(10 ** (level_dbfs / 20) / (float(noisy.std()) + 1e-9), 0.99 / (float(np.abs(noisy).max()) + 1e-9))
 
 
 def add_mixture_options(parser) -> None:
@@ -167,8 +174,7 @@ def generated_set(
             torch.from_numpy(s[None]), torch.from_numpy(nz[off : off + s.size][None].copy()), torch.tensor([snr])
         )
         noisy, clean = noisy[0].numpy(), clean[0].numpy()
-        target = 10 ** (level_dbfs / 20)
-        gain = min(target / (noisy.std() + 1e-9), 0.99 / (np.abs(noisy).max() + 1e-9))
+        gain = listening_gain(noisy, level_dbfs)
         items.append(
             Item(
                 f"mix-{len(items):03d}-{path.stem}",
@@ -197,8 +203,7 @@ def real_set(root: Path, limit: int = REAL_LIMIT) -> list[Item]:
     items = []
     for path in find_audio_files(root)[:limit]:
         x = load_checked(path)
-        gain = min(TARGET_RMS / (x.std() + 1e-9), 0.99 / (np.abs(x).max() + 1e-9))
-        items.append(Item(path.stem, (x * gain).astype(np.float32), None))
+        items.append(Item(path.stem, (x * listening_gain(x)).astype(np.float32), None))
     return items
 
 

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_dir, write_text_atomic
+from rtpulse.files import check_output_dir, probe_writable_dir, write_text_atomic
 from rtpulse.model import ModelConfig, PulseCNN, load_model
 from rtpulse.stft import HOP, SAMPLE_RATE
 from rtpulse.stream import StreamingDenoiser, enhance
 
 RESULTS = Path(__file__).parent / "results"
+FLAT_RSS_MB = 4.0  # growth over the second half that still counts as flat (RSS moves by pages and allocator pools)
+FLAT_TRACED_MB = 0.5
 SEARCH = 300  # ± samples searched around the declared delay when measuring it
 PHASE = 100  # every impulse, planted and reference, sits this many samples into a hop: a response depends on it
 
@@ -116,6 +118,7 @@ def run_soak(
     peak_out, nonfinite = 0.0, 0
     pos = 0  # input samples consumed == output samples produced
     next_sample = 0
+    engine_s = 0.0  # the engine's own time: around process() alone (the loop also makes audio and runs tracemalloc)
     t0 = time.perf_counter()
     tracemalloc.start()
     while pos < total:
@@ -128,7 +131,10 @@ def run_soak(
                 x[lo - pos : hi - pos] = 0.0
             if pos <= s < pos + n:
                 x[s - pos] = 0.5
-        y = engine.process(x.astype(np.float32))
+        x32 = x.astype(np.float32)
+        started = time.perf_counter()
+        y = engine.process(x32)
+        engine_s += time.perf_counter() - started
         nonfinite += int(np.count_nonzero(~np.isfinite(y)))
         peak_out = max(peak_out, float(np.abs(y).max()))
         for s in spots:
@@ -156,12 +162,20 @@ def run_soak(
             "measured_delay": delay - SEARCH + best,
             "max_abs_diff_at_declared_delay": errs[SEARCH],
         })
-    # memory after the first sample (imports, first allocations) vs the end
-    first, last = memory[min(1, len(memory) - 1)], memory[-1]
+    # memory after the first sample (imports, first allocations) vs the end; a leak shows as growth over the second
+    # half, when everything the engine keeps is long allocated (torch's allocator is invisible to tracemalloc: RSS)
+    first, middle, last = memory[min(1, len(memory) - 1)], memory[len(memory) // 2], memory[-1]
+    rss_growth = last["rss_mb"] - middle["rss_mb"]
+    traced_growth = last["traced_mb"] - middle["traced_mb"]
     return {
         "audio_seconds": total / SAMPLE_RATE,
         "wall_seconds": wall,
-        "real_time_factor": wall / (total / SAMPLE_RATE),
+        "engine_seconds": engine_s,
+        # the engine's time per second of audio, under tracemalloc (which slows Python's allocations a little)
+        "real_time_factor": engine_s / (total / SAMPLE_RATE),
+        "rss_mb_growth_second_half": rss_growth,
+        "traced_mb_growth_second_half": traced_growth,
+        "memory_flat": rss_growth <= FLAT_RSS_MB and traced_growth <= FLAT_TRACED_MB,
         "preset": model.config.preset,
         "lookahead": lookahead,
         "declared_delay": delay,
@@ -187,11 +201,14 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
     write_text_atomic(js, json.dumps(result, indent=2))
     r = result
     lines = [
-        f"# Soak: {r['audio_seconds'] / 60:.0f} min of audio through StreamingDenoiser ({r['preset']}, L={r['lookahead']})",
+        f"# Soak: {r['audio_seconds'] / 60:.3g} min of audio through StreamingDenoiser ({r['preset']}, L={r['lookahead']})",
         "",
-        f"- wall time {r['wall_seconds']:.0f} s, real-time factor {r['real_time_factor']:.3f} (1 thread)",
+        (f"- engine time {r['engine_seconds']:.0f} s, real-time factor {r['real_time_factor']:.3f} (1 thread; the "
+         f"whole loop, with the test signal and tracemalloc, {r['wall_seconds']:.0f} s)"),
         (f"- RSS {r['rss_mb_start']:.1f} → {r['rss_mb_end']:.1f} MB; tracemalloc {r['traced_mb_start']:.2f} → "
-         f"{r['traced_mb_end']:.2f} MB (peak {r['traced_mb_peak']:.2f} MB)"),
+         f"{r['traced_mb_end']:.2f} MB (peak {r['traced_mb_peak']:.2f} MB); second half: RSS "
+         f"{r['rss_mb_growth_second_half']:+.1f} MB, traced {r['traced_mb_growth_second_half']:+.2f} MB → "
+         f"flat: {r['memory_flat']}"),
         (f"- delay declared {r['declared_delay']} samples; measured at {len(r['impulses'])} impulses: "
          f"{sorted({i['measured_delay'] for i in r['impulses']})}; constant: {r['delay_constant']}"),
         f"- max |stream − offline| at the impulses: {r['max_abs_diff']:.2e} (response peak {r['reference_peak']:.3f})",
@@ -202,7 +219,7 @@ def write_results(result: dict, out_dir: Path = RESULTS) -> tuple[Path, Path]:
         *(f"| {i['at_s']:.1f} | {i['measured_delay']} | {i['max_abs_diff_at_declared_delay']:.1e} |"
           for i in r["impulses"]),
         "",
-        f"Command: `python -m benchmarks.soak --seconds {r['audio_seconds']:.0f}"
+        f"Command: `python -m benchmarks.soak --seconds {r['audio_seconds']:g}"
         + (f" --model {shlex.quote(r['model_file'])}`" if r.get("model_file") else "`"),
     ]
     write_text_atomic(md, "\n".join(lines) + "\n")
@@ -222,6 +239,7 @@ def main() -> None:
     try:
         # output, model and length checked before the progress bar starts: a bad one is one line, nothing else
         check_output_dir(args.out)
+        probe_writable_dir(args.out)  # an hour of work must not end in "cannot write"
         model = load_model(args.model) if args.model else soak_model()
         check_seconds(args.seconds, model)
         with Progress(

@@ -44,6 +44,27 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def probe_writable_dir(path: str | os.PathLike) -> None:
+    """Before a long run: make the folder (and its parents), write and delete a file in it, and remove the folders
+    this made. What cannot be made or written there (/proc, a read-only disk) is a one-line error now, not at the end."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = temp_beside(path / "probe")
+        with open(probe, "x"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise RtpulseError(f"cannot write into {path}: {e.strerror or e}") from None
+    finally:
+        for p in made:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+
+
 def check_json_output(path: str | os.PathLike, what: str) -> Path:
     """A JSON result file: named *.json (no audio input or model file is), not a folder, in a folder that can exist."""
     path = Path(path)

@@ -546,3 +546,41 @@ def test_the_bench_progress_shows_names_as_they_are(monkeypatch):
         progress.add_task("quality: m[/x] on [live] take", total=2)
         progress.refresh()
     assert "m[/x] on [live] take" in out.getvalue()
+
+
+@pytest.mark.parametrize("scale", [4.0, 0.003])  # past full scale (int16 peers clip it), and very quiet
+def test_paired_files_reach_the_systems_at_the_generated_sets_level(tmp_path, scale):
+    import soundfile as sf
+
+    from benchmarks.quality import paired_set
+
+    rng = np.random.default_rng(0)
+    clean = _speechlike(1.0)
+    noisy = clean + 0.05 * rng.standard_normal(clean.size).astype(np.float32)
+    sf.write(tmp_path / "n.wav", noisy * scale, SR, subtype="FLOAT")
+    sf.write(tmp_path / "c.wav", clean * scale, SR, subtype="FLOAT")
+    (item,), _ = paired_set(tmp_path / "n.wav", tmp_path / "c.wav")
+    level = min(10 ** (-26 / 20), 0.99 * item.noisy.std() / np.abs(item.noisy).max())
+    assert item.noisy.std() == pytest.approx(level, rel=1e-3) and np.abs(item.noisy).max() <= 0.99 + 1e-6
+    gain = item.noisy.std() / (noisy * scale).std()
+    np.testing.assert_allclose(item.clean, clean * scale * gain, rtol=1e-5, atol=1e-7)  # one gain for both
+
+
+def test_latency_rows_named_alike_keep_their_own_curves_and_a_plotless_run_drops_an_old_histogram(tmp_path):
+    from benchmarks.latency import LatencyOptions, latency_outputs, run_latency, write_latency
+
+    (tmp_path / "other").mkdir()
+    mine = tmp_path / "other" / "shipped.safetensors"  # named like the shipped row
+    save_model(PulseCNN(ModelConfig(preset="blocks2", lookahead=3)).eval(), mine)
+    opts = LatencyOptions(hops=10, warmup=2, models=[mine], presets=False, peers=False, profile=False,
+                          timing_repeats=2)
+    result, hist = run_latency(opts)
+    names = [c["name"] for c in result["configs"]]
+    assert names == ["shipped", "shipped #2"] and set(hist) == set(names)
+    assert [c["preset"] for c in result["configs"]][1] == "blocks2"
+    json_path = tmp_path / "lat" / "l.json"
+    png = latency_outputs(json_path)[2]
+    png.parent.mkdir()
+    png.write_bytes(b"an earlier run's histogram")
+    write_latency(result, hist, json_path, plot=False)
+    assert not png.exists()

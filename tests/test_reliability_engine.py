@@ -172,5 +172,26 @@ def test_short_soak_keeps_memory_flat_and_delay_exact(tmp_path):
     assert result["nonfinite_outputs"] == 0
     # the engine holds a fixed amount of state: Python-side allocations do not grow with audio played
     assert result["traced_mb_end"] - result["traced_mb_start"] < 1.0
+    assert result["memory_flat"], result["memory"]
+    assert 0 < result["engine_seconds"] < result["wall_seconds"]  # the rtf times the engine, not the test signal
+    assert result["real_time_factor"] == result["engine_seconds"] / 60
     _, md = write_results(result, tmp_path)
-    assert "delay declared 1024" in md.read_text()
+    assert "delay declared 1024" in md.read_text() and "flat: True" in md.read_text()
+    _, md = write_results(dict(result, audio_seconds=7.3), tmp_path)
+    assert "Command: `python -m benchmarks.soak --seconds 7.3`" in md.read_text()  # a command that runs again
+
+
+def test_a_soak_sees_an_engine_that_keeps_a_tensor_per_hop(monkeypatch):
+    """A leak in torch's allocator is invisible to tracemalloc: the RSS of the second half must tell it."""
+    from benchmarks.soak import run_soak
+    from rtpulse.stream import StreamingDenoiser
+
+    kept, hop = [], StreamingDenoiser._hop
+
+    def leaky(self, *args, **kwargs):
+        kept.append(torch.zeros(4096))  # 16 KiB a hop: 60 MB a minute
+        return hop(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingDenoiser, "_hop", leaky)
+    result = run_soak(seconds=60, impulses=5, samples=10)
+    assert not result["memory_flat"] and result["rss_mb_growth_second_half"] > 20

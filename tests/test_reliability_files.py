@@ -582,6 +582,20 @@ def test_soak_and_train_speed_refuse_an_output_that_is_a_file_before_the_run(tmp
     assert ran == [] and taken.read_text() == "mine"  # refused before the timing, not after it
 
 
+def test_soak_refuses_a_folder_it_cannot_write_into_before_the_run(tmp_path, monkeypatch, capsys):
+    import benchmarks.soak
+
+    ran = []
+    monkeypatch.setattr(benchmarks.soak, "run_soak", lambda *a, **kw: ran.append(a))
+    code, err = _soak_main(monkeypatch, capsys, "--seconds", "8", "--out", "/proc/rtpulse-soak")  # no file can be made
+    assert code == 1 and err.startswith("error: cannot write into /proc/rtpulse-soak") and err.count("\n") == 1, err
+    assert ran == []
+    fresh = tmp_path / "new" / "res"
+    code, err = _soak_main(monkeypatch, capsys, "--seconds", "1", "--out", str(fresh))  # refused after the probe
+    assert code == 1 and "--seconds must be at least" in err
+    assert not (tmp_path / "new").exists()  # which left no folders behind
+
+
 def test_soak_truncated_model_is_a_one_line_error(tmp_path, monkeypatch, capsys, model_path):
     cut = tmp_path / "trunc.safetensors"
     cut.write_bytes(model_path.read_bytes()[:5000])
