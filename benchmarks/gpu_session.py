@@ -12,7 +12,8 @@ epochs that fit), and the results come back as one tar file:
 Decoding (once, on every core) and each run's test-set scoring come on top of the budget: about 2 minutes. The
 candidates are the shipped recipe (`paper`, frequency input, L = 2, P-vs-U loss, mixed P bins) continued from the
 shipped weights and trained from scratch; score them here with ``rtpulse bench quality -m …``.
-Runs that fail leave their log; the rest still come back.
+Runs that fail leave their log; the rest still come back. Runs still going at ``--stop-after`` minutes (8.5: a call
+ends at 10) are stopped, keeping their last finished epoch, and everything is packed all the same.
 """
 
 from __future__ import annotations
@@ -95,8 +96,12 @@ def commands(data: Path, work: Path, minutes: float, device: str, rows: list[str
     return out
 
 
-def run_all(runs: dict[str, list[str]], logs: Path, env: dict) -> dict[str, int]:
-    """Start every run at once; wait for all; name → exit code."""
+STOPPED = "stopped at the deadline"
+
+
+def run_all(runs: dict[str, list[str]], logs: Path, env: dict, deadline: float) -> dict[str, int | str]:
+    """Start every run at once and wait for all until ``deadline`` (time.monotonic()); a run still going then is
+    stopped (SIGTERM, then SIGKILL), so that what the others made still comes back. name → exit code or STOPPED."""
     logs.mkdir(parents=True, exist_ok=True)
     procs = {}
     for name, argv in runs.items():
@@ -105,7 +110,19 @@ def run_all(runs: dict[str, list[str]], logs: Path, env: dict) -> dict[str, int]
             log.flush()
             procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=env, cwd=REPO)
-    return {name: p.wait() for name, p in procs.items()}
+    codes: dict[str, int | str] = {}
+    for name, p in procs.items():
+        try:
+            codes[name] = p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()  # a run keeps its last finished epoch (best.safetensors from the first one on)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            codes[name] = STOPPED
+    return codes
 
 
 def pack_results(work: Path, tar_path: Path) -> list[str]:
@@ -133,6 +150,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="where gpu_session.tar and the summary go ($OUT)")
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu_session"), help="the runs' folder")
     p.add_argument("--minutes", type=float, default=5.0, help="each run's time budget for its steps")
+    p.add_argument("--stop-after", type=float, default=8.5,
+                   help="minutes from the start after which runs still going are stopped and the rest packed (a "
+                        "device call ends at 10)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--rows", default=None, help="comma-separated table rows (default: all)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated; '' for none")
@@ -150,13 +170,13 @@ def main() -> None:
     for name, known in [*((r, ROWS) for r in rows), *((c, CANDIDATES) for c in candidates)]:
         if name not in known:
             p.error(f"unknown run {name!r}; known: {', '.join(known)}")
-    if not args.minutes > 0:
-        p.error("--minutes must be above 0")
+    if not (args.minutes > 0 and args.stop_after > 0):
+        p.error("--minutes and --stop-after must be above 0")
     data = args.data or args.pack / "data"
     if not (data / "speech" / "train").is_dir():
         p.error(f"no {data / 'speech' / 'train'}: give --pack (benchmarks.gpu_pack's output) or --data")
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    t0, deadline = time.time(), time.monotonic() + args.stop_after * 60
     env = child_env(install_wheels(args.pack, args.work / "site"))
     subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", "--out", str(args.out), "--warm-cache",
                     str(data)], env=dict(env, OMP_NUM_THREADS="1"), cwd=REPO, check=True)
@@ -164,7 +184,7 @@ def main() -> None:
           f"{args.minutes:g} min each", flush=True)
     runs = commands(data.resolve(), args.work, args.minutes, args.device, rows, args.table_arg, args.ship_arg,
                     candidates)
-    codes = run_all(runs, args.work / "logs", env)
+    codes = run_all(runs, args.work / "logs", env, deadline)
     if rows and all(codes[r] == 0 for r in rows):  # every row file exists: one more call writes the whole table
         table = [a for a in runs[rows[0]] if a != "--only" and a != rows[0]]
         codes["table"] = subprocess.run(table, check=False, env=env, cwd=REPO, stdout=subprocess.DEVNULL).returncode
@@ -174,7 +194,7 @@ def main() -> None:
     table_md = args.work / "table" / "training_table.md"
     if table_md.is_file():
         print(table_md.read_text(), flush=True)
-    if any(codes.values()):
+    if any(code != 0 for code in codes.values()):
         sys.exit(1)
 
 

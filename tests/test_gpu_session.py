@@ -55,3 +55,17 @@ def test_a_row_and_a_candidate_train_at_once_on_the_budget_and_come_back_in_one_
     model = load_model(back / "ship-scratch" / "best.safetensors")
     assert (model.config.preset, model.config.lookahead, model.config.freq_input) == ("paper", 2, True)
     assert (back / "logs" / "ship-scratch.log").read_text().startswith(sys.executable)
+
+
+def test_a_run_past_the_deadline_is_stopped_and_the_rest_still_comes_back(tmp_path):
+    data, out, work = _data(tmp_path / "data"), tmp_path / "out", tmp_path / "work"
+    slow = ["--steps-per-epoch", "100000", "--batch-size", "2", "--crop-seconds", "0.5", "--dev-count", "2",
+            "--dev-seconds", "0.5"]  # an epoch far longer than the 15 s deadline
+    argv = [sys.executable, "-m", "benchmarks.gpu_session", "--data", str(data), "--out", str(out), "--work", str(work),
+            "--device", "cpu", "--minutes", "10", "--stop-after", "0.25", "--rows", "", "--candidates", "ship-scratch",
+            *(f"--ship-arg={a}" for a in slow)]
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    res = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 1 and "ship-scratch: exit stopped at the deadline" in res.stdout, res.stdout + res.stderr
+    with tarfile.open(out / "gpu_session.tar") as tar:
+        assert "logs/ship-scratch.log" in tar.getnames()  # what there is still comes back
