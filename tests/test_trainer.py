@@ -514,15 +514,19 @@ def test_heldout_risk_weighs_a_short_last_batch_by_its_clips(corpus, tmp_path, m
         assert split[k] == pytest.approx(whole[k], rel=1e-5), k
 
 
+def _tiny_train_args(corpus, tmp_path, run, *extra: str) -> list[str]:
+    return ["train", "--out", str(run), "--clean", str(corpus / "clean"), "--noise", str(corpus / "noise"),
+            "--cache", str(tmp_path / "cache"), "--steps-per-epoch", "2", "--batch-size", "2", "--crop-seconds", "0.1",
+            "--dev-count", "2", "--dev-seconds", "0.25", "--device", "cpu", *extra]
+
+
 def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, [
-        "train", "--out", str(run), "--clean", str(corpus / "clean"), "--noise", str(corpus / "noise"),
-        "--cache", str(tmp_path / "cache"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
-        "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--warmup-steps", "4",
-        "--val-clean", str(corpus / "clean"), "--val-noise", str(corpus / "noise"), "--device", "cpu",
-        "--level-frames", "30", "--floor-frames", "20", "--context-seconds", "0.05", "--freq-input",
-    ])
+    res = CliRunner().invoke(app, _tiny_train_args(
+        corpus, tmp_path, run, "--epochs", "1", "--warmup-steps", "4", "--val-clean", str(corpus / "clean"),
+        "--val-noise", str(corpus / "noise"), "--level-frames", "30", "--floor-frames", "20",
+        "--context-seconds", "0.05", "--freq-input",
+    ))
     assert res.exit_code == 0, res.output
     # the path a user copies is never broken across lines (tmp_path is longer than the runner's 80 columns)
     assert f"best epoch 1 → {run}/best.safetensors" in res.output
@@ -540,11 +544,7 @@ def test_cli_one_epoch_smoke_train_then_eval(corpus, tmp_path):
 
 def test_cli_minutes_plans_from_the_first_epoch_under_a_default_cap(corpus, tmp_path):
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, [
-        "train", "--out", str(run), "--clean", str(corpus / "clean"), "--noise", str(corpus / "noise"),
-        "--cache", str(tmp_path / "cache"), "--minutes", "1e-5", "--steps-per-epoch", "2", "--batch-size", "2",
-        "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--device", "cpu",
-    ])
+    res = CliRunner().invoke(app, _tiny_train_args(corpus, tmp_path, run, "--minutes", "1e-5"))
     assert res.exit_code == 0, res.output
     # 0.6 ms is less than any epoch: the one run is all the budget holds
     assert "--minutes 1e-05: epoch 1 took" in res.output and "→ 1 epochs (--epochs 10000 the cap)" in res.output
