@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,7 +149,9 @@ def main() -> None:
     p.add_argument("--pack", type=Path, default=Path(".data/gpu"), help="the pack of benchmarks.gpu_pack")
     p.add_argument("--data", type=Path, default=None, help="data root (default: PACK/data)")
     p.add_argument("--out", type=Path, required=True, help="where gpu_session.tar and the summary go ($OUT)")
-    p.add_argument("--work", type=Path, default=Path("/tmp/gpu_session"), help="the runs' folder")
+    p.add_argument("--work", type=Path, default=None,
+                   help="the runs' folder, new or empty (default: a new folder in the temp directory: a rerun on a "
+                        "warm machine starts afresh)")
     p.add_argument("--minutes", type=float, default=5.0, help="each run's time budget for its steps")
     p.add_argument("--stop-after", type=float, default=8.5,
                    help="minutes from the start after which runs still going are stopped and the rest packed (a "
@@ -175,6 +178,10 @@ def main() -> None:
     data = args.data or args.pack / "data"
     if not (data / "speech" / "train").is_dir():
         p.error(f"no {data / 'speech' / 'train'}: give --pack (benchmarks.gpu_pack's output) or --data")
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="gpu_session-"))
+    elif args.work.exists() and any(args.work.iterdir()):  # its runs would refuse to start over, its files be packed
+        p.error(f"--work {args.work} is not empty: give a new folder")
     args.out.mkdir(parents=True, exist_ok=True)
     t0, deadline = time.time(), time.monotonic() + args.stop_after * 60
     env = child_env(install_wheels(args.pack, args.work / "site"))
@@ -186,7 +193,8 @@ def main() -> None:
                     candidates)
     codes = run_all(runs, args.work / "logs", env, deadline)
     if rows and all(codes[r] == 0 for r in rows):  # every row file exists: one more call writes the whole table
-        table = [a for a in runs[rows[0]] if a != "--only" and a != rows[0]]
+        i = runs[rows[0]].index("--only")  # …of these rows only (without --only it would train every other row)
+        table = runs[rows[0]][:i] + [a for r in rows for a in ("--only", r)] + runs[rows[0]][i + 2 :]
         codes["table"] = subprocess.run(table, check=False, env=env, cwd=REPO, stdout=subprocess.DEVNULL).returncode
     names = pack_results(args.work, args.out / "gpu_session.tar")
     summary = "\n".join(f"{name}: exit {code}" for name, code in codes.items())

@@ -198,7 +198,9 @@ def _as_trained(options: dict[str, str]) -> dict[str, str]:
         if name in PU_ONLY and not pu:
             continue
         default = defaults.get(name)
-        if default is not None and not isinstance(default, bool) and _canonical(value) == _canonical(str(default)):
+        # --epochs always counts: its default depends on --minutes (10 alone, 10,000 as the cap of a budget)
+        if (default is not None and not isinstance(default, bool) and name != "epochs"
+                and _canonical(value) == _canonical(str(default))):
             continue
         out[key] = value
     return out
@@ -207,8 +209,11 @@ def _as_trained(options: dict[str, str]) -> dict[str, str]:
 def _said(key: str, options: dict[str, str]) -> str:
     if key in options:
         return f"{key} {options[key]}".strip()
-    default = _trainer_defaults().get(key[2:].replace("-", "_"))
-    return f"no {key}" if default is None or isinstance(default, bool) else f"{key} {default} (the default)"
+    name = key[2:].replace("-", "_")
+    default = _trainer_defaults().get(name)
+    if default is None or isinstance(default, bool) or name == "epochs":  # (--epochs' default depends on --minutes)
+        return f"no {key}"
+    return f"{key} {default} (the default)"
 
 
 def _canonical(value: str | None) -> str | None:

@@ -336,19 +336,25 @@ def denoise_file(
     output_format(dst)  # refuse an unknown output format before any work
     with _open_input(src) as f:
         n_in, rate = f.frames, f.samplerate
-        if n_in <= 0:
-            raise RtpulseError(f"{src} holds no samples")
         check_input_rate(src, rate)
         check_output_rate(dst, rate)  # the output keeps the input's rate: refused before any work
-        large_file_format(dst, *output_format(dst), n_in)  # an AIFF past 4 GiB, too
         piece = HOP * chunk_frames
         block_in = max(1, piece * rate // SAMPLE_RATE)
+        source: Iterable[np.ndarray] = _read_blocks(f, src, block_in)
+        if not f.seekable():
+            # a pipe: a writer that cannot seek back leaves a placeholder length in the header (2^31 − 1 samples),
+            # so the stream is read to its end first (into memory) and its real length is the length
+            source = list(source)
+            n_in = sum(b.size for b in source)
+        if n_in <= 0:
+            raise RtpulseError(f"{src} holds no samples")
+        large_file_format(dst, *output_format(dst), n_in)  # an AIFF past 4 GiB, too
 
         done = 0
 
         def read() -> Iterator[np.ndarray]:
             nonlocal done
-            for block in _read_blocks(f, src, block_in):
+            for block in source:
                 done += block.size
                 if on_progress is not None:
                     on_progress(min(1.0, done / n_in))

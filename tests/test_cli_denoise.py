@@ -398,3 +398,11 @@ def test_a_wav_piped_in_through_dev_stdin_is_denoised_as_the_file(tmp_path):
                           "-m", str(model)], input=src.read_bytes(), capture_output=True, check=False, timeout=120)
     assert res.returncode == 0, res.stderr.decode()
     np.testing.assert_array_equal(sf.read(tmp_path / "pipe.wav")[0], sf.read(tmp_path / "file.wav")[0])
+    # a WAV written to a pipe cannot have its sizes filled in: 0xFFFFFFFF, which libsndfile reads from a pipe as
+    # 2^31 − 1 samples (read from a file, the file's size corrects it). The length is what the pipe held
+    streamed = bytearray(src.read_bytes())
+    streamed[4:8] = streamed[streamed.find(b"data") + 4 : streamed.find(b"data") + 8] = b"\xff\xff\xff\xff"
+    res = subprocess.run([sys.executable, "-m", "rtpulse.cli", "denoise", "/dev/stdin", "-o", str(tmp_path / "s.wav"),
+                          "-m", str(model)], input=bytes(streamed), capture_output=True, check=False, timeout=120)
+    assert res.returncode == 0 and b"warning" not in res.stderr + res.stdout, res.stderr.decode()
+    np.testing.assert_array_equal(sf.read(tmp_path / "s.wav")[0], sf.read(tmp_path / "file.wav")[0])

@@ -409,3 +409,20 @@ def test_long_file_names_stay_whole_in_a_piped_table(pair, tmp_path):
     assert res.exit_code == 0, res.output
     assert "…" not in res.stdout
     assert long in "".join(ln.split("│")[1].strip() for ln in res.stdout.splitlines() if ln.count("│") > 2)
+
+
+def test_synth_keeps_speech_from_a_quiet_file_silence_is_judged_per_file(tmp_path):
+    keep = constant_model(tmp_path / "keep.safetensors", -1.0)
+    t = np.arange(32000) / 16000
+    for d in ("clean", "noise"):
+        (tmp_path / d).mkdir()
+    tone = np.sin(2 * np.pi * 500 * t)
+    sf.write(tmp_path / "clean" / "loud.wav", (0.4 * tone).astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "clean" / "quiet.wav", (0.002 * tone).astype(np.float32), 16000, subtype="FLOAT")  # −46 dB
+    sf.write(tmp_path / "noise" / "n.wav", np.random.default_rng(1).standard_normal(20000).astype(np.float32), 16000)
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--synth", "--noise", str(tmp_path / "noise"),
+                                   "--clean", str(tmp_path / "clean"), "--count", "12", "--seconds", "0.5",
+                                   "--cache", str(tmp_path / "cache"), "--seed", "3", "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["count"] == 12 and not any("clean crop is silent" in w for w in report["warnings"])

@@ -49,12 +49,15 @@ def test_a_row_and_a_candidate_train_at_once_on_the_budget_and_come_back_in_one_
     assert not [n for n in names if "ckpt" in n]  # optimizer states stay behind: at most 8 files come back
     assert "PN (supervised), L=0" in (back / "table" / "training_table.md").read_text()
     assert json.loads((back / "table" / "rows" / "pn-paper-L0.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in (back / "table" / "rows").iterdir()) == ["pn-paper-L0.json"]  # no other row trained
     for run in (back / "table" / "runs" / "pn-paper-L0", back / "ship-scratch"):
         config = json.loads((run / "config.json").read_text())
         assert (config["epochs"], config["minutes"]) == (1, None)  # 0.6 ms holds one epoch: the plan ran
     model = load_model(back / "ship-scratch" / "best.safetensors")
     assert (model.config.preset, model.config.lookahead, model.config.freq_input) == ("paper", 2, True)
     assert (back / "logs" / "ship-scratch.log").read_text().startswith(sys.executable)
+    again = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert again.returncode == 2 and f"--work {work} is not empty" in again.stderr  # not last call's runs as this one's
 
 
 def test_a_run_past_the_deadline_is_stopped_and_the_rest_still_comes_back(tmp_path):

@@ -217,7 +217,10 @@ def test_planned_epochs_fit_the_budget_within_the_cap_and_past_the_warm_start(tm
     assert planned_epochs(cfg, 6, 30.0) == 9  # a resume before the plan: 5 done, then 4 more
     assert planned_epochs(cfg, 1, 0.5) == 100  # the cap
     warm = dataclasses.replace(cfg, pvu_steps=120)  # steps 0…119 are P-vs-U: epoch 3 (steps 100…149) is the first nnPU
-    assert planned_epochs(warm, 1, 500.0) == 3
+    assert planned_epochs(warm, 1, 40.0) == 3
+    # a budget of 2 epochs would end inside the warm start, where no epoch competes for best: said, not run for hours
+    with pytest.raises(RtpulseError, match="--pvu-steps 120 needs 3 epochs, but 2 minutes hold 2 at 60.0 s an epoch"):
+        planned_epochs(warm, 1, 60.0)
     assert planned_epochs(dataclasses.replace(warm, risk="pvu"), 1, 500.0) == 1  # no warm start to get past
 
 

@@ -103,6 +103,10 @@ def test_recipes_are_compared_option_by_option_and_old_rows_by_their_command(tmp
     check_recipe("pu-paper-L0", None, recipe("pu-paper-L0", _opts(tmp_path, tmp_path, select_mask="soft", gamma=1.0)),
                  tmp_path, command)  # the settings it was trained with: accepted
     check_recipe("pu-paper-L0", None, now, tmp_path, "rtpulse train --resume runs/x")  # nothing to tell: passes
+    # --epochs counts even at the trainer's default: with --minutes that default is a 10,000-epoch cap, not 10
+    budget = [a for a in now if a not in ("--epochs", "1")] + ["--minutes", "5"]
+    with pytest.raises(RtpulseError, match="was trained with 'no --epochs', not '--epochs 10'"):
+        check_recipe("pu-paper-L0", budget, [*budget, "--epochs", "10"], tmp_path)
 
 
 # two rows of benchmarks/results/training_table_cpu.json (session 2), as their commands were recorded

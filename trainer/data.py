@@ -178,15 +178,22 @@ class AudioBank:
         self.weights = self.lengths.double() * share
         return self
 
+    def file_power(self, i: int) -> float:
+        """Mean power of file ``i`` (float64, one file at a time: no copy of the bank)."""
+        a = int(self.starts[i])
+        return float(self.samples[a : a + int(self.lengths[i])].double().square().mean())
+
     @property
     def seconds(self) -> float:
         return self.samples.numel() / SAMPLE_RATE
 
-    def crops(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    def crops(self, n: int, length: int, gen: torch.Generator, files_out: list | None = None) -> torch.Tensor:
         """``n`` random crops ``[n, length]``: file drawn by ``weights`` (∝ its length unless balanced), start
-        uniform; short files zero-padded."""
+        uniform; short files zero-padded. ``files_out`` (a list) receives each crop's file index."""
         dev = self.samples.device
         files = torch.multinomial(self.weights.float(), n, replacement=True, generator=gen)  # [n]
+        if files_out is not None:
+            files_out.extend(files.tolist())
         lens = self.lengths[files]
         room = (lens - length).clamp_min(0)
         offs = (torch.rand(n, device=dev, generator=gen) * (room + 1).float()).long().minimum(room)
@@ -322,10 +329,11 @@ class Recipe:
         noisy, clean, _ = self.mixtures(n, length, gen)
         return noisy, clean
 
-    def mixtures(self, n: int, length: int, gen: torch.Generator):
+    def mixtures(self, n: int, length: int, gen: torch.Generator, files_out: list | None = None):
         """(noisy, clean, speech) ``[n, length]``: the synthetic recipe's mixtures, their clean part, and the speech
-        crops as they were before mixing scaled them (where a silent stretch still looks silent)."""
-        speech = self.clean.crops(n, length, gen)
+        crops as they were before mixing scaled them (where a silent stretch still looks silent); ``files_out``
+        receives each speech crop's file index in the clean bank."""
+        speech = self.clean.crops(n, length, gen, files_out)
         noise = self.noise_clips(n, length, gen)
         lo, hi = self.snr_range
         snr = lo + (hi - lo) * torch.rand(n, device=speech.device, generator=gen)

@@ -185,7 +185,7 @@ def evaluate_pairs(model: PulseCNN, noisy_root: Path, clean_root: Path, opts: Ev
 SYNTH_COUNT_MAX = 10_000
 SYNTH_SECONDS_MAX = 600.0
 SYNTH_TOTAL_SECONDS_MAX = 3600.0
-SILENT_CROP = 1e-4  # a speech crop 40 dB below the speech files' mean power: silence or room tone, no speech
+SILENT_CROP = 1e-4  # a speech crop 40 dB below its file's mean power: silence or room tone, no speech
 
 
 def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: int, count: int, seconds: float,
@@ -206,18 +206,20 @@ def evaluate_synth(model: PulseCNN, clean_root: Path, noise_root: Path, seed: in
     clean = AudioBank.from_files(list_audio(clean_root, "--clean"), cache)
     noise = AudioBank.from_files(list_audio(noise_root, "--noise"), cache)
     gen = torch.Generator().manual_seed(seed)
-    noisy, ref, speech = Recipe("pn", noise, clean=clean).mixtures(count, round(seconds * SAMPLE_RATE), gen)
+    files: list[int] = []
+    noisy, ref, speech = Recipe("pn", noise, clean=clean).mixtures(count, round(seconds * SAMPLE_RATE), gen, files)
     warnings = [f"left out {len(bank.left_out)} empty or silent {what} file(s): {name_list(bank.left_out)}"
                 for bank, what in ((clean, "--clean"), (noise, "--noise")) if bank.left_out]
     # a crop from a silent stretch of speech: SI-SNR against its (amplified) room tone measures nothing. Judged before
-    # mixing, which scales every crop to its SNR: a crop 40 dB below the --clean files' mean power holds no speech
-    floor = SILENT_CROP * float(clean.samples.double().square().mean())
-    silent = {i for i in range(count) if float(speech[i].double().square().mean()) <= floor}
+    # mixing, which scales every crop to its SNR: a crop 40 dB below its own file's mean power holds no speech (a
+    # quiet file's speech is not silence)
+    power = {i: clean.file_power(i) for i in set(files)}
+    silent = {i for i in range(count) if float(speech[i].double().square().mean()) <= SILENT_CROP * power[files[i]]}
     if len(silent) == count:
         raise RtpulseError("every mixture's clean crop is silent: the --clean files hold too little speech to score")
     if silent:
         warnings.append(f"left out {len(silent)} of {count} mixtures whose clean crop is silent (40 dB below the "
-                        f"--clean files' mean power): {name_list([f'mix-{i:04d}' for i in sorted(silent)])}")
+                        f"mean power of its file): {name_list([f'mix-{i:04d}' for i in sorted(silent)])}")
     rows = [{"name": f"mix-{i:04d}", **score(model, noisy[i].numpy(), ref[i].numpy(), opts)}
             for i in range(count) if i not in silent]
     source = {"clean": str(clean_root), "noise": str(noise_root), "seed": seed, "seconds": seconds}

@@ -292,11 +292,14 @@ def _lr_factor(cfg: TrainConfig):
 
 def planned_epochs(cfg: TrainConfig, first_epoch: int, seconds_per_epoch: float) -> int:
     """The total for a ``--minutes`` run: the epochs done, plus as many more as fit in the budget at the pace of
-    ``first_epoch`` (its steps, validation and checkpoint), counting ``first_epoch`` itself; at least that epoch,
-    past a P-vs-U warm start (its epochs never compete for best), and at most ``--epochs``."""
+    ``first_epoch`` (its steps, validation and checkpoint), counting ``first_epoch`` itself; at least that epoch and
+    at most ``--epochs``; a P-vs-U warm start that the budget cannot get past is a one-line error."""
     fit = first_epoch - 1 + max(1, math.floor(cfg.minutes * 60 / max(seconds_per_epoch, 1e-9)))
-    if cfg.method == "pu" and cfg.risk != "pvu":
-        fit = max(fit, cfg.pvu_steps // cfg.steps_per_epoch + 1)
+    warm = cfg.pvu_steps // cfg.steps_per_epoch + 1 if cfg.method == "pu" and cfg.risk != "pvu" else 1
+    if warm > min(cfg.epochs, fit):  # its epochs never compete for best: a run inside it would keep epoch 1
+        raise RtpulseError(f"--pvu-steps {cfg.pvu_steps} needs {warm} epochs, but {cfg.minutes:g} minutes hold "
+                           f"{min(cfg.epochs, fit)} at {seconds_per_epoch:.1f} s an epoch: lower --pvu-steps or raise "
+                           f"--minutes (the epoch done is kept: --resume {cfg.run_dir} --epochs N goes on)")
     return min(cfg.epochs, fit)
 
 
