@@ -71,7 +71,7 @@ def sanitize(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     poison the whole spectrogram frame. Elementwise, so offline and streaming still give the same samples.
     """
     if not isinstance(x, torch.Tensor):
-        return sanitize(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+        return sanitize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()  # a reversed view too
     t = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_(-MAX_ABS, MAX_ABS)
     return t.masked_fill_(t.abs() < MIN_ABS, 0.0)
 
@@ -96,7 +96,12 @@ def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: fl
         return x.clone()
     batched = sanitize(x.reshape(-1, length))  # stays on x's device
     spec = stft(batched, tail=tail_for_lookahead(length, model.lookahead))  # [B, 513, M]
-    logits = model(spec.abs())[:, 0]  # [B, 513, M]
+    was_training = model.training  # inference: no dropout whatever mode the caller left the model in
+    model.eval()
+    try:
+        logits = model(spec.abs())[:, 0]  # [B, 513, M]
+    finally:
+        model.train(was_training)
     out = istft(spec * mask_gain(logits, mask, floor_db, model.config.mask_sharpness), length)  # [B, T]
     return out.reshape(x.shape)
 
@@ -121,7 +126,7 @@ class StreamingDenoiser:
     def __init__(self, model: PulseCNN, mask: str = "binary", floor_db: float | None = None) -> None:
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
-        self.model = model.eval()
+        self.model = model  # left in its mode: step() applies no dropout, so train and eval mode give the same samples
         self.mask = mask
         self.sharpness = model.config.mask_sharpness
         check_floor_db(floor_db)

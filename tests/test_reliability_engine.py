@@ -4,7 +4,9 @@ after a burst of garbage, and still equal to the offline path."""
 
 from __future__ import annotations
 
+import textwrap
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,17 +183,28 @@ def test_short_soak_keeps_memory_flat_and_delay_exact(tmp_path):
     assert "Command: `python -m benchmarks.soak --seconds 7.3`" in md.read_text()  # a command that runs again
 
 
-def test_a_soak_sees_an_engine_that_keeps_a_tensor_per_hop(monkeypatch):
-    """A leak in torch's allocator is invisible to tracemalloc: the RSS of the second half must tell it."""
-    from benchmarks.soak import run_soak
-    from rtpulse.stream import StreamingDenoiser
+def test_a_soak_sees_an_engine_that_keeps_a_tensor_per_hop():
+    """A leak in torch's allocator is invisible to tracemalloc: the RSS of the second half must tell it. In a process
+    of its own, as the soak runs: in this one, memory an earlier test freed (and the trainer's malloc settings keep)
+    would take the leak without RSS growing."""
+    import json
+    import subprocess
+    import sys
 
-    kept, hop = [], StreamingDenoiser._hop
-
-    def leaky(self, *args, **kwargs):
-        kept.append(torch.zeros(4096))  # 16 KiB a hop: 60 MB a minute
-        return hop(self, *args, **kwargs)
-
-    monkeypatch.setattr(StreamingDenoiser, "_hop", leaky)
-    result = run_soak(seconds=60, impulses=5, samples=10)
+    script = textwrap.dedent("""
+        import json, torch
+        from benchmarks.soak import run_soak
+        from rtpulse.stream import StreamingDenoiser
+        kept, hop = [], StreamingDenoiser._hop
+        def leaky(self, *args, **kwargs):
+            kept.append(torch.zeros(4096))  # 16 KiB a hop: 60 MB a minute
+            return hop(self, *args, **kwargs)
+        StreamingDenoiser._hop = leaky
+        r = run_soak(seconds=60, impulses=5, samples=10)
+        print(json.dumps({k: r[k] for k in ("memory_flat", "rss_mb_growth_second_half")}))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
     assert not result["memory_flat"] and result["rss_mb_growth_second_half"] > 20

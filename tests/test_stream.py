@@ -211,3 +211,24 @@ def test_the_engines_refuse_a_floor_that_is_not_a_finite_attenuation(floor):
     x = noisy_signal(0.3)
     np.testing.assert_allclose(enhance(m, torch.from_numpy(x), "binary", 0.0).numpy(), x, atol=1e-5)
     assert np.all(np.isfinite(enhance(m, torch.from_numpy(x), "binary", -200.0).numpy()))
+
+
+def test_a_model_left_in_train_mode_gives_the_same_samples_and_keeps_its_mode():
+    from rtpulse.model import ModelConfig, PulseCNN
+
+    torch.manual_seed(0)
+    m = PulseCNN(ModelConfig(preset="blocks2", lookahead=1, dropout=0.5))  # as built: train mode, dropout on
+    x = noisy_signal(0.5)
+    first = enhance(m, torch.from_numpy(x), "soft").numpy()
+    assert m.training  # the caller's mode is its own
+    np.testing.assert_array_equal(first, enhance(m, torch.from_numpy(x), "soft").numpy())  # no dropout: repeatable
+    np.testing.assert_allclose(stream_offline_equivalent(m, x, mask="soft"), first, atol=1e-5)
+    assert m.training
+
+
+def test_a_reversed_float32_view_is_denoised_like_a_copy():
+    m = random_model("blocks2", 0)
+    x = noisy_signal(0.3)
+    flipped = np.flip(x)  # a negative stride, float32 already: numpy hands torch the view itself
+    want = StreamingDenoiser(m, mask="soft").process(flipped.copy())
+    np.testing.assert_array_equal(StreamingDenoiser(m, mask="soft").process(flipped), want)
