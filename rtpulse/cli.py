@@ -64,7 +64,7 @@ def denoise(
 ) -> None:
     """Denoise audio files. Output: mono, at each input's sample rate and length.
 
-    Ctrl-C (exit 130) or SIGTERM (exit 143) stops cleanly: finished files are kept, no partial file is left.
+    Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129) stops cleanly: finished files are kept, no partial file is left.
     """
     from rtpulse.signals import Terminated, sigterm_interrupts
 
@@ -73,9 +73,10 @@ def denoise(
     try:
         with sigterm_interrupts():
             _denoise_all(inputs, output, model, mask, floor_db, engine, force)
-    except Terminated:
-        console.print("terminated (SIGTERM): the unfinished output was removed", highlight=False, soft_wrap=True)
-        raise typer.Exit(143) from None
+    except Terminated as e:
+        console.print(f"terminated ({e.signal_name}): the unfinished output was removed", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
 
 
 def _denoise_all(

@@ -114,7 +114,7 @@ def live(
     from rtpulse.cli import fail, load_model_or_default, mask_for
     from rtpulse.cli_common import USER_ERRORS
     from rtpulse.dashboard import num
-    from rtpulse.files import check_json_output, check_output_file
+    from rtpulse.files import check_json_output, check_output_file, probe_writable_dir
     from rtpulse.live import LiveOptions, run_live
     from rtpulse.model import default_model_path
     from rtpulse.signals import Terminated, sigterm_interrupts
@@ -146,6 +146,7 @@ def live(
         check_floor_db(floor_db)
         if stats_json is not None:  # before the devices open: no session is lost to a bad path
             check_json_output(stats_json, "--stats-json")
+            probe_writable_dir(stats_json.parent)  # a read-only or unmakeable folder too
         if record_in is not None:
             check_output_file(record_in)
         if record_out is not None:
@@ -177,12 +178,13 @@ def live(
             stats = run_live(net, name, opts, console)
     except USER_ERRORS as e:
         fail(e)
-    except Terminated:
-        console.print("terminated (SIGTERM) before the audio stream ran", highlight=False)
-        raise typer.Exit(143) from None
-    stopped = {"SIGTERM": "stopped (SIGTERM)", "SIGINT": "stopped (Ctrl-C)"}.get(stats["stop_signal"], "done")
+    except Terminated as e:
+        console.print(f"terminated ({e.signal_name}) before the audio stream ran", highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    stopped = {"SIGTERM": "stopped (SIGTERM)", "SIGHUP": "stopped (SIGHUP)", "SIGINT": "stopped (Ctrl-C)"}.get(
+        stats["stop_signal"], "done")
     console.print(
-        f"{stopped}: {stats['seconds']:.1f} s at {stats['rate']} Hz, "
+        f"{stopped}: {stats['seconds']:.1f} s at {stats['rate']} Hz on {stats['devices']}, "
         f"delay {stats['total_delay_ms']:.0f} ms, hop {num(stats['hop_ms_median'], '.2f')}/{num(stats['hop_ms_p99'], '.2f')} ms "
         f"(median/p99), CPU {stats['cpu_percent']:.0f}%, xruns in {stats['input_overflows']} "
         f"out {stats['output_underflows']}, dropped blocks {stats['dropped_blocks']}, faults {stats['faults']}"

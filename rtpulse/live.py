@@ -362,6 +362,28 @@ class LiveWorker:
         self.thread.join(timeout=5)
 
 
+SFC_RF64_AUTO_DOWNGRADE = 0x1210  # libsndfile: an RF64 file that ends under 4 GiB is written as a plain WAV
+
+
+def open_growing_wav(path, rate: int):
+    """A float32 WAV of unknown length: RF64 that libsndfile turns into an ordinary WAV when it ends under 4 GiB (a
+    plain WAV's 32-bit sizes keep only the first 6.2 h at 48 kHz). soundfile has no public call for the switch: where
+    its internals differ, a plain WAV."""
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="FLOAT", format="RF64")
+    except (sf.LibsndfileError, RuntimeError, ValueError):  # a libsndfile without RF64
+        return sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+    try:
+        if sf._snd.sf_command(f._file, SFC_RF64_AUTO_DOWNGRADE, sf._ffi.NULL, 1) == 1:
+            return f
+    except AttributeError:
+        pass
+    f.close()  # RF64 for every recording would be unreadable to some players: the plain WAV instead
+    return sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+
+
 class Recorder:
     """Drains a ring (by absolute position) into a WAV file written to a temp name, renamed on close.
 
@@ -380,7 +402,7 @@ class Recorder:
         self.failed = False  # a write failed (disk full): close keeps what was written
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = sf.SoundFile(libsndfile_path(self.tmp), "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV")
+            self.file = open_growing_wav(libsndfile_path(self.tmp), rate)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise RtpulseError(f"cannot write {self.path}: {str(e).splitlines()[0]}") from None
         self._buf = np.zeros(ring.size // 2, np.float32)
@@ -463,7 +485,7 @@ def resolve_device(spec: str | None, kind: str) -> dict:
         if not found:
             raise RtpulseError(f"no default {kind} device; pass --{kind} (an index or a name); {hint}")
         return found[0]
-    if spec.strip().isdigit():
+    if spec.strip().isdecimal() and spec.strip().isascii():  # "²" is a digit to isdigit(), not to int()
         found = [d for d in devices if d["index"] == int(spec)]
         if not found:
             raise RtpulseError(f"no audio device with index {spec}; {hint}")
@@ -474,6 +496,9 @@ def resolve_device(spec: str | None, kind: str) -> dict:
     exact = [d for d in matches if d["name"].lower() == spec.lower()]
     if not matches:
         raise RtpulseError(f"no {kind} device matches {spec!r}; {hint}")
+    if not exact and len(matches) > 1:  # as sounddevice does: a guess would play to a device the user did not mean
+        names = ", ".join(f"[{d['index']}] {d['name']}" for d in matches)
+        raise RtpulseError(f"{len(matches)} {kind} devices match {spec!r}: {names}; give its index or more of its name ({hint})")
     return (exact or matches)[0]
 
 
@@ -566,23 +591,24 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
         for r in recorders:
             r.abort()
         raise
-    worker = LiveWorker(pipe).start()
+    worker, stop_signal, error = None, None, None
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    device_ms = (stream.latency[0] + stream.latency[1]) * 1e3
-    info = {"model": model_name, "devices": names, "device_latency_ms": device_ms, "channels": [ch_in, ch_out]}
-    stop_signal, error = None, None
+    info = {"model": model_name, "devices": names, "device_latency_ms": 0.0, "channels": [ch_in, ch_out]}
 
     def snapshot() -> dict:
         wall = time.perf_counter() - wall0
         return {
             **info,
             **pipe.stats(),
-            "total_delay_ms": pipe.delay / rate * 1e3 + device_ms,
+            "total_delay_ms": pipe.delay / rate * 1e3 + info["device_latency_ms"],
             "cpu_percent": 100 * (time.process_time() - cpu0) / max(wall, 1e-9),
             "wall_s": wall,
         }
 
     try:
+        # inside the try: a Ctrl-C/SIGTERM from here on closes the stream and the recordings (no temp file stays)
+        worker = LiveWorker(pipe).start()
+        info["device_latency_ms"] = (stream.latency[0] + stream.latency[1]) * 1e3
         stream.start()
         # --duration counts audio from the first callback (opening a stream can take seconds)
         target = opts.duration * rate if opts.duration else math.inf
@@ -629,13 +655,14 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
                 if not console.is_terminal:  # piped, rich leaves the last frame without its newline
                     console.line()
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under rtpulse.signals.sigterm_interrupts
-        stop_signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        stop_signal = e.signal_name if isinstance(e, Terminated) else "SIGINT"
     except sd.PortAudioError as e:
         error = f"audio stream error on {names}: {e}; run `rtpulse devices`"
     finally:
         with stop_signals_held():  # a second Ctrl-C/SIGTERM must not leave the recordings unfinished
             closed = close_stream(stream, sd, CLOSE_TIMEOUT_S)  # first: the recordings then hold all it played
-            worker.stop()
+            if worker is not None:
+                worker.stop()
             for r in recorders:  # each one, whatever another's fate
                 try:
                     r.close()
@@ -652,7 +679,10 @@ def run_live(model, model_name: str, opts: LiveOptions, console) -> dict:
     stats = {**snapshot(), "interrupted": stop_signal is not None, "stop_signal": stop_signal, "error": error,
              "recording_lost_samples": lost}
     if opts.stats_json:
-        write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
+        try:
+            write_text_atomic(opts.stats_json, json.dumps(stats, indent=2, default=str) + "\n")
+        except (OSError, RtpulseError) as e:  # the path was probed before the session; the disk may have filled since
+            error = error or f"{e} (the session ran: {status_line(stats)})"
     if error:
         raise RtpulseError(error)
     return stats

@@ -13,6 +13,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM inside :func:`sigterm_interrupts`. A KeyboardInterrupt, so the cleanup Ctrl-C runs (temp files
     removed, live recordings finalised) runs for it too; the CLI tells the two apart by the type."""
 
+    signal_name, exit_code = "SIGTERM", 143
+
+
+class HungUp(Terminated):
+    """SIGHUP inside :func:`sigterm_interrupts`: the terminal closed, an ssh session was lost. Stopped as SIGTERM is
+    (an unattended session's recordings are kept), exit 129 = 128 + 1."""
+
+    signal_name, exit_code = "SIGHUP", 129
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
@@ -25,27 +37,28 @@ def sigterm_interrupts() -> Iterator[None]:
         return
 
     def raise_terminated(signum, frame):
-        raise Terminated
+        raise HungUp if signum == signal.SIGHUP else Terminated
 
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or previous is None:  # a parent chose to ignore it, or a handler not set from Python
-        yield
-        return
-    signal.signal(signal.SIGTERM, raise_terminated)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # a signal a parent chose to ignore (nohup: SIGHUP), or whose handler was not set from Python, is left alone
+    taken = [sig for sig, handler in previous.items() if handler is not signal.SIG_IGN and handler is not None]
+    for sig in taken:
+        signal.signal(sig, raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig in taken:
+            signal.signal(sig, previous[sig])
 
 
 @contextmanager
 def stop_signals_held() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM inside the block (the shutdown: up to the worker's 5 s join), then put the
+    """Ignore SIGINT, SIGTERM and SIGHUP inside the block (the shutdown: up to the worker's 5 s join), then put the
     handlers back. Only the main thread can set handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     held = [sig for sig, handler in previous.items() if handler is not None]  # None: not set from Python, keep
     for sig in held:
         signal.signal(sig, signal.SIG_IGN)

@@ -143,10 +143,11 @@ def test_default_mask_is_the_models_own_and_the_option_overrides_it(tmp_path):
 # --- SIGTERM: cleaned up like Ctrl-C ----------------------------------------------------------------------
 
 
-def test_sigterm_mid_write_removes_the_temp_file_and_exits_143(tmp_path):
-    """A real process killed with SIGTERM while writing: the hidden temp file goes, no output appears.
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGHUP", 129)])  # SIGHUP: the terminal closed
+def test_sigterm_mid_write_removes_the_temp_file_and_exits_143(tmp_path, name, code):
+    """A real process killed with SIGTERM (or SIGHUP) while writing: the hidden temp file goes, no output appears.
 
-    143 (= 128 + 15) is what a shell reports for a process ended by SIGTERM; Ctrl-C gives 130.
+    143 (= 128 + 15) is what a shell reports for a process ended by SIGTERM; 129 for SIGHUP; Ctrl-C gives 130.
     """
     src, out = tmp_path / "long.wav", tmp_path / "out"
     sf.write(src, np.tile(noisy_signal(1.0, rate=8000), 120), 8000)  # 2 min: seconds of work after the first block
@@ -158,15 +159,15 @@ def test_sigterm_mid_write_removes_the_temp_file_and_exits_143(tmp_path):
         while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         temps = sorted(p.name for p in out.iterdir())
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, name))
         err = proc.communicate(timeout=60)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
     assert temps == [f".y.wav.tmp-{proc.pid}"]  # the kill landed while the temp file was being written
-    assert proc.returncode == 143, err  # 0 would mean it finished first; -15 that SIGTERM was not handled
+    assert proc.returncode == code, err  # 0 would mean it finished first; negative that the signal was not handled
     assert list(out.iterdir()) == []  # neither the temp file nor a partial y.wav
-    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert f"terminated ({name})" in err and "Traceback" not in err
 
 
 def test_sigterm_inside_the_guard_raises_terminated_and_the_old_handler_comes_back():

@@ -370,7 +370,10 @@ def test_devices_resolve_by_index_name_substring_and_default(fake_devices):
 
 @pytest.mark.parametrize(
     "spec,kind,words",
-    [("7", "input", "index 7"), ("mic", "output", "'mic'"), ("0", "output", "no output channels")],
+    [("7", "input", "index 7"), ("mic", "output", "'mic'"), ("0", "output", "no output channels"),
+     # "b" is in both inputs' names: a guess could record from the wrong microphone
+     ("b", "input", "2 input devices match 'b': [0] Built-in Mic, [1] USB Headset; give its index"),
+     ("²", "input", "no input device matches '²'")],  # a digit to str.isdigit, not to int()
 )
 def test_device_errors_name_the_device_and_how_to_list(fake_devices, spec, kind, words):
     from rtpulse.errors import RtpulseError
@@ -535,9 +538,10 @@ def sigterm_fallback():
     import signal
 
     seen: list[int] = []
-    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    old = {sig: signal.signal(sig, lambda signum, frame: seen.append(signum)) for sig in (signal.SIGTERM, signal.SIGHUP)}
     yield seen
-    signal.signal(signal.SIGTERM, old)
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def _live(tmp_path, model, *extra: str):
@@ -620,21 +624,23 @@ def test_the_largest_accepted_sizes_are_accepted_and_allocate_little(fake_sd, tm
     assert sum(a.nbytes for a in (pipe.in_ring, pipe.out_ring, pipe.played_ring)) < 128 * 2**20  # … and fits
 
 
-def test_live_sigterm_stops_like_ctrl_c_and_keeps_the_recordings(fake_sd, sigterm_fallback, tmp_path, model):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])  # SIGHUP: the terminal closed, the ssh session was lost
+def test_live_sigterm_stops_like_ctrl_c_and_keeps_the_recordings(fake_sd, sigterm_fallback, tmp_path, model, name):
     import os
     import signal
 
     rec_in, stats = tmp_path / "rec" / "in.wav", tmp_path / "rec" / "s.json"
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), getattr(signal, name)))
     timer.start()
     try:
         r = _live(tmp_path, model, "--duration", "20", "--record-in", str(rec_in), "--stats-json", str(stats))
     finally:
         timer.cancel()
-    assert sigterm_fallback == [], "rtpulse live did not handle SIGTERM"
-    assert r.exit_code == 0 and "stopped (SIGTERM)" in r.output, r.output
+    assert sigterm_fallback == [], f"rtpulse live did not handle {name}"
+    assert r.exit_code == 0 and f"stopped ({name})" in r.output, r.output
+    assert "on input 0 'Built-in Mic' / output 1 'USB Headset'" in r.output  # the summary names the devices used
     s = json.loads(stats.read_text())
-    assert s["interrupted"] and s["stop_signal"] == "SIGTERM" and s["seconds"] < 10
+    assert s["interrupted"] and s["stop_signal"] == name and s["seconds"] < 10
     recorded, _ = sf.read(rec_in, dtype="float32")
     assert recorded.size == fake_sd.opened[0].fed > 0  # everything fed was recorded
     np.testing.assert_array_equal(recorded, tone(0, recorded.size, 16000))
@@ -696,6 +702,38 @@ def test_live_sigterm_while_the_device_opens_leaves_no_temp_file(fake_sd, sigter
     assert sigterm_fallback == [], "rtpulse live did not handle SIGTERM"
     assert r.exit_code == 143 and "terminated (SIGTERM)" in r.output, r.output
     assert fake_sd.opened == [] and list(rec.iterdir()) == []  # the recorders' temp files are gone
+
+
+class SignalledStream(FakeStream):
+    """SIGTERM lands just after the device opened, while the session reads the stream's latency."""
+
+    @property
+    def latency(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+        return (0.005, 0.005)
+
+    @latency.setter
+    def latency(self, value) -> None:
+        pass
+
+
+def test_live_sigterm_just_after_the_device_opened_closes_everything(fake_sd, sigterm_fallback, tmp_path, model):
+    fake_sd.stream_class = SignalledStream
+    rec = tmp_path / "rec"
+    r = _live(tmp_path, model, "--duration", "5", "--record-in", str(rec / "in.wav"))
+    assert sigterm_fallback == [], "rtpulse live did not handle SIGTERM"
+    assert r.exit_code == 0 and "stopped (SIGTERM)" in r.output, r.output
+    assert [p.name for p in rec.iterdir()] == ["in.wav"]  # finished, no temp file beside it
+    assert not any(t.name == "rtpulse-live-worker" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_stats_path_that_cannot_be_written_is_refused_before_the_devices_open(fake_sd, tmp_path, model):
+    line = _one_line(_live(tmp_path, model, "--duration", "1", "--stats-json", "/proc/rtpulse/s.json"))
+    assert "cannot write into /proc/rtpulse" in line and fake_sd.opened == []
 
 
 def test_shutdown_holds_stop_signals_and_puts_the_handlers_back():
@@ -808,3 +846,15 @@ def test_a_block_written_but_not_counted_is_not_written_twice(tmp_path):
     rec.file.write(ring[:40])  # what the interrupted drain wrote; rec.done is still 0
     rec.close()
     np.testing.assert_array_equal(sf.read(tmp_path / "r.wav", dtype="float32")[0], ring[:40])
+
+
+def test_recordings_are_rf64_while_they_grow_and_an_ordinary_wav_when_short(tmp_path):
+    from rtpulse.live import open_growing_wav
+
+    f = open_growing_wav(tmp_path / "r.wav", 48000)
+    assert f.format == "RF64"  # past 4 GiB (6.2 h at 48 kHz) a plain WAV's sizes would lose the rest
+    f.write(np.full(480, 0.25, np.float32))
+    f.close()
+    info = sf.info(tmp_path / "r.wav")
+    assert info.format in ("WAV", "WAVEX") and info.frames == 480  # under 4 GiB: what every player reads
+    np.testing.assert_array_equal(sf.read(tmp_path / "r.wav", dtype="float32")[0], np.full(480, 0.25, np.float32))
