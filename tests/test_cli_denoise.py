@@ -151,8 +151,9 @@ def test_sigterm_mid_write_removes_the_temp_file_and_exits_143(tmp_path, name, c
     """
     src, out = tmp_path / "long.wav", tmp_path / "out"
     sf.write(src, np.tile(noisy_signal(1.0, rate=8000), 120), 8000)  # 2 min: seconds of work after the first block
-    cmd = [sys.executable, "-c", "from rtpulse.cli import app; app()", "denoise", str(src), "-o", str(out / "y.wav"),
-           "-m", str(make_model(tmp_path))]
+    # SIGHUP at its default, as from a terminal: under nohup (as CI may run) it is ignored, and rtpulse leaves it so
+    start = "import signal; signal.signal(signal.SIGHUP, signal.SIG_DFL); from rtpulse.cli import app; app()"
+    cmd = [sys.executable, "-c", start, "denoise", str(src), "-o", str(out / "y.wav"), "-m", str(make_model(tmp_path))]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
