@@ -138,7 +138,8 @@ def live(
         ("--headroom", headroom, MAX_HEADROOM_MS, " ms (it adds that much delay)"),
     ):
         if value is not None and value > top:
-            fail(RtpulseError(f"{name} must be at most {top:g}{unit}, got {value:g}"))
+            got = value if isinstance(value, int) else f"{value:g}"  # --rate 1000000, not 1e+06
+            fail(RtpulseError(f"{name} must be at most {top:g}{unit}, got {got}"))
     for path in (record_in, record_out):
         if path is not None and path.suffix.lower() != ".wav":
             fail(RtpulseError(f"recordings are WAV files: {path} should end in .wav"))

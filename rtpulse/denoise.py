@@ -9,6 +9,7 @@ computation on the whole file at once) to float tolerance, whatever the chunk si
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ def plan_outputs(inputs: list[Path], output: str | os.PathLike, force: bool) -> 
         if same:
             raise RtpulseError(f"output {dst} is the input file; choose another output path")
         check_output_file(dst)  # not a directory, and not under a file ("notes.txt/x.wav")
+        output_format(dst)  # a name it cannot write is said before "pass --force"
         if dst.exists() and not force:
             raise RtpulseError(f"output {dst} exists; pass --force to replace it")
     return pairs
@@ -249,13 +251,18 @@ def _trim(blocks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
 
 
 def _read_blocks(f: sf.SoundFile, src: Path, blocksize: int) -> Iterator[np.ndarray]:
+    read_any = False
     try:
         # read() until it returns nothing, not SoundFile.blocks(): that one trusts the header's length and, on a cut
         # MP3, went on yielding its reused buffer (the last block again) up to the length the header promised
-        while (block := f.read(blocksize, dtype="float32", always_2d=True)).size:
+        # in pieces of at most READ_FRAMES: a cut FLAC fails on the read that reaches its cut, losing that read
+        while (block := f.read(min(blocksize, READ_FRAMES), dtype="float32", always_2d=True)).size:
+            read_any = True
             yield sanitize(to_mono(block))  # sanitise before resampling: its filter would smear NaN around
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise RtpulseError(f"cannot read {src}: {str(e).splitlines()[0]}") from None
+        if not read_any:
+            raise RtpulseError(f"cannot read {src}: {str(e).splitlines()[0]}") from None
+        # a cut FLAC fails where its data end ("psf_fseek() failed"): what was read is the file (the caller warns)
 
 
 def _open_input(src: Path) -> sf.SoundFile:
@@ -264,11 +271,15 @@ def _open_input(src: Path) -> sf.SoundFile:
     if src.is_dir():
         raise RtpulseError(f"input is a directory, not an audio file: {src}")
     try:
+        if not src.is_file():  # a pipe (/dev/stdin, a FIFO): read whole, so that any format can seek in it (FLAC)
+            return sf.SoundFile(io.BytesIO(src.read_bytes()))
         return sf.SoundFile(libsndfile_path(src))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise RtpulseError(f"cannot read {src} as audio: {str(e).splitlines()[0]}") from None
 
 
+READ_FRAMES = 16384  # per read of the input file
+VORBIS_MAX_LEVEL = 1000.0  # levels up to this read back from .ogg as written; tens of thousands do not
 CLIP_SLACK = 0.01  # an output louder than full scale by more than this is worth a warning where the format clips
 RIFF_MAX_DATA = 2**32 - 1 - 4096  # WAV, AIFF and AU sizes are 32-bit fields (less the header's room)
 SAMPLE_BYTES = {"FLOAT": 4, "DOUBLE": 8, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4}
@@ -288,26 +299,39 @@ def large_file_format(dst: Path, fmt: str, subtype: str | None, frames: int) -> 
     return fmt
 
 
+def level_bound(fmt: str, subtype: str | None) -> float | None:
+    """The largest level ``fmt`` stores faithfully (None: any). Read back by soundfile: float WAV and MP3 keep any
+    level; FLAC, AIFF and AU hold integers (±1); Opus clips at ±1 at 16 and 24 kHz (its speech mode), and Vorbis
+    turns levels of thousands into garbage (a 30,000 sine read back at 5,841)."""
+    if subtype in ("FLOAT", "DOUBLE") or fmt == "MP3":
+        return None
+    if fmt == "OGG" and subtype != "OPUS":
+        return VORBIS_MAX_LEVEL
+    return 1.0
+
+
 def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int, frames: int = 0) -> tuple[int, float]:
     """Write mono blocks to a hidden temp file next to ``dst`` and rename it over ``dst`` at the end; returns how
-    many samples beyond ±1 the format clipped, and the loudest of them (0 for float WAV, Vorbis, Opus and MP3, which
-    keep any level).
+    many samples were clipped to the format's :func:`level_bound`, and the loudest of them (0 for float WAV and MP3,
+    which keep any level).
 
     Any failure — in the writer, in the rename, or in whatever produces the blocks (including
     KeyboardInterrupt) — deletes the temp file and leaves ``dst`` as it was.
     """
     fmt, subtype = output_format(dst)
     fmt = large_file_format(dst, fmt, subtype, frames)  # ``frames``: how many samples will come
-    # float WAV, Vorbis, Opus and MP3 store any level (checked by reading them back); FLAC, AIFF, AU (integers) clip
-    keeps_any_level = subtype in ("FLOAT", "DOUBLE") or fmt in ("MP3", "OGG")
+    bound = level_bound(fmt, subtype)
     clipped, peak = 0, 0.0
     tmp = temp_beside(dst)
     try:
         with sf.SoundFile(libsndfile_path(tmp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt) as f:
             for block in blocks:
-                if not keeps_any_level:
-                    clipped += int(np.count_nonzero(np.abs(block) > 1.0))
-                    peak = max(peak, float(np.abs(block).max(initial=0.0)))
+                if bound is not None:  # clipped here, the same way for every format, and counted
+                    over = np.abs(block) > bound
+                    if over.any():
+                        clipped += int(np.count_nonzero(over))
+                        peak = max(peak, float(np.abs(block).max()))
+                        block = np.clip(block, -bound, bound)
                 f.write(block)
         os.replace(tmp, dst)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -378,7 +402,9 @@ def denoise_file(
                    f"(a cut or damaged file?); the rest of {dst} is silence")
     # not for the hair (~0.1 %) a full-scale recording overshoots by after resampling; a clipped recording denoised
     # can overshoot by 10–30 %, an input past full scale by more
-    if clipped and loudest > 1.0 + CLIP_SLACK and on_warning is not None:
-        on_warning(f"{dst}: {clipped} samples beyond full scale (±1) were clipped (the loudest at {loudest:.2f}), as "
-                   f"{dst.suffix} holds at most full scale; write .wav to keep them")
+    bound = level_bound(*output_format(dst))
+    if clipped and loudest > bound * (1.0 + CLIP_SLACK) and on_warning is not None:
+        scale = "full scale (±1)" if bound == 1.0 else f"±{bound:g}"
+        on_warning(f"{dst}: {clipped} samples beyond {scale} were clipped (the loudest at {loudest:.2f}), as "
+                   f"{dst.suffix} holds at most {scale}; write .wav to keep them")
     return n_in / rate

@@ -24,6 +24,8 @@ def check_output_file(path: str | os.PathLike, inputs: tuple[str | os.PathLike |
     path = Path(path)
     if path.is_dir():
         raise RtpulseError(f"output {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # renaming over a FIFO or a device would replace it, not feed it
+        raise RtpulseError(f"output {path} is not a regular file (a pipe or a device); give a file name")
     _check_parent(path)
     for src in inputs:
         if src is None:

@@ -605,7 +605,7 @@ def test_the_dashboard_piped_ends_its_last_frame_before_the_summary(fake_sd, tmp
         ("--blocksize", "16385", "--blocksize must be at most 16384 frames"),
         ("--blocksize", str(2**40), "--blocksize must be at most 16384 frames"),
         ("--latency", "2.5", "--latency must be at most 2 s"),
-        ("--rate", "1000000", "--rate must be at most 768000 Hz"),
+        ("--rate", "1000000", "--rate must be at most 768000 Hz, got 1000000"),  # not 1e+06
     ],
 )
 def test_live_refuses_sizes_no_device_could_use(fake_sd, tmp_path, model, option, value, words):

@@ -178,6 +178,16 @@ def test_a_cut_mp3_whose_header_promises_more_gives_silence_not_repeated_audio(t
     assert np.abs(y[readable.size + 4096 :]).max() < 1e-6
 
 
+def test_a_cut_flac_is_denoised_as_far_as_it_goes(tmp_path, model_path):
+    src = tmp_path / "cut.flac"
+    sf.write(src, _signal(3 * 44100, 1)[:, 0], 44100)
+    src.write_bytes(src.read_bytes()[: len(src.read_bytes()) * 3 // 5])  # libsndfile reads some, then fails
+    r = _denoise([src, "-o", tmp_path / "o.wav", "-m", model_path])
+    assert r.exit_code == 0 and "its header announces could be read" in r.output, r.output
+    y = sf.read(tmp_path / "o.wav", dtype="float32")[0]
+    assert y.size == 3 * 44100 and np.abs(y[:44100]).max() > 0.01 and not y[-44100 // 2 :].any()
+
+
 def test_a_wav_past_4_gib_is_written_as_rf64_and_an_aiff_that_large_refused(tmp_path, model_path, model, monkeypatch):
     import rtpulse.denoise
 
