@@ -394,6 +394,10 @@ def test_overlapping_folders_are_refused_and_unused_references_are_said(pair, tm
     for noisy, clean in ((pair, pair / "clean"), (pair / "noisy", pair), (pair / "noisy", pair / "noisy")):
         res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(noisy), "--clean", str(clean)])
         assert "overlap (one holds the other)" in one_line_error(res)
+    (pair / "link.wav").symlink_to(pair / "clean" / "a" / "utt.wav")  # one file under two names
+    res = CliRunner().invoke(app, ["eval", "--model", str(keep), "--noisy", str(pair / "link.wav"), "--clean",
+                                   str(pair / "clean" / "a" / "utt.wav")])
+    assert "are the same file" in one_line_error(res)
     sf.write(pair / "clean" / "spare.wav", np.ones(2048, np.float32) * 0.1, 16000)
     r = run_eval(pair, keep)
     assert f"1 clean file(s) in {pair / 'clean'} without a noisy partner: spare.wav" in r["warnings"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def pair_files(noisy_root: Path, clean_root: Path) -> tuple[list[tuple[str, Path
     Returns (pairs as (name, noisy, clean), noisy files without a clean partner, clean files no pair uses).
     """
     if noisy_root.is_file() and clean_root.is_file():
+        if os.path.samefile(noisy_root, clean_root):  # a file scored against itself: SI-SNR ~ 110 dB, no meaning
+            raise RtpulseError(f"--noisy {noisy_root} and --clean {clean_root} are the same file")
         return [(noisy_root.stem, noisy_root, clean_root)], [], []
     for inner, outer in ((clean_root, noisy_root), (noisy_root, clean_root)):
         if outer.is_dir() and inner.resolve().is_relative_to(outer.resolve()):  # the same folder too
