@@ -286,10 +286,11 @@ def test_a_model_whose_finite_weights_overflow_writes_nothing(tmp_path):
 
 def test_an_error_piped_to_a_log_is_its_one_line_and_nothing_before_it(tmp_path):
     """Not a terminal (a log, a pipe): no progress bar, whose transient remains were a blank line before the error."""
-    bad = tmp_path / "bad.wav"
+    bad, bad2 = tmp_path / "bad.wav", tmp_path / "bad2.wav"
     bad.write_text("hello")
+    bad2.write_text("hello")  # eval refuses one file given twice before reading it
     for args in (["denoise", str(bad), "-o", str(tmp_path / "o.wav"), "-m", str(make_model(tmp_path))],
-                 ["eval", "-m", str(make_model(tmp_path)), "--noisy", str(bad), "--clean", str(bad)]):
+                 ["eval", "-m", str(make_model(tmp_path)), "--noisy", str(bad), "--clean", str(bad2)]):
         res = runner.invoke(app, args)
         assert res.exit_code == 1 and res.output.startswith("error: cannot read") and res.output.count("\n") == 1
 
