@@ -178,10 +178,13 @@ def _options(args: list[str]) -> dict[str, str]:
     return out
 
 
-def _trainer_defaults() -> dict[str, object]:
+def _default_of(name: str) -> object | None:
+    """The trainer's default for a valued option; None for flags, for options without one, and for `epochs` (its
+    default depends on --minutes: 10 alone, 10,000 as the cap of a budget)."""
     from trainer.config import TrainConfig
 
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}.get(name)
+    return None if isinstance(default, bool) or name == "epochs" else default
 
 
 def _as_trained(options: dict[str, str]) -> dict[str, str]:
@@ -190,17 +193,14 @@ def _as_trained(options: dict[str, str]) -> dict[str, str]:
     trainer ignored them before it refused them)."""
     from trainer.config import PU_ONLY
 
-    defaults = _trainer_defaults()
-    pu = options.get("--method", defaults["method"]) == "pu"
+    pu = options.get("--method", _default_of("method")) == "pu"
     out = {}
     for key, value in options.items():
         name = key[2:].replace("-", "_")
         if name in PU_ONLY and not pu:
             continue
-        default = defaults.get(name)
-        # --epochs always counts: its default depends on --minutes (10 alone, 10,000 as the cap of a budget)
-        if (default is not None and not isinstance(default, bool) and name != "epochs"
-                and _canonical(value) == _canonical(str(default))):
+        default = _default_of(name)
+        if default is not None and _canonical(value) == _canonical(str(default)):
             continue
         out[key] = value
     return out
@@ -209,11 +209,8 @@ def _as_trained(options: dict[str, str]) -> dict[str, str]:
 def _said(key: str, options: dict[str, str]) -> str:
     if key in options:
         return f"{key} {options[key]}".strip()
-    name = key[2:].replace("-", "_")
-    default = _trainer_defaults().get(name)
-    if default is None or isinstance(default, bool) or name == "epochs":  # (--epochs' default depends on --minutes)
-        return f"no {key}"
-    return f"{key} {default} (the default)"
+    default = _default_of(key[2:].replace("-", "_"))
+    return f"no {key}" if default is None else f"{key} {default} (the default)"
 
 
 def _canonical(value: str | None) -> str | None:

@@ -271,7 +271,9 @@ def _open_input(src: Path) -> sf.SoundFile:
     if src.is_dir():
         raise RtpulseError(f"input is a directory, not an audio file: {src}")
     try:
-        if not src.is_file():  # a pipe (/dev/stdin, a FIFO): read whole, so that any format can seek in it (FLAC)
+        # a pipe (/dev/stdin, a FIFO): read whole, so that any format can seek in it (FLAC), and libsndfile measures
+        # its length (a WAV written to a pipe says 2^31 − 1 samples in its header)
+        if not src.is_file():
             return sf.SoundFile(io.BytesIO(src.read_bytes()))
         return sf.SoundFile(libsndfile_path(src))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
@@ -364,12 +366,6 @@ def denoise_file(
         check_output_rate(dst, rate)  # the output keeps the input's rate: refused before any work
         piece = HOP * chunk_frames
         block_in = max(1, piece * rate // SAMPLE_RATE)
-        source: Iterable[np.ndarray] = _read_blocks(f, src, block_in)
-        if not f.seekable():
-            # a pipe: a writer that cannot seek back leaves a placeholder length in the header (2^31 − 1 samples),
-            # so the stream is read to its end first (into memory) and its real length is the length
-            source = list(source)
-            n_in = sum(b.size for b in source)
         if n_in <= 0:
             raise RtpulseError(f"{src} holds no samples")
         large_file_format(dst, *output_format(dst), n_in)  # an AIFF past 4 GiB, too
@@ -378,7 +374,7 @@ def denoise_file(
 
         def read() -> Iterator[np.ndarray]:
             nonlocal done
-            for block in source:
+            for block in _read_blocks(f, src, block_in):
                 done += block.size
                 if on_progress is not None:
                     on_progress(min(1.0, done / n_in))
