@@ -192,6 +192,10 @@ def train(
     ] = PGain.own,
     init: Annotated[Init, typer.Option(help="Weight init: default (PyTorch) or he (Kaiming normal).")] = Init.default,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
+    ema: Annotated[
+        float,
+        typer.Option(help="Validate and publish (last/best.safetensors) an exponential moving average of the weights with this decay per step, e.g. 0.999 (0 = off; a resume continues the raw weights and the average)."),
+    ] = 0.0,
     init_from: Annotated[
         Path | None,
         typer.Option(help="Start from this model file's weights (fine-tuning; same compress; L may differ; a smaller preset (blocks2 < blocks3 < paper or blocks3t) grows into this one, its logits unchanged if L and --level-frames match)."),
@@ -270,6 +274,7 @@ def train(
                 **({} if val_floor_db is None else {"val_floor_db": val_floor_db}),  # None: trainer.data.QUIET_FLOOR_DB
                 init=init.value,
                 clip_grad=clip_grad,
+                ema=ema,
                 init_from=_s(init_from),
                 select_mask=select_mask.value,
                 seed=seed,

@@ -207,6 +207,55 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path, mo
     assert [r["lr"] for r in lines] == [r["lr"] for r in full_lines]
 
 
+def test_the_weight_average_ramps_its_decay_then_holds_it():
+    from trainer.ema import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    avg = WeightAverage(model, decay=0.2)
+    for w in (2.0, 3.0):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        avg.update(model)
+    # decay after n updates: min(0.2, (1 + n) / (10 + n)) → 2/11 (the ramp), then 0.2 (the cap)
+    first = 1.0 * 2 / 11 + 2.0 * 9 / 11
+    assert avg.params[0].item() == pytest.approx(first * 0.2 + 3.0 * 0.8)
+    assert avg.averaged(model).weight.item() == pytest.approx(first * 0.2 + 3.0 * 0.8)
+    assert model.weight.item() == 3.0  # the copy holds the average; the model keeps training its own weights
+
+
+def test_an_ema_run_validates_and_publishes_the_average_and_resumes_it_exactly(corpus, tmp_path, monkeypatch):
+    import trainer.validate
+    from trainer.train import resume_config
+
+    validated = []
+    real = trainer.validate.dev_sisnri
+
+    def recording(model, *args, **kw):
+        validated.append([p.detach().clone() for p in model.parameters()])
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(trainer.validate, "dev_sisnri", recording)
+    full = tiny(corpus, tmp_path, out=str(tmp_path / "full"), epochs=3, ema=0.5, lr=1e-2)
+    run_training(full, progress=False)
+    raw, state = load_checkpoint(tmp_path / "full")
+    last = load_model(tmp_path / "full" / "last.safetensors")
+    assert state["ema"]["updates"] == 6
+    for p, a, v, r in zip(last.parameters(), state["ema"]["params"], validated[-1], raw.parameters(), strict=True):
+        assert torch.equal(p, a) and torch.equal(p, v)  # published = saved average = what was validated
+    assert any(not torch.equal(p, r) for p, r in zip(last.parameters(), raw.parameters()))  # not the raw weights
+    part = dataclasses.replace(full, out=str(tmp_path / "part"))
+    with monkeypatch.context() as m:
+        _kill_at(m, "save_epoch", 2)
+        with pytest.raises(Killed):
+            run_training(part, progress=False)
+    run_training(resume_config(tmp_path / "part"), resume=True, progress=False)
+    resumed = load_model(tmp_path / "part" / "last.safetensors")
+    for k, v in last.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
 def test_planned_epochs_fit_the_budget_within_the_cap_and_past_the_warm_start(tmp_path):
     from trainer.train import planned_epochs
 
@@ -587,6 +636,8 @@ def test_cli_minutes_plans_from_the_first_epoch_under_a_default_cap(corpus, tmp_
     (["--clean", "c", "--noise", "n", "--warmup-steps", "-5"], "--warmup-steps must be ≥ 0"),
     (["--clean", "c", "--noise", "n", "--epochs", "0"], "--epochs must be ≥ 1"),
     (["--clean", "c", "--noise", "n", "--minutes", "0"], "--minutes must be above 0"),
+    (["--clean", "c", "--noise", "n", "--ema", "1"], "--ema is the average's decay per step, in [0, 1)"),
+    (["--clean", "c", "--noise", "n", "--ema", "-0.5"], "--ema is the average's decay per step, in [0, 1)"),
     (["--clean", "c", "--noise", "n", "--output-bias", "1e308"], "--output-bias must be −100…100"),
 ])
 def test_cli_bad_options_fail_in_one_line(tmp_path, args, message):

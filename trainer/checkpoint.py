@@ -39,14 +39,15 @@ def _states_oldest_first(ckpt: Path) -> list[Path]:
     return sorted(ckpt.glob("epoch-*.state.pt"), key=epoch)
 
 
-def save_checkpoint(run_dir: Path, model: PulseCNN, state: dict) -> None:
-    """Write epoch ``state['epoch']``: weights and last.safetensors first, the state file last (it marks the epoch
-    complete: a kill before it redoes the epoch on resume, so last.safetensors is never left an epoch behind)."""
+def save_checkpoint(run_dir: Path, model: PulseCNN, state: dict, published: PulseCNN | None = None) -> None:
+    """Write epoch ``state['epoch']``: weights and last.safetensors (``published``, else the weights) first, the
+    state file last (it marks the epoch complete: a kill before it redoes the epoch on resume, so last.safetensors
+    is never left an epoch behind)."""
     ckpt = run_dir / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
     stem = f"epoch-{state['epoch']:04d}"
     save_model(model, ckpt / f"{stem}.safetensors")
-    save_model(model, run_dir / "last.safetensors")
+    save_model(model if published is None else published, run_dir / "last.safetensors")
     _atomic_torch_save(state, ckpt / f"{stem}.state.pt")
     for old in _states_oldest_first(ckpt)[:-KEEP]:
         old.unlink(missing_ok=True)

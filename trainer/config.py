@@ -79,6 +79,7 @@ class TrainConfig:
     p_gain: str = "own"
     init: str = "default"  # "he": Kaiming-normal convs (the default init makes the output ignore the input)
     clip_grad: float = 0.0  # max gradient norm (0: off)
+    ema: float = 0.0  # decay of the weights' moving average that is validated and published (trainer.ema; 0: off)
     init_from: str | None = None  # start from this model file's weights (same compress; L may differ; a smaller preset grows)
     select_mask: str = "binary"
     seed: int = 0
@@ -153,6 +154,8 @@ class TrainConfig:
             raise RtpulseError(f"--init must be default or he, got {self.init!r}")
         if self.pvu_steps < 0 or self.clip_grad < 0:
             raise RtpulseError("--pvu-steps and --clip-grad must be ≥ 0")
+        if not 0 <= self.ema < 1:
+            raise RtpulseError(f"--ema is the average's decay per step, in [0, 1) (0 = off), got {self.ema:g}")
         if not 0 < self.prior < 1:
             raise RtpulseError(f"--prior must be in (0, 1), got {self.prior}")
         # Kiryo et al.: β ≥ 0 and 0 ≤ γ ≤ 1, else the correction raises a non-negative risk or drives it negative

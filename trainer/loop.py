@@ -26,7 +26,7 @@ def _live(avg: dict, cfg) -> str:
     return line + f" │ U speech {avg['u_speech']:.1%} │ f {avg['logit_mean']:+.2f}±{avg['logit_std']:.2f}"
 
 
-def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show) -> dict:
+def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show, ema=None) -> dict:
     from trainer.train import STAT_KEYS, _write_line, checkpoint_model, context_frames, save_epoch, train_step
     from trainer.validate import dev_pu_risk, dev_sisnri
 
@@ -56,6 +56,8 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
             for i in range(cfg.steps_per_epoch):
                 batch = recipe.batch(cfg.batch_size, length, gen)
                 stats = train_step(net, optimizer, batch, cfg, scheduler, state["step"])
+                if ema is not None:
+                    ema.update(model)
                 sums += torch.stack([stats[k].float() for k in STAT_KEYS])
                 state["step"] += 1
                 if show and ((i + 1) % REFRESH_STEPS == 0 or i + 1 == cfg.steps_per_epoch or i < 3):
@@ -71,7 +73,8 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                       "clips_per_s": cfg.steps_per_epoch * cfg.batch_size * d.world / seconds,
                       "train_seconds": seconds, "precision": effective_precision(cfg.precision, d.device.type)}
             if d.main:
-                record.update(_validate(model, dev, cfg, d.device, dev_sisnri, dev_pu_risk))
+                published = model if ema is None else ema.averaged(model)  # what last/best.safetensors will hold
+                record.update(_validate(published, dev, cfg, d.device, dev_sisnri, dev_pu_risk))
                 score = _score(record, cfg)
                 # epochs inside a P-vs-U warm start (--pvu-steps before nnPU/uPU) do not compete for best: a
                 # table row would otherwise score the warm start instead of its method. The first epoch is still
@@ -87,7 +90,8 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                 state["epoch"] = epoch
                 # the line first: a resume trims lines past its checkpoint, but cannot restore a missing one
                 _write_line(run_dir / "metrics.jsonl", record)
-                save_epoch(run_dir, checkpoint_model(model, cfg, epoch, record), optimizer, scheduler, state, best)
+                save_epoch(run_dir, checkpoint_model(model, cfg, epoch, record), optimizer, scheduler, state, best,
+                           ema=ema, published=checkpoint_model(published, cfg, epoch, record))
                 if console is not None:
                     console.print(_epoch_line(record, cfg), highlight=False)
             state["epoch"] = epoch

@@ -40,6 +40,7 @@ from trainer.data import (
     write_split,
 )
 from trainer.ddp import Dist, global_mean, init_distributed
+from trainer.ema import WeightAverage
 from trainer.losses import bin_weight, mixit_loss, pn_loss, pu_risk
 from trainer.memory import keep_freed_memory
 from trainer.validate import DevData
@@ -442,18 +443,23 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0}
+    ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     if resume:
         state = resumed
         model.load_state_dict(loaded.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            if "ema" not in state:
+                raise RtpulseError(f"{run_dir}'s checkpoint holds no weight average for --ema {cfg.ema:g}")
+            ema.load_state_dict(state.pop("ema"))
     if d.main:  # on resume too: a new --epochs or --device must outlive the next kill
         write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         if not resume:
             write_split(split_path, split)
     d.barrier()
     t0 = time.time()
-    summary = run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show)
+    summary = run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show, ema)
     summary["seconds"] = time.time() - t0
     if d.main:
         from trainer.plot import plot_metrics
@@ -470,11 +476,17 @@ def checkpoint_model(model: PulseCNN, cfg: TrainConfig, epoch: int, record: dict
     return model
 
 
-def save_epoch(run_dir: Path, model: PulseCNN, optimizer, scheduler, state: dict, best: bool) -> None:
+def save_epoch(run_dir: Path, model: PulseCNN, optimizer, scheduler, state: dict, best: bool,
+               ema=None, published: PulseCNN | None = None) -> None:
+    """``model`` (the raw weights) is what a resume continues; ``published`` (the --ema average, else the model)
+    is what last/best.safetensors hold."""
+    published = model if published is None else published
     full = dict(state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 rng_cpu=torch.get_rng_state())
+    if ema is not None:
+        full["ema"] = ema.state_dict()
     # best first: a kill between the two leaves an epoch that is not checkpointed, so a resume re-runs it (the
     # same clips) and rewrites best; the other order could leave the state naming a best these weights are not
     if best:
-        save_model(model, run_dir / "best.safetensors")
-    save_checkpoint(run_dir, model, full)
+        save_model(published, run_dir / "best.safetensors")
+    save_checkpoint(run_dir, model, full, published)
