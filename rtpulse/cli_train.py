@@ -194,7 +194,7 @@ def train(
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 0.0,
     ema: Annotated[
         float,
-        typer.Option(help="Validate and publish (last/best.safetensors) an exponential moving average of the weights with this decay per step, e.g. 0.999 (0 = off; a resume continues the raw weights and the average)."),
+        typer.Option(help="Validate and publish (last/best.safetensors) an exponential moving average of the weights with this decay per step, e.g. 0.999 (0 = off; ramped in as (1 + n)/(10 + n) at step n, so 0.999 binds from step ~9,000; restarted when a --pvu-steps warm start ends; a resume continues the raw weights and the average)."),
     ] = 0.0,
     init_from: Annotated[
         Path | None,

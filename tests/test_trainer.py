@@ -256,6 +256,20 @@ def test_an_ema_run_validates_and_publishes_the_average_and_resumes_it_exactly(c
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_the_weight_average_starts_over_when_the_warm_start_ends(corpus, tmp_path):
+    from trainer.ema import WeightAverage
+
+    # --pvu-steps 2 at one step an epoch: epochs 1–2 are the P-vs-U warm start, epoch 3 the first to compete for
+    # best; its published average must be nnPU's weights only (the warm start's end, then step 3), not the warm start
+    run_training(tiny(corpus, tmp_path, epochs=3, steps_per_epoch=1, pvu_steps=2, ema=0.9, lr=1e-2), progress=False)
+    ckpt = tmp_path / "run" / "ckpt"
+    expected = WeightAverage(load_model(ckpt / "epoch-0002.safetensors"), 0.9)
+    expected.update(load_model(ckpt / "epoch-0003.safetensors"))
+    last = load_model(tmp_path / "run" / "last.safetensors")
+    for p, e in zip(last.parameters(), expected.params, strict=True):
+        assert torch.equal(p, e)
+
+
 def test_planned_epochs_fit_the_budget_within_the_cap_and_past_the_warm_start(tmp_path):
     from trainer.train import planned_epochs
 
@@ -751,6 +765,24 @@ def test_resume_refuses_damaged_metrics_and_an_edited_recipe_before_decoding(cor
     metrics.unlink()
     metrics.mkdir()
     with pytest.raises(RtpulseError, match="metrics.jsonl is not a file"):
+        run_training(resume_config(run, epochs=2), resume=True, progress=False)
+
+
+def test_a_run_from_before_ema_given_one_in_its_config_is_refused_before_decoding(corpus, tmp_path, monkeypatch):
+    import trainer.train
+    from rtpulse.model import save_model
+    from trainer.train import resume_config
+
+    run_training(tiny(corpus, tmp_path, epochs=1, steps_per_epoch=1), progress=False)
+    run = tmp_path / "run"
+    ckpt = run / "ckpt" / "epoch-0001.safetensors"
+    model = load_model(ckpt)
+    del model.config.extra["train_config"]["ema"]  # a checkpoint from before --ema
+    save_model(model, ckpt)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "ema": 0.5}))
+    monkeypatch.setattr(trainer.train, "build_data", lambda *a, **k: pytest.fail("decoded audio before refusing"))
+    with pytest.raises(RtpulseError, match="checkpoint holds no weight average for --ema 0.5"):
         run_training(resume_config(run, epochs=2), resume=True, progress=False)
 
 

@@ -2,7 +2,8 @@
 
 The raw weights keep training (and are what a resume continues from); the average smooths the step-to-step noise
 that makes a single epoch's weights a lottery on unseen noise. Early on the decay ramps as (1 + n) / (10 + n) after
-n updates, so the average is not anchored to the initial weights for thousands of steps.
+n updates, so the average is not anchored to the initial weights for thousands of steps. A P-vs-U warm start
+(--pvu-steps before nnPU/uPU) is left out: the average starts over when it ends (trainer.loop).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.params = [p.detach().clone() for p in model.parameters()]
+        self.updates = 0
+
+    @torch.no_grad()
+    def restart(self, model: torch.nn.Module) -> None:
+        """Start over from ``model``'s weights, the ramp too (the end of a P-vs-U warm start)."""
+        for avg, p in zip(self.params, model.parameters(), strict=True):
+            avg.copy_(p.detach())
         self.updates = 0
 
     def rate(self) -> float:

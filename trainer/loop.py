@@ -41,6 +41,7 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
     with progress:
         task = progress.add_task("train", total=cfg.steps_per_epoch, epoch=0, rate=0.0, diag="")
         first, started = state["epoch"] + 1, _clock()
+        warm_start = cfg.method == "pu" and cfg.risk != "pvu"  # the first --pvu-steps steps are P-vs-U
         epoch = state["epoch"]
         while epoch < cfg.epochs:  # a --minutes budget sets cfg.epochs after the first epoch
             epoch += 1
@@ -57,7 +58,13 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                 batch = recipe.batch(cfg.batch_size, length, gen)
                 stats = train_step(net, optimizer, batch, cfg, scheduler, state["step"])
                 if ema is not None:
-                    ema.update(model)
+                    # the average starts over when a P-vs-U warm start ends: its epochs do not compete for best, and
+                    # an average still made mostly of its weights (at 0.999 past the ramp, 90 % of it 100 steps on)
+                    # would put the warm start into the first epochs that do
+                    if warm_start and state["step"] + 1 == cfg.pvu_steps:
+                        ema.restart(model)
+                    else:
+                        ema.update(model)
                 sums += torch.stack([stats[k].float() for k in STAT_KEYS])
                 state["step"] += 1
                 if show and ((i + 1) % REFRESH_STEPS == 0 or i + 1 == cfg.steps_per_epoch or i < 3):

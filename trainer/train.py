@@ -423,6 +423,10 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         if done > cfg.epochs:  # refused before any decoding, and before config.json is rewritten
             raise RtpulseError(f"{run_dir} has already trained {done} epochs; give --epochs above {done} to go on")
         check_resume_matches(run_dir, cfg, loaded)
+        # a run from before --ema (its checkpoint's recipe lacks the key, so the check above passes) given one by
+        # an edited config.json: refused here, before minutes of decoding
+        if cfg.ema > 0 and "ema" not in resumed:
+            raise RtpulseError(f"{run_dir}'s checkpoint holds no weight average for --ema {cfg.ema:g}")
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists() and not metrics.is_file():
             raise RtpulseError(f"{metrics} is not a file; the run logs its epochs there")
@@ -450,8 +454,6 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
-            if "ema" not in state:
-                raise RtpulseError(f"{run_dir}'s checkpoint holds no weight average for --ema {cfg.ema:g}")
             ema.load_state_dict(state.pop("ema"))
     if d.main:  # on resume too: a new --epochs or --device must outlive the next kill
         write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
