@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from rtpulse.cli import app
 from rtpulse.errors import RtpulseError
 from rtpulse.model import load_model
+from rtpulse.stft import HOP
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import AudioBank, Recipe, mix_at_snr
+from trainer.data import AudioBank, Recipe, mix_at_snr, noise_floor_db
 from trainer.train import build_model, run_training
 
 
@@ -143,6 +144,38 @@ def test_speech_floor_keeps_only_speech_without_a_steady_background(corpus, tmp_
     assert [p.rsplit("/", 1)[1] for p in split["clean"]["train"] + split["val"]["clean"]] == ["quiet.wav", "quiet.wav"]
     with pytest.raises(RtpulseError, match="raise --speech-floor-db"):
         run_training(dataclasses.replace(cfg, out=str(tmp_path / "run2"), speech_floor_db=-200.0), progress=False)
+
+
+def test_the_noise_floor_ignores_digital_silence_padded_at_the_ends():
+    rng = np.random.default_rng(2)
+    t = np.arange(5 * 16000) / 16000
+    voice = 0.5 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0)  # digital silence between words
+    hiss = (voice + 0.1 * rng.standard_normal(t.size)).astype(np.float32)
+    pad = np.zeros(6400, np.float32)  # 0.4 s at each end: 14 % of the frames
+    floor = noise_floor_db(hiss)
+    assert floor > -25.0
+    assert abs(noise_floor_db(np.concatenate([pad, hiss, pad])) - floor) < 1.0  # was −191 dB: kept as quiet
+    assert noise_floor_db(voice.astype(np.float32)) < -100.0  # pauses of digital silence inside still count
+    assert noise_floor_db(np.zeros(16000, np.float32)) == 0.0
+
+
+def test_short_files_lie_in_the_trained_part_of_a_clip_not_in_its_tracker_history(corpus, tmp_path):
+    from trainer.ddp import Dist
+    from trainer.train import build_data, context_frames
+
+    clean = tmp_path / "short"
+    clean.mkdir()
+    for i in range(3):  # 0.3 s words, shorter than the 0.5 s of history before each crop
+        sf.write(clean / f"w{i}.wav", (0.3 * np.sin(np.arange(4800) * (0.1 + 0.02 * i))).astype(np.float32), 16000)
+    cfg = tiny(corpus, tmp_path, method="pn", clean=str(clean), context_seconds=0.5, level_frames=10, crop_seconds=0.5)
+    recipe, _, _ = build_data(cfg, Dist(), None)
+    lead = context_frames(cfg) * HOP
+    b = recipe.batch(16, lead + 8000, torch.Generator().manual_seed(0))
+    trained = b.clean[:, lead:].square().sum(-1) / b.clean.square().sum(-1)
+    assert float(trained.min()) > 0.99  # the whole word is in the part the loss sees (it was all in the history)
+    # at most `lead` zeros first, and no more than leave the file its end in the clip
+    for size, row in ((4, [0, 0, 0, 1, 1, 1, 1, 0]), (6, [0, 0, 1, 1, 1, 1, 1, 1])):
+        assert AudioBank([np.ones(size, np.float32)], ["a"]).crops(1, 8, torch.Generator(), lead=3).tolist() == [row]
 
 
 @pytest.mark.parametrize(("risk", "expected"), [("nnpu", 3), ("pvu", 1)])
@@ -833,6 +866,26 @@ def test_silent_noise_is_left_out_with_a_note_and_an_all_silent_folder_is_refuse
         run_training(tiny(corpus, tmp_path, out=str(tmp_path / "run2"), noise=str(silent), dev_fraction=0.0),
                      progress=False)
     assert not (tmp_path / "run2").exists()
+
+
+def test_a_silent_file_drawn_as_the_held_out_noise_costs_the_validation_not_the_run(corpus, tmp_path):
+    import shutil
+
+    from trainer.data import list_audio, split_files
+    from trainer.ddp import Dist
+    from trainer.train import build_data
+
+    noise = tmp_path / "noise"
+    shutil.copytree(corpus / "noise", noise)
+    sf.write(noise / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    # a seed whose split holds out just that file (the split is drawn before any file is decoded)
+    seed = next(s for s in range(100) if split_files(list_audio(noise, "n"), 0.34, s + 1)[1] == [noise / "quiet.wav"])
+    console = Console(record=True, width=300)
+    recipe, dev, _ = build_data(tiny(corpus, tmp_path, noise=str(noise), seed=seed), Dist(), console)
+    assert len(recipe.noise.names) == 3 and dev.noisy is None and dev.u is None
+    text = console.export_text()
+    assert f"the held-out file(s) {noise / 'quiet.wav'} are all empty or silent" in text
+    assert "no validation data" in text
 
 
 def test_validation_keeps_quiet_references_unless_told_otherwise(corpus, tmp_path):

@@ -140,10 +140,11 @@ class AudioBank:
 
     @classmethod
     def from_files(
-        cls, files: list[Path], cache_dir: Path | None, on_file: Callable[[], None] | None = None
-    ) -> AudioBank:
+        cls, files: list[Path], cache_dir: Path | None, on_file: Callable[[], None] | None = None,
+        required: bool = True,
+    ) -> AudioBank | None:
         """Empty and silent files are left out (named in ``left_out``): a silent noise clip teaches nothing and a
-        silent reference makes SI-SNR meaningless. Every file empty or silent is an error."""
+        silent reference makes SI-SNR meaningless. Every file empty or silent is an error (None if not ``required``)."""
         arrays, names, left_out = [], [], []
         for f in files:
             x = decode_cached(f, cache_dir)
@@ -154,6 +155,8 @@ class AudioBank:
                 left_out.append(str(f))
             if on_file:
                 on_file()
+        if not arrays and not required:
+            return None
         if not arrays:
             where = f" under {os.path.commonpath(left_out)}" if left_out else ""
             what = f"{left_out[0]} is" if len(left_out) == 1 else f"every audio file{where} is"
@@ -187,9 +190,13 @@ class AudioBank:
     def seconds(self) -> float:
         return self.samples.numel() / SAMPLE_RATE
 
-    def crops(self, n: int, length: int, gen: torch.Generator, files_out: list | None = None) -> torch.Tensor:
+    def crops(self, n: int, length: int, gen: torch.Generator, files_out: list | None = None,
+              lead: int = 0) -> torch.Tensor:
         """``n`` random crops ``[n, length]``: file drawn by ``weights`` (∝ its length unless balanced), start
-        uniform; short files zero-padded. ``files_out`` (a list) receives each crop's file index."""
+        uniform; short files zero-padded after their end, and with ``lead`` (a clip's first samples that only feed
+        the trackers, no loss) first before their start, up to ``lead`` zeros: a short file's sound then lies in the
+        part of the clip that is trained on, not in its history. ``files_out`` (a list) receives each crop's file
+        index."""
         dev = self.samples.device
         files = torch.multinomial(self.weights.float(), n, replacement=True, generator=gen)  # [n]
         if files_out is not None:
@@ -197,9 +204,10 @@ class AudioBank:
         lens = self.lengths[files]
         room = (lens - length).clamp_min(0)
         offs = (torch.rand(n, device=dev, generator=gen) * (room + 1).float()).long().minimum(room)
+        offs = offs - (length - lens).clamp(0, lead)  # a negative start: zeros before a short file
         pos = offs[:, None] + torch.arange(length, device=dev)[None]  # [n, length]
-        valid = pos < lens[:, None]
-        idx = (self.starts[files][:, None] + pos).clamp_max(self.samples.numel() - 1)
+        valid = (pos >= 0) & (pos < lens[:, None])
+        idx = (self.starts[files][:, None] + pos).clamp(0, self.samples.numel() - 1)
         return self.samples[idx] * valid
 
 
@@ -237,8 +245,13 @@ def noise_floor_db(x: np.ndarray, frame: int = 256) -> float:
     n = x.size // frame * frame
     if n == 0:
         return 0.0
-    power = np.square(x[:n].astype(np.float64)).reshape(-1, frame).mean(1) + 1e-20
-    level = 10 * np.log10(power)
+    power = np.square(x[:n].astype(np.float64)).reshape(-1, frame).mean(1)
+    # leading and trailing digital silence (an editor's padding) is no background: 10 % of it put a recording with a
+    # steady hiss at −190 dB. Pauses of digital silence between words still count (clean speech has them).
+    sound = np.flatnonzero(power >= SILENT_PEAK**2)
+    if sound.size == 0:
+        return 0.0
+    level = 10 * np.log10(power[sound[0] : sound[-1] + 1] + 1e-20)
     return float(np.percentile(level, 10) - np.percentile(level, 95))
 
 
@@ -283,14 +296,15 @@ class Recipe:
     def __init__(
         self, method: str, noise: AudioBank, clean: AudioBank | None = None, noisy: AudioBank | None = None,
         snr_range: tuple[float, float] = (-5.0, 10.0), p_level: str = "unit", noise_warp: float = 0.0,
-        noise_mix: float = 0.0,
+        noise_mix: float = 0.0, lead: int = 0,
     ) -> None:
+        """``lead``: the samples of tracker history before each clip's trained part (:meth:`AudioBank.crops`)."""
         if (clean is None) == (noisy is None):
             raise RtpulseError("give either clean speech (synthetic recipe) or noisy recordings (real), not both")
         if noisy is not None and method != "pu":
             raise RtpulseError(f"--method {method} needs clean speech (--clean); real noisy recordings train PU only")
         self.method, self.noise, self.clean, self.noisy, self.snr_range = method, noise, clean, noisy, snr_range
-        self.p_level, self.noise_warp, self.noise_mix = p_level, noise_warp, noise_mix
+        self.p_level, self.noise_warp, self.noise_mix, self.lead = p_level, noise_warp, noise_mix, lead
 
     def noise_clips(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
         """``[n, length]`` noise crops (see :meth:`single_noise_clips`); with ``noise_mix`` > 0 that share of them
@@ -308,12 +322,13 @@ class Recipe:
     def single_noise_clips(self, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
         """``[n, length]`` noise crops; with ``noise_warp`` > 0 that share of them warped (:func:`warp_clips`)."""
         if self.noise_warp <= 0:
-            return self.noise.crops(n, length, gen)
+            return self.noise.crops(n, length, gen, lead=self.lead)
         dev = self.noise.samples.device
         sizes, gain_db = draw_warps(n, length, gen, dev)
         warped = torch.rand(n, device=dev, generator=gen) < self.noise_warp
         sizes = torch.where(warped, sizes, length)
         gain_db = gain_db * warped[:, None]
+        # no lead here: a short file stays at the start of a crop whose rows are played at different rates
         return warp_clips(self.noise.crops(n, int(sizes.max()), gen), sizes, gain_db, length)
 
     def to(self, device) -> Recipe:
@@ -325,7 +340,7 @@ class Recipe:
     def noisy_clips(self, n: int, length: int, gen: torch.Generator):
         """(noisy, clean) ``[n, length]``; clean is None for real recordings."""
         if self.noisy is not None:
-            return standardise(self.noisy.crops(n, length, gen)), None
+            return standardise(self.noisy.crops(n, length, gen, lead=self.lead)), None
         noisy, clean, _ = self.mixtures(n, length, gen)
         return noisy, clean
 
@@ -333,7 +348,7 @@ class Recipe:
         """(noisy, clean, speech) ``[n, length]``: the synthetic recipe's mixtures, their clean part, and the speech
         crops as they were before mixing scaled them (where a silent stretch still looks silent); ``files_out``
         receives each speech crop's file index in the clean bank."""
-        speech = self.clean.crops(n, length, gen, files_out)
+        speech = self.clean.crops(n, length, gen, files_out, self.lead)
         noise = self.noise_clips(n, length, gen)
         lo, hi = self.snr_range
         snr = lo + (hi - lo) * torch.rand(n, device=speech.device, generator=gen)

@@ -211,10 +211,18 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
     sp_train, sp_held = split[speech_key]["train"], split[speech_key]["held_out"]
     no_train, no_held = split["noise"]["train"], split["noise"]["held_out"]
 
-    def load(files: list[Path]) -> AudioBank | None:
+    def load(files: list[Path], held_out: bool = False) -> AudioBank | None:
         if not files:
             return None
-        bank = AudioBank.from_files(files, cache)
+        # the split is drawn before files are decoded: the held-out part may be a folder's one silent file, which
+        # costs this validation, not the run
+        bank = AudioBank.from_files(files, cache, required=not held_out)
+        if bank is None:
+            if console is not None:
+                names = name_list([str(f) for f in files])
+                console.print(Text.assemble(("note:", "yellow"), f" the held-out file(s) {names} are all empty or "
+                              "silent: no validation on them"), highlight=False, soft_wrap=True)
+            return None
         if console is not None and bank.left_out:
             console.print(Text.assemble(("note:", "yellow"), f" left out {len(bank.left_out)} empty or silent file(s): "
                           f"{name_list(bank.left_out)}"), highlight=False, soft_wrap=True)
@@ -231,7 +239,7 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
                           highlight=False)
     recipe = Recipe(cfg.method, banks["noise"], clean=banks.get("clean"), noisy=banks.get("noisy"),
                     snr_range=(cfg.snr_min, cfg.snr_max), p_level=cfg.p_level, noise_warp=cfg.noise_warp,
-                    noise_mix=cfg.noise_mix).to(d.device)
+                    noise_mix=cfg.noise_mix, lead=context_frames(cfg) * HOP).to(d.device)
     gen = torch.Generator().manual_seed(cfg.seed + 7919)  # the dev set is fixed for the whole run
     length = round(cfg.dev_seconds * SAMPLE_RATE)
     dev = DevData()
@@ -239,9 +247,10 @@ def build_data(cfg: TrainConfig, d: Dist, console: Console | None,
         vr = Recipe("pn", load(split["val"]["noise"]), clean=load(split["val"]["clean"]),
                     snr_range=(cfg.snr_min, cfg.snr_max))
         dev.noisy, dev.clean = vr.noisy_clips(cfg.dev_count, length, gen)
-    if sp_held and no_held:
-        hr = Recipe("pu" if cfg.noisy else "pn", load(no_held), clean=load(sp_held) if cfg.clean else None,
-                    noisy=load(sp_held) if cfg.noisy else None, snr_range=(cfg.snr_min, cfg.snr_max),
+    held_noise, held_speech = (load(no_held, True), load(sp_held, True)) if sp_held and no_held else (None, None)
+    if held_noise is not None and held_speech is not None:
+        hr = Recipe("pu" if cfg.noisy else "pn", held_noise, clean=held_speech if cfg.clean else None,
+                    noisy=held_speech if cfg.noisy else None, snr_range=(cfg.snr_min, cfg.snr_max),
                     p_level=cfg.p_level)
         if cfg.noisy:
             b = hr.batch(cfg.dev_count, length, gen)
