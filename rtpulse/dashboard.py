@@ -8,12 +8,15 @@ from rich.table import Table
 from rich.text import Text
 
 
-def _meter(dbfs: float, width: int = 30, floor: float = -60.0) -> Text:
-    """A level bar from ``floor`` dBFS to 0 dBFS: green, yellow above −12, red above −3."""
+def _meter(dbfs: float, peak_dbfs: float | None = None, width: int = 30, floor: float = -60.0) -> Text:
+    """A bar of the RMS level ``dbfs`` from ``floor`` dBFS to 0 dBFS, coloured by the peak: green, yellow above −12,
+    red above −3 (about to clip). Not by the RMS: a full-scale sine is −3 dBFS RMS, clipped speech far less."""
     frac = 0.0 if not math.isfinite(dbfs) else min(max((dbfs - floor) / -floor, 0.0), 1.0)
     filled = round(frac * width)
-    style = "red" if dbfs > -3 else "yellow" if dbfs > -12 else "green"
-    return Text("█" * filled, style=style) + Text("·" * (width - filled), style="dim") + Text(f" {dbfs:6.1f} dBFS")
+    peak = dbfs if peak_dbfs is None else peak_dbfs
+    style = "red" if peak > -3 else "yellow" if peak > -12 else "green"
+    label = f" {dbfs:6.1f} dBFS" + ("" if peak_dbfs is None else f" (peak {peak_dbfs:6.1f})")
+    return Text("█" * filled, style=style) + Text("·" * (width - filled), style="dim") + Text(label)
 
 
 def num(v: float | None, spec: str) -> str:
@@ -27,8 +30,8 @@ def render_dashboard(s: dict) -> Table:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("devices", f"{s['devices']} · {s['rate']} Hz · block {s['blocksize']}")
-    t.add_row("input", _meter(s["in_level_dbfs"]))
-    t.add_row("output", _meter(s["out_level_dbfs"]))
+    t.add_row("input", _meter(s["in_level_dbfs"], s.get("in_peak_dbfs")))
+    t.add_row("output", _meter(s["out_level_dbfs"], s.get("out_peak_dbfs")))
     t.add_row("hop compute", f"median {num(s['hop_ms_median'], '.2f')} ms · p99 {num(s['hop_ms_p99'], '.2f')} ms "
               "(budget 16 ms)")
     t.add_row("real-time factor", f"{num(s['rtf'], '.3f')} (median hop / hop length) · CPU {s['cpu_percent']:.0f}%")
@@ -50,7 +53,7 @@ def render_dashboard(s: dict) -> Table:
         "overload",
         Text(
             f"dropped blocks {s['dropped_blocks']} ({s['dropped_samples']} samples played dry) · "
-            f"faults {s['faults']} · restarts {s['late_restarts']}",
+            f"faults {s['faults']} · late restarts {s['late_restarts']}",
             style="yellow" if bad else "",
         ),
     )

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +52,7 @@ FIRST_AUDIO_S = 30.0  # opening a device can take seconds; none at all this long
 # no audio for this long (or 4 blocks, if longer) after audio began: the device is gone. Not less: on a loaded 2-core
 # machine PulseAudio's ALSA plugin has paused callbacks for over 3 s and then recovered (the end-to-end test, in CI)
 STALL_S = 10.0
+EVENTS_KEPT = 100  # restarts remembered for the stats (the dashboard shows the last 20)
 CLOSE_TIMEOUT_S = 2.0  # a vanished device can hang PortAudio's stop/close for good: wait no longer than this
 
 
@@ -163,7 +165,11 @@ class LivePipeline:
         self.busy_s = 0.0  # worker compute time in total
         self.in_level = 0.0  # RMS of the last callback block
         self.out_level = 0.0
-        self.events: list[tuple[str, int, int]] = []  # (reason, position, engine start) of each restart
+        self.in_peak = 0.0  # largest |sample| of the last callback block: the level meters' colour (clipping)
+        self.out_peak = 0.0
+        # (reason, position, engine start) of the latest restarts: a model that fails every hop restarts 62 times a
+        # second, and a list of them all would grow for as long as the session runs
+        self.events: deque[tuple[str, int, int]] = deque(maxlen=EVENTS_KEPT)
         self.last_error = ""
         self.n_in = 0  # input samples written by the callback
         self.n_read = 0  # output samples emitted by the callback
@@ -202,6 +208,7 @@ class LivePipeline:
         ring_write(self.in_ring, self.n_in, mono)
         self.n_in += frames
         self.in_level = math.sqrt(float(np.dot(mono, mono)) / max(frames, 1))
+        self.in_peak = max(float(mono.max()), -float(mono.min())) if frames else 0.0
 
         j0 = self.n_read - self.slack  # worker position for outdata[0]
         ready = min(max(self.worker_out - j0, 0), frames)
@@ -218,6 +225,7 @@ class LivePipeline:
         ring_write(self.played_ring, self.n_read, y)
         self.n_read += frames
         self.out_level = math.sqrt(float(np.dot(y, y)) / max(frames, 1))
+        self.out_peak = max(float(y.max()), -float(y.min())) if frames else 0.0
         self.wake.set()
 
     # ---- worker side ------------------------------------------------------------------------
@@ -316,13 +324,15 @@ class LivePipeline:
             "seconds": self.n_read / self.rate,
             "in_level_dbfs": _dbfs(self.in_level),
             "out_level_dbfs": _dbfs(self.out_level),
+            "in_peak_dbfs": _dbfs(self.in_peak),
+            "out_peak_dbfs": _dbfs(self.out_peak),
             "hop_ms_median": med,
             "hop_ms_p99": p99,
             "rtf": med / hop_ms if times.size else None,
             "rtf_total": self.busy_s / max(self.n_read / self.rate, 1e-9),
             "engine_delay_ms": self.engine.delay / SAMPLE_RATE * 1e3,
             "pipeline_delay_ms": self.delay / self.rate * 1e3,
-            "restarts": [list(e) for e in self.events[-20:]],
+            "restarts": [list(e) for e in list(self.events)[-20:]],
             "last_error": self.last_error,
             **c.__dict__,
         }
@@ -496,9 +506,13 @@ def resolve_device(spec: str | None, kind: str) -> dict:
     exact = [d for d in matches if d["name"].lower() == spec.lower()]
     if not matches:
         raise RtpulseError(f"no {kind} device matches {spec!r}; {hint}")
-    if not exact and len(matches) > 1:  # as sounddevice does: a guess would play to a device the user did not mean
-        names = ", ".join(f"[{d['index']}] {d['name']}" for d in matches)
-        raise RtpulseError(f"{len(matches)} {kind} devices match {spec!r}: {names}; give its index or more of its name ({hint})")
+    # as sounddevice does: a guess would play to a device the user did not mean. That includes a name several devices
+    # share exactly (one card under two host APIs, as Windows lists MME and WASAPI): only the index tells them apart
+    shared = exact if len(exact) > 1 else [] if exact else matches
+    if len(shared) > 1:
+        names = ", ".join(f"[{d['index']}] {d['name']}" + (f" ({d['hostapi']})" if exact else "") for d in shared)
+        more = "" if exact else " or more of its name"
+        raise RtpulseError(f"{len(shared)} {kind} devices match {spec!r}: {names}; give its index{more} ({hint})")
     return (exact or matches)[0]
 
 

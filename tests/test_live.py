@@ -144,7 +144,12 @@ def test_resampler_round_trip_of_a_tone_has_high_snr(rate):
 def test_no_fault_output_is_the_engine_output_at_a_fixed_delay(model):
     x = noisy_input(1.5)
     pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, dry=0.0)
-    out = drive(pipe, x, BLOCK, on_block=lambda b: [None for _ in iter(pipe.work_once, False)])
+
+    def worker(_block):
+        while pipe.work_once():
+            pass
+
+    out = drive(pipe, x, BLOCK, on_block=worker)
     assert out.size == x.size - x.size % BLOCK
     ref = fresh_output(model, pipe, x, 0)
     n = out.size - pipe.slack
@@ -198,6 +203,17 @@ def test_dry_mix_is_a_weighted_sum_of_wet_and_delayed_input(model):
     mix = drive(mix_pipe, x, BLOCK, on_block=lambda b: [None for _ in iter(mix_pipe.work_once, False)])
     d = mix_pipe.delay
     np.testing.assert_allclose(mix[d:], 0.75 * wet[d:] + 0.25 * x[: mix.size - d], atol=1e-5)
+
+
+def test_a_model_failing_every_hop_keeps_a_bounded_list_of_restarts(model):
+    from rtpulse.live import EVENTS_KEPT
+
+    x = noisy_input(3.0)
+    pipe = LivePipeline(FaultyEngine(model, fail=set(range(10_000))), RATE, BLOCK, startup_s=0.05)
+    out = drive(pipe, x, BLOCK, on_block=lambda b: [None for _ in iter(pipe.work_once, False)])
+    assert pipe.counters.faults > EVENTS_KEPT  # every hop failed, and each restarted the engine
+    assert len(pipe.events) == EVENTS_KEPT and pipe.events[-1][0] == "fault"
+    assert len(pipe.stats()["restarts"]) == 20 and out.size == x.size - x.size % BLOCK
 
 
 def test_late_worker_and_exception_keep_the_stream_whole_and_recover(model):
@@ -260,7 +276,7 @@ def test_short_stall_is_caught_up_without_a_restart(model):
 
     out = drive(pipe, x, BLOCK, on_block=worker)
     c = pipe.counters
-    assert c.late_restarts == 0 and pipe.events == [] and c.dropped_samples > 0
+    assert c.late_restarts == 0 and not pipe.events and c.dropped_samples > 0
     uninterrupted = np.concatenate((np.zeros(pipe.slack, np.float32), fresh_output(model, pipe, x, 0)))[: out.size]
     dry = np.concatenate((np.zeros(pipe.delay, np.float32), x))[: out.size]
     missed = slice(73 * BLOCK - c.dropped_samples, 73 * BLOCK)
@@ -384,6 +400,21 @@ def test_device_errors_name_the_device_and_how_to_list(fake_devices, spec, kind,
     assert words in str(e.value) and "rtpulse devices" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_name_several_devices_share_exactly_is_refused_not_guessed(monkeypatch):
+    """Windows lists one card under MME, DirectSound and WASAPI with one name: the first one is not a choice."""
+    import rtpulse.live
+    from rtpulse.errors import RtpulseError
+
+    twins = [*FAKE_DEVICES, {**FAKE_DEVICES[1], "index": 7, "hostapi": "JACK"}]
+    monkeypatch.setattr(rtpulse.live, "list_devices", lambda: [dict(d) for d in twins])
+    with pytest.raises(RtpulseError) as e:
+        rtpulse.live.resolve_device("USB Headset", "output")
+    assert "2 output devices match 'USB Headset': [1] USB Headset (ALSA), [7] USB Headset (JACK); give its index (" in str(
+        e.value)
+    assert rtpulse.live.resolve_device("7", "output")["hostapi"] == "JACK"
+    assert rtpulse.live.resolve_device("built-in mic", "input")["index"] == 0  # an exact name of one device still is
+
+
 def test_live_cli_reports_bad_device_and_options_in_one_line(fake_devices, tmp_path, model):
     from typer.testing import CliRunner
 
@@ -463,6 +494,29 @@ def test_dashboard_and_status_line_show_the_counters(model):
     assert "m.safetensors" in text and "output underflows 3" in text and f"{s['total_delay_ms']:.0f} ms" in text
     line = status_line(s)
     assert "out 3" in line and "\n" not in line
+
+
+def test_the_level_meters_turn_red_when_the_peaks_reach_full_scale(model):
+    """A full-scale sine is −3 dBFS RMS and clipped speech far less: coloured by the RMS, a clipping microphone showed
+    yellow. The peak colours the bar; a quiet signal stays green."""
+    from rich.console import Console
+
+    from rtpulse.dashboard import render_dashboard
+
+    def input_row(peak: float) -> tuple[str, dict]:
+        pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK)
+        block = (peak * np.sin(2 * np.pi * 1000 * np.arange(BLOCK) / RATE)).astype(np.float32)
+        pipe.callback(block[:, None], np.zeros((BLOCK, 2), np.float32), BLOCK, None, None)
+        s = {**pipe.stats(), "model": "m", "devices": "d", "device_latency_ms": 0.0, "total_delay_ms": 1.0,
+             "cpu_percent": 1.0}
+        console = Console(record=True, width=150, force_terminal=True, color_system="standard")
+        console.print(render_dashboard(s))
+        return next(ln for ln in console.export_text(styles=True).splitlines() if "input" in ln), s
+
+    row, s = input_row(1.0)
+    assert "\x1b[31m█" in row  # red: at full scale
+    assert s["in_level_dbfs"] == pytest.approx(-3.01, abs=0.05) and s["in_peak_dbfs"] == pytest.approx(0.0, abs=0.05)
+    assert "\x1b[32m█" in input_row(0.1)[0]  # green: −20 dBFS peaks
 
 
 # --- the live command without a sound card: a fake sounddevice plays a tone into the real pipeline ---------
