@@ -34,7 +34,7 @@ from benchmarks.align import signed_lag
 from benchmarks.latency import _save_fig, have_matplotlib, machine
 from rtpulse.audio import find_audio_files
 from rtpulse.errors import RtpulseError
-from rtpulse.files import write_text_atomic
+from rtpulse.files import discard, write_text_atomic
 from rtpulse.metrics import perceptual_scores, si_snr_np
 from rtpulse.stft import SAMPLE_RATE
 from trainer.data import QUIET_FLOOR_DB
@@ -65,7 +65,7 @@ class QualityOptions:
     dnsmos: bool = True
     baselines: bool = True
     min_speech_seconds: float = MIN_SPEECH_S
-    level_dbfs: float = -26.0  # RMS of each noisy mixture (peak capped at 0.99)
+    level_dbfs: float = -26.0  # RMS of each noisy mixture or file, generated or given (peak capped at 0.99)
     reference_floor_db: float = REFERENCE_FLOOR_DB  # 0 keeps every speech file
 
 
@@ -81,7 +81,7 @@ class Item:
 # --- test sets ----------------------------------------------------------------------------------------
 
 
-def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str]]:
+def paired_set(noisy_root: Path, clean_root: Path, level_dbfs: float = -26.0) -> tuple[list[Item], list[str]]:
     """Pairs as ``rtpulse eval`` makes them (same checks), brought to the generated sets' level, and its one-line
     warnings (unpaired, cut to length)."""
     from trainer.evaluate import load_pair, pair_files, pairing_warnings
@@ -92,7 +92,7 @@ def paired_set(noisy_root: Path, clean_root: Path) -> tuple[list[Item], list[str
         x, s, cut_samples = load_pair(n_path, c_path)
         if cut_samples:
             cut[name] = cut_samples
-        gain = listening_gain(x)  # one gain for both: the scores are the same, the peers get a level they expect
+        gain = listening_gain(x, level_dbfs)  # one gain for both: the same scores, the peers get a level they expect
         items.append(Item(name, (x * gain).astype(np.float32), (s * gain).astype(np.float32)))
     return items, pairing_warnings(clean_root, unpaired, cut, unused)
 
@@ -169,6 +169,14 @@ def generated_set(
         if nz.size < s.size:
             nz = np.tile(nz, s.size // nz.size + 1)
         off = int(rng.integers(0, nz.size - s.size + 1))
+        # a stretch of digital silence (a recording's padded tail, a pause in the speech) mixes into an all-zero
+        # mixture or reference: every system then scores 0 dB there, pulling each mean toward 0 without a word
+        for what, part, at in (("noise", nz[off : off + s.size], off % noises[npath].size), ("speech", s, start)):
+            if not np.any(part):
+                file = npath if what == "noise" else path
+                raise RtpulseError(f"the {part.size / SAMPLE_RATE:g} s of {file} from {at / SAMPLE_RATE:.2f} s drawn for "
+                                   f"a test mixture are digital silence; trim the silence from the {what} file or "
+                                   "remove it")
         snr = float(rng.uniform(-5.0, 10.0))
         noisy, clean, _ = mix_at_snr(
             torch.from_numpy(s[None]), torch.from_numpy(nz[off : off + s.size][None].copy()), torch.tensor([snr])
@@ -197,13 +205,13 @@ def generated_set(
 REAL_LIMIT = 50  # DNSMOS costs seconds a file per system
 
 
-def real_set(root: Path, limit: int = REAL_LIMIT) -> list[Item]:
+def real_set(root: Path, limit: int = REAL_LIMIT, level_dbfs: float = -26.0) -> list[Item]:
     from trainer.evaluate import load_checked
 
     items = []
     for path in find_audio_files(root)[:limit]:
         x = load_checked(path)
-        items.append(Item(path.stem, (x * listening_gain(x)).astype(np.float32), None))
+        items.append(Item(path.stem, (x * listening_gain(x, level_dbfs)).astype(np.float32), None))
     return items
 
 
@@ -409,17 +417,19 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
                            "that repeats another); give each --model its own --label")
     if opts.real is not None and not opts.dnsmos:  # real recordings have no reference: DNSMOS is their only score
         raise RtpulseError("--real is scored with DNSMOS only: drop --no-dnsmos, or drop --real")
+    if not -80 <= opts.level_dbfs <= 0:  # every set is brought to it, not only a generated one (NaN fails this too)
+        raise RtpulseError(f"--level-dbfs must be −80…0 dB, got {opts.level_dbfs}")
     warnings: list[str] = []
     real_items = None
     if opts.real is not None:  # read before minutes of scoring, so a bad folder fails first
-        real_items = real_set(opts.real, REAL_LIMIT)
+        real_items = real_set(opts.real, REAL_LIMIT, opts.level_dbfs)
         if not real_items:
             raise RtpulseError(f"no audio files in {opts.real} (--real)")
         n_real = len(find_audio_files(opts.real))
         if n_real > len(real_items):
             warnings.append(f"--real: scored the first {len(real_items)} of {n_real} files (in name order)")
     if opts.noisy is not None:
-        items, pair_warnings = paired_set(opts.noisy, opts.clean)
+        items, pair_warnings = paired_set(opts.noisy, opts.clean, opts.level_dbfs)
         warnings += pair_warnings
         source = {"noisy": str(opts.noisy), "clean": str(opts.clean)}
     else:
@@ -436,6 +446,8 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
             "speech_min_seconds": opts.min_speech_seconds,
             "reference_floor_db": opts.reference_floor_db,
         }
+    # the level the systems heard: the int16 peers clip or lose their input's low bits at other levels
+    source["level_dbfs"] = opts.level_dbfs
     systems, skipped, notes = all_systems(opts)
     dnsmos, dnsmos_note = None, None
     if opts.dnsmos:
@@ -621,16 +633,18 @@ def write_quality(result: dict, example: dict, out: Path, plot: bool = True) -> 
     write_text_atomic(jpath, json.dumps(result, indent=2) + "\n")
     write_text_atomic(mpath, markdown(result))
     written = [jpath, mpath]
+    bars, spec = out / "quality_bars.png", out / "quality_spectrograms.png"
     if plot and have_matplotlib():
-        bars = out / "quality_bars.png"
         plot_bars(result, bars)
         written.append(bars)
         rt = [n for n, s in result["systems"].items() if s["kind"] == "rtpulse"]
         pick = rt[0] if rt else next((n for n in result["systems"] if n.startswith("Wiener")), None)
         if pick and pick in example:
-            spec = out / "quality_spectrograms.png"
             plot_spectrograms(example, pick, spec)
             written.append(spec)
+    for png in (bars, spec):  # an earlier run's plot beside this run's tables would show systems and scores it did not
+        if png not in written:
+            discard(png)
     return written
 
 

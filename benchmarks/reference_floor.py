@@ -32,7 +32,7 @@ def floors_by_file(result: dict, data: Path) -> dict[str, float]:
         raise RtpulseError("its files were given (--noisy/--clean), not generated: there is no set to regenerate")
     items = generated_set(
         data, ts["count"], ts["seconds_max"], ts["seed"], ts["speech_min_seconds"],
-        reference_floor_db=ts.get("reference_floor_db", 0.0),
+        reference_floor_db=ts.get("reference_floor_db", 0.0), level_dbfs=ts.get("level_dbfs", -26.0),
     )
     floors = {it.name: noise_floor_db(it.clean) for it in items}
     scored = {f["file"] for system in result["systems"].values() for f in system.get("files", [])}
@@ -83,6 +83,8 @@ def main() -> None:
     p.add_argument("--systems", nargs="*", default=["rtpulse (shipped) offline", "RNNoise", "DeepFilterNet3"])
     p.add_argument("--out", type=Path, default=None, help="PNG (default: reference_floor.png beside the JSON)")
     args = p.parse_args()
+    if not -200 <= args.split_db <= 0:  # NaN put every file on neither side: a table of NaN means over 0 files
+        p.error(f"--split-db must be −200…0 dB, got {args.split_db}")
     out = args.out or args.quality_json.with_name("reference_floor.png")
     try:
         check_output_file(out, (args.quality_json,))  # a folder, or a path under a file: before minutes of decoding

@@ -117,7 +117,7 @@ def quality(
     peers: Annotated[bool, typer.Option(help="Include the peer denoisers.")] = True,
     dnsmos: Annotated[bool, typer.Option(help="Score DNSMOS (torchmetrics + speechmos ONNX files).")] = True,
     level_dbfs: Annotated[
-        float, typer.Option(help="RMS level of each generated noisy mixture in dBFS (peak capped at 0.99).")
+        float, typer.Option(help="RMS level each noisy mixture or file is brought to, in dBFS (peak capped at 0.99).")
     ] = -26.0,
     reference_floor_db: Annotated[
         float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -584,3 +585,65 @@ def test_latency_rows_named_alike_keep_their_own_curves_and_a_plotless_run_drops
     png.write_bytes(b"an earlier run's histogram")
     write_latency(result, hist, json_path, plot=False)
     assert not png.exists()
+
+
+def test_a_stretch_of_digital_silence_drawn_for_a_mixture_is_a_one_line_error(tmp_path):
+    """A noise recording's silent tail mixed no noise and scaled the speech by 0: an all-zero mixture and reference,
+    scored 0 dB for every system (each mean pulled toward 0) and silent in every row."""
+    from benchmarks.quality import generated_set
+    from rtpulse.audio import write_audio
+    from rtpulse.errors import RtpulseError
+
+    _tiny_data(tmp_path)
+    rng = np.random.default_rng(0)
+    padded = np.concatenate([0.1 * rng.standard_normal(SR), np.zeros(30 * SR)]).astype(np.float32)
+    write_audio(tmp_path / "noise" / "dev" / "n.wav", padded, SR)  # 1 s of sound, 30 s of padding
+    with pytest.raises(RtpulseError, match=r"n\.wav from .* are digital silence; trim the silence from the noise"):
+        generated_set(tmp_path, count=3, seconds=4.0, seed=0)
+
+
+def test_the_level_option_reaches_given_files_and_real_recordings_and_the_results_record_it(tmp_path):
+    import soundfile as sf
+
+    from benchmarks.quality import QualityOptions, paired_set, real_set, run_quality
+    from rtpulse.errors import RtpulseError
+
+    rng = np.random.default_rng(0)
+    clean = _speechlike(1.0)
+    noisy = clean + 0.05 * rng.standard_normal(clean.size).astype(np.float32)
+    sf.write(tmp_path / "n.wav", noisy, SR, subtype="FLOAT")
+    sf.write(tmp_path / "c.wav", clean, SR, subtype="FLOAT")
+    (item,), _ = paired_set(tmp_path / "n.wav", tmp_path / "c.wav", level_dbfs=-40.0)
+    assert 20 * np.log10(item.noisy.std()) == pytest.approx(-40.0, abs=0.01)
+    (tmp_path / "real").mkdir()
+    sf.write(tmp_path / "real" / "r.wav", noisy, SR, subtype="FLOAT")
+    assert 20 * np.log10(real_set(tmp_path / "real", level_dbfs=-40.0)[0].noisy.std()) == pytest.approx(-40, abs=0.01)
+    opts = QualityOptions(noisy=tmp_path / "n.wav", clean=tmp_path / "c.wav", level_dbfs=-40.0, streaming=False,
+                          peers=False, dnsmos=False, baselines=False)
+    result, _ = run_quality(opts)
+    assert result["test_set"]["level_dbfs"] == -40.0  # a run at another level says so
+    with pytest.raises(RtpulseError, match="--level-dbfs"):  # refused for given files too, not ignored
+        run_quality(dataclasses.replace(opts, level_dbfs=float("nan")))
+
+
+def test_a_plotless_quality_run_leaves_no_earlier_plot_beside_its_tables(tmp_path, monkeypatch):
+    from benchmarks import quality
+
+    result = {"date": "d", "test_set": {"files": 0}, "systems": {}, "skipped": {}, "notes": []}
+    for name in ("quality_bars.png", "quality_spectrograms.png"):
+        (tmp_path / name).write_bytes(b"an earlier run's plot")
+    monkeypatch.setattr(quality, "have_matplotlib", lambda: False)
+    written = quality.write_quality(result, {}, tmp_path)
+    assert [p.name for p in written] == ["quality.json", "quality.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quality.json", "quality.md"]
+
+
+def test_reference_floor_refuses_a_split_that_is_not_a_level(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "q.json").write_text(json.dumps({"test_set": {"count": 1}, "systems": {}}))
+    for bad in ("nan", "inf", "5"):
+        run = subprocess.run([sys.executable, "-m", "benchmarks.reference_floor", str(tmp_path / "q.json"),
+                              "--split-db", bad], check=False, capture_output=True, text=True)
+        assert run.returncode == 2 and "--split-db must be" in run.stderr and "Traceback" not in run.stderr, bad

@@ -305,3 +305,23 @@ def test_the_recipe_is_the_same_for_the_same_folders_named_two_ways(tmp_path, mo
     absolute = recipe("pn-paper-L0", _opts(tmp_path / "data", tmp_path / "table"))
     assert relative == absolute and "--out" not in relative  # where the table sits is not what a row trains
     assert str(tmp_path / "data" / "speech" / "train") in relative
+
+
+def test_a_rows_clips_per_second_is_its_clips_over_its_seconds(tmp_path):
+    """Two epochs of 400 clips, one in 100 s (4 clips/s) and one in 400 s (1 clip/s): 800 clips in 500 s is 1.6
+    clips/s; the mean of the rates (2.5) counted the fast epoch's second as much as the slow epoch."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"epoch": 1, "step": 50, "clips_per_s": 4.0, "train_seconds": 100.0, "best_epoch": 1},
+             {"epoch": 2, "step": 100, "clips_per_s": 1.0, "train_seconds": 400.0, "best_epoch": 1}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cost = training_table._cost(run)
+    assert cost["train_seconds"] == 500.0 and cost["clips_per_s"] == pytest.approx(800 / 500)
+
+
+def test_a_plotless_table_leaves_no_earlier_bars_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "training_table.png").write_bytes(b"an earlier call's bars")
+    monkeypatch.setattr(training_table, "have_matplotlib", lambda: False)
+    training_table.write_table(tmp_path, {"count": 1, "seconds": 1.0, "seed": 0}, _opts(tmp_path, tmp_path))
+    assert (tmp_path / "training_table.md").exists() and not (tmp_path / "training_table.png").exists()
