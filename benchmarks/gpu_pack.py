@@ -33,6 +33,9 @@ from rtpulse.files import temp_beside
 # soundfile and its two pure-Python/cffi needs; the device image (Python 3.12) has everything else rtpulse uses.
 WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==2.23")
 DEVICE_PYTHON = "3.12"
+# cffi is compiled per Python: its wheels for these too (~0.2 MB each), in case the image's Python is not 3.12 (it
+# cannot be checked from here, and a pack for the wrong one costs the one call); gpu_session lets pip pick
+OTHER_PYTHONS = ("3.10", "3.11", "3.13", "3.14")
 MIB = 1 << 20
 
 
@@ -103,14 +106,17 @@ def choose_files(data: Path, budget_bytes: int, seed: int = 0) -> tuple[list[Pat
 
 
 def download_wheels(dest: Path) -> list[Path]:
+    """The wheels for the device's Python (required), then cffi's for OTHER_PYTHONS (where pip finds them)."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           DEVICE_PYTHON, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
-           "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *WHEELS]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise RtpulseError(f"pip download failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
+    for version in (DEVICE_PYTHON, *OTHER_PYTHONS):
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+               version, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+               "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest),
+               *(WHEELS if version == DEVICE_PYTHON else [w for w in WHEELS if w.startswith("cffi==")])]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0 and version == DEVICE_PYTHON:
+            lines = done.stderr.strip().splitlines()
+            raise RtpulseError(f"pip download failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
     return sorted(dest.glob("*.whl"))
 
 
@@ -121,7 +127,7 @@ def pack(data: Path, out: Path, budget_mib: float, wheels: bool = True, seed: in
         raise RtpulseError(f"{out} exists and is not an empty folder; remove it or choose another --out")
     if out.resolve().is_relative_to(data):  # a later pack would count this one's noise and dev files as train speech
         raise RtpulseError(f"--out {out} is inside --data {data}; put the pack outside the data it is made from")
-    wheel_room = 3 * MIB if wheels else 0  # the three wheels are ~1.9 MB
+    wheel_room = 3 * MIB if wheels else 0  # the wheels are ~2.5 MB (cffi for five Pythons)
     if not math.isfinite(budget_mib) or budget_mib * MIB <= wheel_room:
         raise RtpulseError(f"--budget-mib must be a number above {wheel_room / MIB:g} (the wheels' room), got {budget_mib:g}")
     files, stats = choose_files(data, int(budget_mib * MIB) - wheel_room, seed)

@@ -5,7 +5,8 @@ A session lent a GPU has about 15 minutes of device time in all, one command run
 epochs that fit), and the results come back as one tar file:
 
     python -m benchmarks.gpu_pack --data ../shared/data --out .data/gpu     # here: ~55 MiB of data and wheels
-    # device tool: carry [".data/gpu"], timeout_s 600, command:
+    # device tool: carry [".data/gpu"], timeout_s 600, kind nvidia-h200 (the ten runs hold ~70 GiB of GPU memory
+    # between them, counted from their saved activations on a CPU: too close to an H100's 79), command:
     #   python3 -m benchmarks.gpu_session --pack .data/gpu --out $OUT --minutes 5
     tar xf gpu_session.tar      # here: table/ (rows, commands, dev curves), ship-*/ (the candidates), logs/
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -63,21 +65,34 @@ def child_env(site: Path | None) -> dict:
     """The children's environment: the pack's wheels (soundfile) first on the path, one thread each (the GPU
     does the work; sixteen threads in each of ten processes would fight over the cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # ten processes share one GPU, each keeping its peak in PyTorch's cache: less of it lost to fragmentation
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     paths = ([str(site)] if site else []) + [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 
+def _imports_soundfile(env: dict | None = None) -> bool:
+    return subprocess.run([sys.executable, "-c", "import soundfile"], check=False, capture_output=True,
+                          env=env).returncode == 0
+
+
 def install_wheels(pack: Path, site: Path) -> Path | None:
-    """soundfile from the pack's wheels when this Python lacks it (the device image does); None when not needed."""
-    if subprocess.run([sys.executable, "-c", "import soundfile"], check=False, capture_output=True).returncode == 0:
+    """soundfile from the pack's wheels when this Python lacks it (the device image does); None when not needed.
+    The pack holds cffi for several Pythons: pip picks, by name, the one this Python can load (given every file,
+    it refuses them all for one that does not fit)."""
+    if _imports_soundfile():
         return None
     wheels = sorted((pack / "wheels").glob("*.whl"))
     if not wheels:
         sys.exit(f"error: this Python has no soundfile and {pack / 'wheels'} holds no wheels (make the pack with "
                  "python -m benchmarks.gpu_pack)")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
-                    *map(str, wheels)], check=True)
+    names = sorted({w.name.split("-")[0] for w in wheels})
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir",
+                           "--find-links", str(pack / "wheels"), "--target", str(site), *names], check=False)
+    if done.returncode != 0 or not _imports_soundfile(child_env(site)):  # before ten runs fail on it, one line
+        sys.exit(f"error: soundfile from {pack / 'wheels'} does not install or import in Python "
+                 f"{sys.version.split()[0]} (pip exit {done.returncode}); make the pack with this Python's version")
     return site
 
 
@@ -98,11 +113,15 @@ def commands(data: Path, work: Path, minutes: float, device: str, rows: list[str
 
 
 STOPPED = "stopped at the deadline"
+# each run in a process group of its own (killpg stops it with its children), in this session: a new session
+# would outlive a call that ends early on the device, and hold the GPU against a second try on a warm machine
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 def run_all(runs: dict[str, list[str]], logs: Path, env: dict, deadline: float) -> dict[str, int | str]:
     """Start every run at once and wait for all until ``deadline`` (time.monotonic()); a run still going then is
-    stopped (SIGTERM, then SIGKILL), so that what the others made still comes back. name → exit code or STOPPED."""
+    stopped (SIGTERM, then SIGKILL) with its children (a table row is `bench training`, which runs `rtpulse train`
+    as its child), so that what the others made still comes back. name → exit code or STOPPED."""
     logs.mkdir(parents=True, exist_ok=True)
     procs = {}
     for name, argv in runs.items():
@@ -110,20 +129,32 @@ def run_all(runs: dict[str, list[str]], logs: Path, env: dict, deadline: float) 
             log.write(" ".join(argv) + "\n")
             log.flush()
             procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env, cwd=REPO)
+                                           env=env, cwd=REPO, **OWN_GROUP)
     codes: dict[str, int | str] = {}
     for name, p in procs.items():
         try:
             codes[name] = p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.terminate()  # a run keeps its last finished epoch (best.safetensors from the first one on)
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             codes[name] = STOPPED
+    late = [procs[name] for name, code in codes.items() if code == STOPPED]
+    # all at once, and the group: a run keeps its last finished epoch (best.safetensors from the first one on)
+    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        for p in late:
+            _killpg(p.pid, sig)
+        until = time.monotonic() + grace
+        for p in late:
+            try:
+                p.wait(timeout=max(0.0, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     return codes
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def pack_results(work: Path, tar_path: Path) -> list[str]:
@@ -185,18 +216,31 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0, deadline = time.time(), time.monotonic() + args.stop_after * 60
     env = child_env(install_wheels(args.pack, args.work / "site"))
-    subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", "--out", str(args.out), "--warm-cache",
-                    str(data)], env=dict(env, OMP_NUM_THREADS="1"), cwd=REPO, check=True)
-    print(f"cache warm after {time.time() - t0:.0f} s; starting {len(rows)} rows and {len(candidates)} candidates, "
-          f"{args.minutes:g} min each", flush=True)
-    runs = commands(data.resolve(), args.work, args.minutes, args.device, rows, args.table_arg, args.ship_arg,
-                    candidates)
-    codes = run_all(runs, args.work / "logs", env, deadline)
-    if rows and all(codes[r] == 0 for r in rows):  # every row file exists: one more call writes the whole table
-        i = runs[rows[0]].index("--only")  # …of these rows only (without --only it would train every other row)
-        table = runs[rows[0]][:i] + [a for r in rows for a in ("--only", r)] + runs[rows[0]][i + 2 :]
-        codes["table"] = subprocess.run(table, check=False, env=env, cwd=REPO, stdout=subprocess.DEVNULL).returncode
-    names = pack_results(args.work, args.out / "gpu_session.tar")
+    codes: dict[str, int | str] = {}
+    try:
+        # only a head start (each run decodes what it misses): a failure or a hang here must not cost the call
+        try:
+            codes["decode"] = subprocess.run(
+                [sys.executable, "-m", "benchmarks.gpu_session", "--out", str(args.out), "--warm-cache", str(data)],
+                env=dict(env, OMP_NUM_THREADS="1"), cwd=REPO, check=False,
+                timeout=max(1.0, deadline - time.monotonic() - 60 * args.minutes)).returncode
+        except subprocess.TimeoutExpired:
+            codes["decode"] = STOPPED
+        print(f"cache warm after {time.time() - t0:.0f} s; starting {len(rows)} rows and {len(candidates)} "
+              f"candidates, {args.minutes:g} min each", flush=True)
+        runs = commands(data.resolve(), args.work, args.minutes, args.device, rows, args.table_arg, args.ship_arg,
+                        candidates)
+        codes.update(run_all(runs, args.work / "logs", env, deadline))
+        if rows and all(codes[r] == 0 for r in rows):  # every row file exists: one more call writes the whole table
+            i = runs[rows[0]].index("--only")  # …of these rows only (without --only it would train every other row)
+            table = runs[rows[0]][:i] + [a for r in rows for a in ("--only", r)] + runs[rows[0]][i + 2 :]
+            try:  # after the deadline too: bounded, so that the tar is written before the call ends
+                codes["table"] = subprocess.run(table, check=False, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                                timeout=max(45.0, deadline - time.monotonic())).returncode
+            except subprocess.TimeoutExpired:
+                codes["table"] = STOPPED
+    finally:  # whatever happened above, what there is comes back
+        names = pack_results(args.work, args.out / "gpu_session.tar")
     summary = "\n".join(f"{name}: exit {code}" for name, code in codes.items())
     print(f"{summary}\n{len(names)} files in {args.out / 'gpu_session.tar'} after {time.time() - t0:.0f} s", flush=True)
     table_md = args.work / "table" / "training_table.md"

@@ -380,7 +380,8 @@ class PulseCNN(nn.Module):
         last = len(self.convs) - 1
         for i, (conv, (past, future)) in enumerate(zip(self.convs, self.time_pads)):
             fpad = conv.dilation[0] * (conv.kernel_size[0] // 2)
-            x = F.pad(x, (past, future, fpad, fpad))  # [B, C, F + 2fpad, T + past + future]
+            if past or future or fpad:  # F.pad copies even when it adds nothing: autograd would keep both copies
+                x = F.pad(x, (past, future, fpad, fpad))  # [B, C, F + 2fpad, T + past + future]
             x = conv(x)  # [B, C_out, F, T]
             if i < last:
                 x = self.dropout(torch.relu(x))

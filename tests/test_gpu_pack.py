@@ -90,3 +90,30 @@ def test_a_pack_inside_its_data_is_refused(tmp_path):
     with pytest.raises(RtpulseError, match="is inside --data"):
         pack(data, data / "speech" / "train" / "pk", 1.0, wheels=False)
     assert not (data / "speech" / "train" / "pk").exists()
+
+
+def test_the_pack_carries_cffi_for_other_pythons_beside_the_devices(tmp_path, monkeypatch):
+    # cffi is compiled per Python and the device's Python cannot be checked from here: a pack with cffi for 3.12
+    # alone installs nowhere else, and the one device call ends before it trains
+    import subprocess
+    from pathlib import Path
+
+    import benchmarks.gpu_pack as gp
+
+    asked = []
+
+    def fake_run(cmd, **kw):
+        version = cmd[cmd.index("--python-version") + 1]
+        asked.append((version, [a for a in cmd if "==" in a]))
+        for spec in (a for a in cmd if "==" in a):
+            name, ver = spec.split("==")
+            tag = "py3-none-any" if name != "cffi" else f"cp{version.replace('.', '')}-cp{version.replace('.', '')}-x"
+            (Path(cmd[cmd.index("-d") + 1]) / f"{name}-{ver}-{tag}.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(gp.subprocess, "run", fake_run)
+    names = [w.name for w in gp.download_wheels(tmp_path / "wheels")]
+    assert asked[0] == (gp.DEVICE_PYTHON, list(gp.WHEELS))  # everything for the device's Python
+    cffi = sorted(n for n in names if n.startswith("cffi-"))
+    assert [n.split("-")[2] for n in cffi] == ["cp310", "cp311", "cp312", "cp313", "cp314"]
+    assert len(names) == len(cffi) + 2  # soundfile and pycparser once
