@@ -73,10 +73,11 @@ def denoise(
     try:
         with sigterm_interrupts():
             _denoise_all(inputs, output, model, mask, floor_db, engine, force)
-    except Terminated as e:
-        console.print(f"terminated ({e.signal_name}): the unfinished output was removed", highlight=False,
-                      soft_wrap=True)
-        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt as e:  # Ctrl-C said as SIGTERM is, and 130 whichever typer runs (older ones: 1)
+        name, code = (e.signal_name, e.exit_code) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+        verb = "interrupted" if code == 130 else "terminated"
+        console.print(f"{verb} ({name}): the unfinished output was removed", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
 
 
 def _denoise_all(

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from rtpulse.cli_common import USER_ERRORS, Engine, Mask, console, fail, labelled
+from rtpulse.cli_common import USER_ERRORS, Engine, Mask, console, fail, labelled, message
 from rtpulse.errors import RtpulseError
 
 
@@ -212,6 +212,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
 ) -> None:
     """Train a PULSE (PU), PN or MixIT model. Under torchrun each process trains on its own clips."""
+    from rtpulse.signals import Terminated, sigterm_interrupts
     from trainer.config import TrainConfig
     from trainer.train import resume_config, run_training
 
@@ -282,9 +283,22 @@ def train(
                 precision="auto" if precision is None else precision.value,
                 command=command,
             )
-        summary = run_training(cfg, resume=resume is not None, console=console)
+        # SIGTERM (kill, a scheduler's stop) unwinds as Ctrl-C does: the checkpoint being written loses its temp file
+        with sigterm_interrupts():
+            summary = run_training(cfg, resume=resume is not None, console=console)
     except USER_ERRORS as e:
         fail(e)
+    except KeyboardInterrupt as e:  # one line that says what is kept, not typer's silent 130 (or "Aborted!", 1)
+        name, code = (e.signal_name, e.exit_code) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+        run_dir = Path(resume or out) if (resume or out) is not None else None
+        if os.environ.get("RANK", "0") == "0" and run_dir is not None:
+            if any((run_dir / "ckpt").glob("epoch-*.state.pt")):
+                kept = f"its finished epochs are kept: rtpulse train --resume {run_dir} goes on"
+            else:
+                kept = "no epoch was finished: the same command starts it again"
+            verb = "interrupted" if code == 130 else "terminated"
+            console.print(f"{verb} ({name}): {kept}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
     if os.environ.get("RANK", "0") != "0":  # only rank 0 validates, so only it knows the best epoch
         return
     if summary.get("finished_before"):
@@ -333,7 +347,7 @@ def evaluate(
     """Score a model: SI-SNR, SI-SNRi (and PESQ-WB, STOI when installed) on pairs or generated mixtures."""
     from rich.console import Console
 
-    from rtpulse.files import check_json_output
+    from rtpulse.files import check_json_output, probe_writable_dir
     from trainer.evaluate import EvalOptions, evaluate_pairs, evaluate_synth, print_table, write_json
 
     try:
@@ -343,6 +357,7 @@ def evaluate(
             check_json_output(json_out, "--json")
             if json_out.exists() and not force:  # as denoise: e.g. a run's config.json is not lost to a typo
                 raise RtpulseError(f"--json {json_out} exists; pass --force to replace it")
+            probe_writable_dir(json_out.parent)  # a read-only folder is said now, not after the scoring
         net = load_model(model) if model is not None else load_default_model()
         opts = EvalOptions(engine=engine.value, mask=mask.value if mask else net.config.mask, floor_db=floor_db)
         if synth:
@@ -355,10 +370,22 @@ def evaluate(
             result = evaluate_pairs(net, noisy, clean, opts)
         # "model" is the preset; two checkpoints' reports must say which file each scored
         result = {"model_file": str(model if model is not None else default_model_path()), **result}
+    except USER_ERRORS as e:
+        fail(e)
+    # the file first: stdout closed early (`| head`: rich exits 1 on the broken pipe) or full (a disk, /dev/full)
+    # would otherwise cost the scores minutes of scoring made; a file that cannot be written still shows the table
+    unwritten = None
+    if json_out is not None:
+        try:
+            write_json(result, json_out)
+        except USER_ERRORS as e:
+            unwritten = e
+    try:
         print_table(result, Console(markup=False))  # results on stdout (> scores.txt); file names as they are
         for warning in result["warnings"]:
             console.print(labelled("warning:", "yellow", warning), highlight=False, soft_wrap=True)
-        if json_out is not None:
-            write_json(result, json_out)
     except USER_ERRORS as e:
-        fail(e)
+        kept = f" (they are in {json_out})" if json_out is not None and unwritten is None else ""
+        fail(unwritten or RtpulseError(f"cannot print the scores: {message(e)}{kept}"))
+    if unwritten is not None:
+        fail(unwritten)

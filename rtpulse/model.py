@@ -474,6 +474,8 @@ def save_model(model: PulseCNN, path: str | os.PathLike) -> None:
         # bytes written by Python, not safetensors' save_file: that one creates the file 0600, ignoring the umask
         write_synced(tmp, save(tensors, metadata={_META_KEY: model.config.to_json(), "format": "pt"}))
         os.replace(tmp, path)
+    except OSError as e:  # a full disk: the error from write() names no file, and the temp name is not the user's
+        raise RtpulseError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         discard(tmp)
 

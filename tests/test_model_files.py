@@ -306,7 +306,7 @@ def test_save_is_atomic_and_replaces_an_old_model(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("rtpulse.model.write_synced", disk_full_half_way)
-    with pytest.raises(OSError):
+    with pytest.raises(RtpulseError, match=f"cannot write {path}: No space left on device"):  # the user's name
         save_model(PulseCNN(ModelConfig(preset="paper")), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]

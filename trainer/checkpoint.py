@@ -8,23 +8,30 @@ best.safetensors are the user-facing model files.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
 
 from rtpulse.errors import RtpulseError, short_reason
-from rtpulse.files import discard, temp_beside
+from rtpulse.files import discard, temp_beside, write_synced
 from rtpulse.model import PulseCNN, load_model, save_model
 
 KEEP = 2
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
+    # serialised in memory, written by Python: torch.save to a file turns a full disk into a RuntimeError
+    # ("[enforce fail at inline_container.cc] unexpected pos"), which no one-line error path catches
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     tmp = temp_beside(path)
     try:
-        torch.save(obj, tmp)
+        write_synced(tmp, buf.getvalue())
         os.replace(tmp, path)
+    except OSError as e:
+        raise RtpulseError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         discard(tmp)
 

@@ -52,7 +52,9 @@ def decode_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
     if cache_dir is None:
         return _finite(load_mono(path, SAMPLE_RATE), path)
     st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{SAMPLE_RATE}".encode()).hexdigest()
+    # fsencode: the file system's bytes, also for a name that is not UTF-8 (held as surrogates, which .encode()
+    # refuses); a UTF-8 name gives the same bytes, so existing cache entries keep their keys
+    key = hashlib.sha1(os.fsencode(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{SAMPLE_RATE}")).hexdigest()
     npy = cache_dir / f"{key}.npy"
     if npy.is_file():
         try:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from rtpulse.errors import RtpulseError
-from rtpulse.files import write_text_atomic
+from rtpulse.files import probe_writable_dir, write_text_atomic
 from rtpulse.model import PulseCNN, save_model
 from rtpulse.stft import HOP, SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
@@ -393,6 +393,37 @@ def _killed_in_first_epoch(run_dir: Path) -> bool:
         return False
 
 
+class RunLock:
+    """An exclusive lock on the run folder, held by rank 0 for the whole run and let go when the process ends (a
+    kill too): two trainers in one folder at once (a command started twice, a --resume while the run still trains)
+    would both pass the checks below and interleave metrics.jsonl, checkpoints and config.json."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def take(self, run_dir: Path) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): unlocked, as before
+            return
+        fd = os.open(run_dir, os.O_RDONLY)  # the folder itself: no lock file is left in it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RtpulseError(f"{run_dir} is in use by another rtpulse train; wait for it to end or give another "
+                               "--out") from None
+        except OSError:  # a file system without flock (some network mounts): unlocked, as before
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None = None, progress: bool = True) -> dict:
     """Train; returns the summary (best epoch and score, paths). Under torchrun every rank calls this."""
     cfg.validate(new_run=not resume)
@@ -400,26 +431,37 @@ def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None
         cfg = cfg.with_absolute_paths()
     keep_freed_memory()  # about 2× the steps/s on CPU (trainer.memory)
     d = init_distributed(cfg.device)
+    lock = RunLock()
     try:
-        return _run(cfg, d, resume, console if d.main else None, progress and d.main)
+        return _run(cfg, d, resume, console if d.main else None, progress and d.main, lock)
     finally:
+        lock.release()
         d.close()
 
 
-def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show: bool) -> dict:
-    from trainer.loop import run_epochs
-
-    run_dir = cfg.run_dir
-    # every rank checks (read-only), so no rank is left waiting at a barrier when rank 0 refuses
+def _fresh_run_restarts(run_dir: Path) -> bool:
+    """For a new run in ``run_dir``: a one-line error if it holds another run or a user's files; True if it holds a
+    run killed in its first epoch (which may start again)."""
     # a state file marks a checkpoint; a kill while the first one was saved leaves only weights or a temp file
-    if not resume and any((run_dir / "ckpt").glob("epoch-*.state.pt")):
+    if any((run_dir / "ckpt").glob("epoch-*.state.pt")):
         raise RtpulseError(f"{run_dir} already holds a training run; use --resume {run_dir} or a new --out")
     earlier = [n for n in RUN_FILES if (run_dir / n).exists()]
     # files but no checkpoint: a run killed in its first epoch may start again; anything else (a user's files, a
     # run whose ckpt/ was deleted) would be overwritten or appended to
-    restart = not resume and earlier and _killed_in_first_epoch(run_dir)
-    if not resume and earlier and not restart:
+    restart = bool(earlier) and _killed_in_first_epoch(run_dir)
+    if earlier and not restart:
         raise RtpulseError(f"{run_dir} already holds {earlier[0]}; give a new or empty --out folder")
+    return restart
+
+
+def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show: bool, lock: RunLock) -> dict:
+    from trainer.loop import run_epochs
+
+    run_dir = cfg.run_dir
+    if d.main and run_dir.is_dir():  # before the checks: what they find stays true until this run ends
+        lock.take(run_dir)
+    # every rank checks (read-only), so no rank is left waiting at a barrier when rank 0 refuses
+    restart = not resume and _fresh_run_restarts(run_dir)
     # the folder itself is made with config.json, after the model and the data load: a bad option or folder
     # leaves no empty run folder behind
     if d.main and restart:
@@ -449,6 +491,8 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
 
                 summary["plot"] = plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png")
             return summary
+    if d.main:  # a read-only or unmakeable folder is said now, not after minutes of decoding (nothing is left made)
+        probe_writable_dir(run_dir)
     model = build_model(cfg, resume).to(d.device)  # before the data: a bad --init-from fails before minutes of decoding
     split_path = run_dir / "split.json"
     # runs from before split.json existed fall back to the folders' current files
@@ -465,6 +509,12 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
         if ema is not None:
             ema.load_state_dict(state.pop("ema"))
     if d.main:  # on resume too: a new --epochs or --device must outlive the next kill
+        if lock.fd is None and not resume:
+            # the folder is made only now: a run started beside this one may have made it (and written) meanwhile
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.take(run_dir)
+            if _fresh_run_restarts(run_dir):
+                _trim_metrics(run_dir / "metrics.jsonl", 0)
         write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         if not resume:
             write_split(split_path, split)
