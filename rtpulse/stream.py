@@ -71,8 +71,12 @@ def sanitize(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     poison the whole spectrogram frame. Elementwise, so offline and streaming still give the same samples.
     """
     if not isinstance(x, torch.Tensor):
-        return sanitize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()  # a reversed view too
-    t = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_(-MAX_ABS, MAX_ABS)
+        x = np.asarray(x)
+        keep = np.float64 if x.dtype == np.float64 else np.float32  # float64 is clipped before it is narrowed
+        return sanitize(torch.from_numpy(np.ascontiguousarray(x, dtype=keep))).numpy()  # a reversed view too
+    # clipped in the input's own precision: a float64 1e39 cast to float32 first is Inf, which would become 0, not ±MAX_ABS
+    t = x if x.dtype == torch.float64 else x.float()
+    t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0).clamp_(-MAX_ABS, MAX_ABS).float()
     return t.masked_fill_(t.abs() < MIN_ABS, 0.0)
 
 

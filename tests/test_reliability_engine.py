@@ -109,6 +109,18 @@ def test_sanitize_replaces_nonfinite_clips_huge_and_flushes_denormals():
     assert np.isnan(x[0])  # the caller's array is untouched
 
 
+def test_sanitize_clips_float64_beyond_float32s_range_instead_of_silencing_it():
+    """A float64 1e39 is huge, not Inf: clipped to ±MAX_ABS like a float32 1e30 (cast to float32 first it became Inf,
+    and so 0)."""
+    x = np.array([1e39, -1e300, np.nan, np.inf, 0.25], dtype=np.float64)
+    y = sanitize(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, [MAX_ABS, -MAX_ABS, 0, 0, 0.25])
+    t = sanitize(torch.from_numpy(x))
+    assert t.dtype == torch.float32
+    np.testing.assert_array_equal(t.numpy(), [MAX_ABS, -MAX_ABS, 0, 0, 0.25])
+
+
 @pytest.mark.parametrize("lookahead", [0, 2])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30])
 def test_output_recovers_within_receptive_field_plus_one_frame_after_burst(lookahead, bad):

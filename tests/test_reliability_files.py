@@ -20,7 +20,7 @@ from conftest import noisy_signal, random_model
 from typer.testing import CliRunner
 
 from rtpulse.cli import app
-from rtpulse.denoise import DenoiseOptions, denoise_array, denoise_file
+from rtpulse.denoise import DenoiseOptions, denoise_array, denoise_file, level_bound, write_blocks_atomic
 from rtpulse.errors import RtpulseError
 from rtpulse.model import ModelConfig, PulseCNN, save_model
 from rtpulse.stft import stft
@@ -234,6 +234,55 @@ def test_nan_and_inf_in_a_float_file_give_finite_output(tmp_path, model_path, mo
         assert np.abs(y).max() <= OUTPUT_GAIN_BOUND * MAX_ABS  # −1e30 is clipped to −MAX_ABS first
         clean = np.where(np.isfinite(x), x, 0.0)
         np.testing.assert_allclose(y[:1500], denoise_array(model, clean, 16000, DenoiseOptions())[:1500], atol=1e-5)
+
+
+def test_a_nan_in_one_channel_does_not_silence_the_other_channels(tmp_path, model):
+    """Channels are cleaned before the downmix: a NaN in one channel made the mean NaN, then 0, and took the other
+    channels' samples with it (100 ms of a good right channel came out silent)."""
+    data = _signal(8000, 2)
+    data[2000:3600, 0] = np.nan  # a damaged left channel
+    clean = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+    expected = denoise_array(model, clean, 16000, DenoiseOptions())
+    assert np.abs(expected[2000:3600]).max() > 0.01  # the right channel still speaks there
+    np.testing.assert_allclose(denoise_array(model, data, 16000, DenoiseOptions()), expected, atol=1e-6)
+    src = tmp_path / "nan.wav"
+    sf.write(src, data, 16000, subtype="FLOAT")
+    denoise_file(model, src, tmp_path / "o.wav", DenoiseOptions(), chunk_frames=3)
+    np.testing.assert_allclose(sf.read(tmp_path / "o.wav", dtype="float32")[0], expected, atol=1e-6)
+
+
+def test_a_loud_mp3_is_clipped_and_said_not_an_aborted_process(tmp_path):
+    """LAME asserts (SIGABRT: no error, the temp file left behind) on a float file at 32-bit integer scale; the writer
+    clips to MP3_MAX_LEVEL and counts it. In a child process: the abort would take pytest with it."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        import numpy as np
+        from pathlib import Path
+        from conftest import noisy_signal
+        from rtpulse.denoise import write_blocks_atomic
+        x = (noisy_signal(1.0) * 2.0**31).astype(np.float32)
+        print(write_blocks_atomic(Path({str(tmp_path / "o.mp3")!r}), [x], 16000, x.size)[0])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert int(r.stdout.split()[-1]) > 100  # clipped, and counted for the warning
+    y, _ = sf.read(tmp_path / "o.mp3", dtype="float32")
+    assert y.size == 16000 and np.abs(y).max() > 4000
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_vorbis_holds_what_it_is_given_or_clips_it_and_says_so(tmp_path, rate):
+    """A 440 Hz tone at ±300 came back from .ogg at 0–4 dB SNR (garbage), unclipped and unsaid (the bound was ±1000)."""
+    x = (300 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    clipped, _ = write_blocks_atomic(tmp_path / "o.ogg", [x], rate, x.size)
+    y, _ = sf.read(tmp_path / "o.ogg", dtype="float32")
+    bound = level_bound("OGG", None)
+    assert clipped == 0 or bound < 300  # what is not clipped must come back as written
+    written = np.clip(x, -bound, bound)
+    snr = 10 * np.log10(np.sum(written**2) / np.sum((y - written) ** 2))
+    assert snr > 15, snr
 
 
 def test_unknown_output_format_is_refused_before_work(tmp_path, model_path):
