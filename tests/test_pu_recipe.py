@@ -321,6 +321,25 @@ def test_pn_loss_in_the_trainer_compares_the_masked_noisy_with_the_clean(tmp_pat
     assert float(loss.detach()) > 1e-3
 
 
+def test_mixit_loss_in_the_trainer_separates_the_mixture_into_the_noisy_clip_and_the_noise(tmp_path):
+    """noisy = x, noise = ½x, mixture = 1.5x and logits ≡ 0 (masks ½, ½, ½): both assignments give
+    (1.5 − 1)²·m + (0.75 − 0.5)²·m = 0.3125·m, m = mean |X|². The noisy and noise magnitudes swapped would give
+    (1.5 − 0.5)²·m + (0.75 − 1)²·m = 1.0625·m; the noisy clip taken for the mixture, (1 − 1)² + (0.5 − 0.5)² = 0."""
+    from rtpulse.stft import stft
+    from trainer.data import Batch
+
+    cfg = _cfg(tmp_path, method="mixit").validate()
+    model = build_model(cfg)
+    assert model.config.out_channels == 3
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 4000)).astype(np.float32))
+    loss, _ = compute_loss(model, Batch(u=x, mix=1.5 * x, noise=0.5 * x), cfg)
+    m = float(stft(x).abs().square().mean())
+    assert float(loss.detach()) == pytest.approx(0.3125 * m, rel=1e-4)
+
+
 def test_a_warm_start_as_long_as_the_run_is_refused(tmp_path):
     from rtpulse.errors import RtpulseError
 
