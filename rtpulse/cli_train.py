@@ -301,6 +301,8 @@ def train(
         raise typer.Exit(code) from None
     if os.environ.get("RANK", "0") != "0":  # only rank 0 validates, so only it knows the best epoch
         return
+    if summary.get("plot_warning"):  # the run itself finished: its summary follows
+        console.print(labelled("warning:", "yellow", summary["plot_warning"]), highlight=False, soft_wrap=True)
     if summary.get("finished_before"):
         n = summary["epochs"]
         console.print(f"{summary['run_dir']} has already trained all {n} epochs: nothing to do (give --epochs above "

@@ -32,7 +32,7 @@ from rtpulse.audio import (
     to_mono,
 )
 from rtpulse.errors import RtpulseError
-from rtpulse.files import check_output_file, discard, libsndfile_path, temp_beside
+from rtpulse.files import check_output_file, discard, libsndfile_path, os_write_error, temp_beside
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, LEAD, SAMPLE_RATE, istft, n_frames, stft
 from rtpulse.stream import (
@@ -295,6 +295,7 @@ MP3_MAX_LEVEL = 8192.0
 CLIP_SLACK = 0.01  # an output louder than full scale by more than this is worth a warning where the format clips
 RIFF_MAX_DATA = 2**32 - 1 - 4096  # WAV, AIFF and AU sizes are 32-bit fields (less the header's room)
 SAMPLE_BYTES = {"FLOAT": 4, "DOUBLE": 8, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4}
+SFE_SYSTEM = 2  # libsndfile's error code for a failed system call
 
 
 def large_file_format(dst: Path, fmt: str, subtype: str | None, frames: int) -> str:
@@ -348,9 +349,14 @@ def write_blocks_atomic(dst: Path, blocks: Iterable[np.ndarray], rate: int, fram
                         block = np.clip(block, -bound, bound)
                 f.write(block)
         os.replace(tmp, dst)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+    except OSError as e:  # the rename; Python's text would name the hidden temp file
+        raise RtpulseError(f"cannot write {dst}: {e.strerror or e}") from None
+    except (sf.LibsndfileError, RuntimeError) as e:
+        # a failed system call (full disk, read-only folder) is only "System error." here: the OS says which
+        reason = os_write_error(tmp) if getattr(e, "code", None) == SFE_SYSTEM else None
         # libsndfile names the file it opened: the user knows dst, not the hidden temp name
-        raise RtpulseError(f"cannot write {dst}: {str(e).splitlines()[0].replace(str(tmp), str(dst))}") from None
+        reason = reason or str(e).splitlines()[0].replace(str(tmp), str(dst))
+        raise RtpulseError(f"cannot write {dst}: {reason}") from None
     finally:
         discard(tmp)
     return clipped, peak

@@ -104,6 +104,18 @@ def discard(tmp: Path) -> None:
         pass
 
 
+def os_write_error(path: Path) -> str | None:
+    """Why the system refuses to write ``path`` (a read-only folder, a full disk, a file-size limit), found by
+    appending to it, or None if it now takes data: a failed libsndfile call says only "System error." (soundfile
+    reports libsndfile's generic text, not the errno's)."""
+    try:
+        with open(path, "ab") as f:
+            f.write(bytes(1 << 16))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def write_synced(tmp: Path, data: bytes) -> None:
     """Write ``data`` to ``tmp`` and flush it to the disk: renamed over a file afterwards, a power cut cannot leave an
     empty file where the old one was (some file systems commit the rename before the data)."""

@@ -155,7 +155,8 @@ class LivePipeline:
         max_block = max(self.blocksize, 1) * 8
         self._mono = np.zeros(max_block, np.float32)  # callback scratch, preallocated
         self._out = np.zeros(max_block, np.float32)
-        self._bad = np.zeros(max_block, bool)  # non-finite input samples, found in place
+        self._chans = np.zeros((max_block, in_channels), np.float32)  # the input, sanitised channel by channel
+        self._bad = np.zeros((max_block, in_channels), bool)  # non-finite input samples, found in place
         self._chunk = np.zeros(self.hop_device, np.float32)  # worker scratch
         self._dry = np.zeros(4 * self.hop_device, np.float32)
         self._wet = np.zeros(4 * self.hop_device, np.float32)
@@ -190,21 +191,27 @@ class LivePipeline:
             if status.output_underflow:
                 c.output_underflows += 1
                 c.underflows_after_startup += after_startup
-        if frames > self._mono.size:  # a host that ignores the block size: grow once
-            self._mono = np.zeros(frames, np.float32)
-            self._out = np.zeros(frames, np.float32)
-            self._bad = np.zeros(frames, bool)
-        mono, y, bad = self._mono[:frames], self._out[:frames], self._bad[:frames]
-        if indata.shape[1] == 1:
-            mono[:] = indata[:, 0]
-        else:
-            np.mean(indata, axis=1, out=mono)
+        channels = indata.shape[1]
+        if frames > self._mono.size or channels > self._chans.shape[1]:  # a host that ignores the settings: grow once
+            size = max(frames, self._mono.size)
+            self._mono = np.zeros(size, np.float32)
+            self._out = np.zeros(size, np.float32)
+            self._chans = np.zeros((size, max(channels, self._chans.shape[1])), np.float32)
+            self._bad = np.zeros(self._chans.shape, bool)
+        mono, y = self._mono[:frames], self._out[:frames]
+        chans, bad = self._chans[:frames, :channels], self._bad[:frames, :channels]
         # as the engine's sanitize (NaN/±Inf → 0, clipped), with no allocation: the dry path reads this ring too, so
-        # a NaN, Inf or 1e30 from a driver would otherwise reach the speaker
-        np.isfinite(mono, out=bad)
+        # a NaN, Inf or 1e30 from a driver would otherwise reach the speaker. Each channel before the downmix (as
+        # denoise does): a NaN from one microphone must not zero that sample of the others
+        np.isfinite(indata, out=bad)
         np.logical_not(bad, out=bad)
-        np.copyto(mono, 0.0, where=bad)
-        np.clip(mono, -self._max_abs, self._max_abs, out=mono)
+        np.clip(indata, -self._max_abs, self._max_abs, out=chans)
+        np.copyto(chans, 0.0, where=bad)
+        if channels == 1:
+            mono[:] = chans[:, 0]
+        else:  # the mean; np.mean itself allocates a block-sized temporary
+            np.add.reduce(chans, axis=1, out=mono)
+            np.divide(mono, channels, out=mono)
         ring_write(self.in_ring, self.n_in, mono)
         self.n_in += frames
         self.in_level = math.sqrt(float(np.dot(mono, mono)) / max(frames, 1))

@@ -17,9 +17,11 @@ from math import gcd
 import numpy as np
 from scipy.signal import firwin
 
+from rtpulse.errors import RtpulseError
+
 
 class StreamResampler:
-    """``rate_in`` → ``rate_out`` in blocks. ``process(x [n]) -> y [≈ n·rate_out/rate_in]`` float32.
+    """``rate_in`` → ``rate_out`` in blocks. ``process(x [n]) -> y [≈ n·rate_out/rate_in]`` float32 (mono only).
 
     After N input samples in total, exactly ``⌊(N − 1)·L/M⌋ + 1`` outputs have been produced (N ≥ 1),
     whatever the block sizes. The low-pass is the one ``scipy.signal.resample_poly`` (and so
@@ -56,7 +58,11 @@ class StreamResampler:
         self._next = 0  # index of the next output sample
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        x = np.asarray(x, dtype=np.float32)
+        if sum(n > 1 for n in x.shape) > 1:  # [n, C]: flattened, its channels would interleave sample by sample
+            raise RtpulseError(f"StreamResampler.process takes mono samples [n], got shape {x.shape}: downmix the "
+                               "channels first (x.mean(1))")
+        x = x.reshape(-1)
         if self.identity:
             return x.copy()
         if x.size == 0:

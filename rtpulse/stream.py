@@ -93,8 +93,14 @@ def tail_for_lookahead(length: int, lookahead: int) -> int:
 
 @torch.no_grad()
 def enhance(model: PulseCNN, x: torch.Tensor, mask: str = "binary", floor_db: float | None = None) -> torch.Tensor:
-    """Offline: signal ``[T]`` or ``[B, T]`` (16 kHz) → enhanced signal of the same shape, no delay."""
+    """Offline: signal ``[T]`` or ``[B, T]`` (16 kHz) → enhanced signal of the same shape, no delay.
+
+    A 2-D array with more rows than columns (B > T) is refused as a ``[T, C]`` recording, not guessed at."""
     check_floor_db(floor_db)
+    if x.ndim == 2 and x.shape[0] > x.shape[1]:  # more signals than samples: a [T, C] recording (soundfile's layout),
+        # which would be denoised as T "signals" C samples long and come back as noise without a word
+        raise RtpulseError(f"enhance takes a signal [T] or a batch [B, T] (time last), got shape {tuple(x.shape)}, "
+                           "which looks like [T, C] channels: downmix it (x.mean(1)) or pass x.T")
     length = x.shape[-1]
     if length == 0:
         return x.clone()
@@ -155,8 +161,12 @@ class StreamingDenoiser:
         self._emitted = 0
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
-        """Mono float samples in, the same number of enhanced samples out (float32)."""
-        chunk = sanitize(np.asarray(chunk).reshape(-1))  # see sanitize(): NaN/Inf/1e30 must not enter the state
+        """Mono float samples in (``[n]``; ``[n, 1]`` too), the same number of enhanced samples out (float32)."""
+        chunk = np.asarray(chunk)
+        if sum(n > 1 for n in chunk.shape) > 1:  # [n, C]: flattened, its channels would interleave sample by sample
+            raise RtpulseError(f"StreamingDenoiser.process takes mono samples [n], got shape {chunk.shape}: downmix "
+                               "the channels first (x.mean(1))")
+        chunk = sanitize(chunk.reshape(-1))  # see sanitize(): NaN/Inf/1e30 must not enter the state
         self._consumed += chunk.size
         self._pending = np.concatenate((self._pending, chunk))
         self._run_hops()

@@ -64,6 +64,45 @@ def test_a_full_disk_while_the_training_state_is_saved_is_one_line_and_leaves_no
     assert not list((run / "ckpt").glob("*.state.pt"))  # the epoch is not marked complete: the command starts over
 
 
+def test_denoise_on_a_full_disk_or_an_unwritable_folder_says_why_in_one_line(tmp_path):
+    """libsndfile's failed write() or open() reached the user as "cannot write y.wav: System error.": soundfile keeps
+    only its generic text. Files past 20 kB fail here (RLIMIT_FSIZE, the full disk's stand-in); /proc takes no files."""
+    model, src = tmp_path / "m.safetensors", tmp_path / "x.wav"
+    save_model(random_model("blocks2", 0), model)
+    sf.write(src, noisy_signal(0.5), 16000)  # 32 kB of float samples out
+    limit = "import resource; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); " \
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))"
+    for dst, reason, prelude in ((tmp_path / "y.wav", "File too large", limit),
+                                 (Path("/proc/y.wav"), "No such file or directory", "")):
+        proc = _cli("denoise", str(src), "-o", str(dst), "-m", str(model), prelude=prelude, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT)
+        out = proc.communicate(timeout=TIMEOUT)[0]
+        assert proc.returncode == 1 and out.strip().splitlines() == [f"error: cannot write {dst}: {reason}"], out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "x.wav"]  # no temp file left
+
+
+def test_a_finished_run_whose_plot_cannot_be_written_reports_its_summary_and_a_warning(corpus, tmp_path, monkeypatch):
+    """The closing training.png is drawn after every epoch and checkpoint is saved: a plot that could not be written
+    failed the run (exit 1, naming the hidden temp file .training.png.tmp-PID.png) and its summary line was lost."""
+    import trainer.loop
+
+    run = tmp_path / "run"
+    real = trainer.loop.run_epochs
+
+    def then_block_the_plot(*args, **kwargs):
+        summary = real(*args, **kwargs)
+        (run / "training.png").mkdir()  # the rename over it fails: "Is a directory"
+        return summary
+
+    monkeypatch.setattr(trainer.loop, "run_epochs", then_block_the_plot)
+    res = CliRunner().invoke(app, _train_args(corpus, tmp_path, run, "--epochs", "1"))
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert f"warning: cannot write {run}/training.png: Is a directory" in lines, res.output
+    assert lines[-1].startswith("trained 1 epochs") and lines[-1].endswith(f"→ {run}/best.safetensors")
+    assert _temps(run) == []
+
+
 @pytest.fixture()
 def scored_pair(tmp_path):
     for d in ("noisy", "clean"):

@@ -174,14 +174,15 @@ def test_nan_inf_and_huge_input_never_reach_the_speaker(model, dry, worker_runs)
     assert (np.abs(out) > 0.05).mean() > 0.2  # and it still plays the signal
 
 
-def test_the_callback_cleans_its_input_without_allocating(model):
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_callback_cleans_its_input_without_allocating(model, channels):
     import tracemalloc
 
     n = 16384  # the largest block: a block-sized temporary (64 KB of float32) would dwarf the few small objects
-    pipe = LivePipeline(FaultyEngine(model), RATE, n, dry=0.3)
+    pipe = LivePipeline(FaultyEngine(model), RATE, n, in_channels=channels, dry=0.3)
     block = np.resize(noisy_input(0.1), n).astype(np.float32)
     block[: n // 2] = np.nan  # the cleaning runs on every sample of this block
-    indata, outdata = block[:, None].copy(), np.zeros((n, 2), np.float32)
+    indata, outdata = np.repeat(block[:, None], channels, axis=1), np.zeros((n, 2), np.float32)
     for _ in range(3):  # warm-up: numpy's first calls may cache
         pipe.callback(indata, outdata, n, None, None)
     tracemalloc.start()
@@ -193,6 +194,20 @@ def test_the_callback_cleans_its_input_without_allocating(model):
         tracemalloc.stop()
     # nan_to_num's temporaries were a block of float32 and one of bools (80 KB here); views and floats are ~3 KB
     assert peak < n and np.isfinite(outdata).all()
+
+
+def test_a_nan_in_one_input_channel_leaves_the_others_in_the_downmix(model):
+    """The callback averaged the channels before it cleaned them: a NaN from one microphone zeroed that sample of
+    all. Cleaned first (as denoise does), the bad channel counts as silence and the other still plays."""
+    x = noisy_input(0.1)
+    indata = np.stack((x, 0.5 * x), axis=1)
+    indata[100:200, 0], indata[300, 0], indata[400, 0] = np.nan, np.inf, 1e30
+    pipe = LivePipeline(FaultyEngine(model), RATE, BLOCK, in_channels=2)
+    pipe.callback(indata[:BLOCK], np.zeros((BLOCK, 1), np.float32), BLOCK, None, None)
+    got = ring_read(pipe.in_ring, 0, np.zeros(BLOCK, np.float32))
+    want = np.where(np.isfinite(indata[:BLOCK, 0]), np.clip(indata[:BLOCK, 0], -1e3, 1e3), 0.0) / 2 + 0.25 * x[:BLOCK]
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+    assert np.abs(got[100:200]).max() > 0.01  # channel 1 is still heard where channel 0 was NaN
 
 
 def test_dry_mix_is_a_weighted_sum_of_wet_and_delayed_input(model):

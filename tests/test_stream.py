@@ -232,3 +232,28 @@ def test_a_reversed_float32_view_is_denoised_like_a_copy():
     flipped = np.flip(x)  # a negative stride, float32 already: numpy hands torch the view itself
     want = StreamingDenoiser(m, mask="soft").process(flipped.copy())
     np.testing.assert_array_equal(StreamingDenoiser(m, mask="soft").process(flipped), want)
+
+
+def test_a_multichannel_array_is_refused_not_interleaved_or_read_as_a_batch():
+    """soundfile reads a stereo file as [T, 2]: flattened, the engine interleaved its channels sample by sample, and
+    enhance took it for T signals 2 samples long. Mono in any unambiguous layout, and [B, T] batches, still pass."""
+    from rtpulse.errors import RtpulseError
+    from rtpulse.resampler import StreamResampler
+
+    m = random_model("blocks2", 0)
+    x = noisy_signal(0.3)
+    stereo = np.stack((x, 0.5 * x), axis=1)  # [T, 2]
+    with pytest.raises(RtpulseError, match=r"got shape \(4800, 2\), which looks like \[T, C\]"):
+        enhance(m, torch.from_numpy(stereo))
+    with pytest.raises(RtpulseError, match=r"StreamingDenoiser.process takes mono samples \[n\], got shape \(4800, 2\)"):
+        StreamingDenoiser(m).process(stereo)
+    with pytest.raises(RtpulseError, match=r"StreamResampler.process takes mono samples \[n\], got shape \(4800, 2\)"):
+        StreamResampler(48000, 16000).process(stereo)
+    # what worked stays: a [B, T] batch (channels first, one signal each), and mono as [n, 1] (always_2d) or [1, n]
+    np.testing.assert_array_equal(enhance(m, torch.from_numpy(stereo.T.copy()))[0].numpy(),
+                                  enhance(m, torch.from_numpy(x)).numpy())
+    want = StreamingDenoiser(m).process(x)
+    np.testing.assert_array_equal(StreamingDenoiser(m).process(x[:, None]), want)
+    np.testing.assert_array_equal(StreamingDenoiser(m).process(x[None]), want)
+    np.testing.assert_array_equal(StreamResampler(48000, 16000).process(x[:, None]),
+                                  StreamResampler(48000, 16000).process(x))

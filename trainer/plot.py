@@ -6,11 +6,13 @@ import json
 import os
 from pathlib import Path
 
+from rtpulse.errors import RtpulseError
 from rtpulse.files import discard, temp_beside
 
 
 def plot_metrics(metrics: Path, out: Path) -> str | None:
-    """Loss, fraction of U bins called speech and dev SI-SNRi by epoch → ``out``; None if not possible."""
+    """Loss, fraction of U bins called speech and dev SI-SNRi by epoch → ``out``; None if not possible (no
+    matplotlib, no epochs). A file that cannot be written is an :class:`RtpulseError` naming ``out``."""
     try:
         import matplotlib
 
@@ -51,6 +53,8 @@ def plot_metrics(metrics: Path, out: Path) -> str | None:
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, out)
+    except OSError as e:  # Python's text would name the hidden temp file, not the plot the user looks for
+        raise RtpulseError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
         discard(tmp)

@@ -487,9 +487,7 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
             summary = {"finished_before": True, "epochs": done, "steps": resumed["step"], "seconds": 0.0,
                        "best_epoch": resumed["best_epoch"], "run_dir": str(run_dir)}
             if d.main and not (run_dir / "training.png").exists():  # killed while drawing it
-                from trainer.plot import plot_metrics
-
-                summary["plot"] = plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png")
+                _plot(run_dir, summary)
             return summary
     if d.main:  # a read-only or unmakeable folder is said now, not after minutes of decoding (nothing is left made)
         probe_writable_dir(run_dir)
@@ -523,10 +521,19 @@ def _run(cfg: TrainConfig, d: Dist, resume: bool, console: Console | None, show:
     summary = run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console, show, ema)
     summary["seconds"] = time.time() - t0
     if d.main:
-        from trainer.plot import plot_metrics
-
-        summary["plot"] = plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png")
+        _plot(run_dir, summary)
     return summary
+
+
+def _plot(run_dir: Path, summary: dict) -> None:
+    """Draw ``training.png`` into the summary. One that cannot be written (a full disk) is a warning, not a failed run:
+    every epoch and checkpoint is saved by now, and an error would lose the summary of what was trained."""
+    from trainer.plot import plot_metrics
+
+    try:
+        summary["plot"] = plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png")
+    except RtpulseError as e:
+        summary["plot"], summary["plot_warning"] = None, str(e)
 
 
 def checkpoint_model(model: PulseCNN, cfg: TrainConfig, epoch: int, record: dict) -> PulseCNN:
