@@ -266,6 +266,8 @@ def test_each_mean_says_over_how_many_files(tmp_path):
     assert r["mean"]["si_snr"] == pytest.approx((rows["long"]["si_snr"] + rows["tiny"]["si_snr"]) / 2)
     assert r["mean_files"]["stoi"] == 1 and r["mean_files"]["si_snr"] == r["mean_files"]["si_snri"] == 2
     assert "warning: stoi mean over 1 of 2 files (no score for tiny)" in printed.splitlines()
+    if "pesq_wb" in r["mean"]:  # under ¼ s for pesq too: the note says what it takes
+        assert "pesq_wb mean over 1 of 2 files (no score for tiny: pesq takes ¼…30 s with speech in it)" in printed
     counts = next(ln for ln in printed.splitlines() if "files in mean" in ln)
     cells = [c.strip() for c in counts.split("│") if c.strip()]  # file, si_snr, si_snr_noisy, si_snri, (pesq), stoi
     assert cells[:4] == ["files in mean", "2", "2", "2"] and cells[-1] == "1"

@@ -61,3 +61,31 @@ def test_perceptual_scores_take_the_estimate_first_and_the_reference_second():
     assert got["pesq_wb"] == pytest.approx(pesq(16000, ref, est, "wb"), abs=1e-6)
     assert got["stoi"] == pytest.approx(stoi(ref, est, 16000, extended=False), abs=1e-9)
     assert abs(pesq(16000, est, ref, "wb") - got["pesq_wb"]) > 1e-3 or abs(stoi(est, ref, 16000) - got["stoi"]) > 1e-6
+
+
+@pytest.mark.parametrize("peak", [1e-4, 1e-5, 1e-6])
+def test_si_snr_does_not_depend_on_the_level_of_a_quiet_pair(peak):
+    """clean 500 Hz, error 1 kHz 40 dB below (orthogonal over whole periods): 40 dB at any level. With the absolute
+    EPS it was 36.5 dB at −80 dBFS, 18.8 dB at −100 dBFS, and a copy of a −120 dBFS reference scored −9 dB."""
+    t = torch.arange(16000, dtype=torch.float64) / 16000
+    ref = torch.sin(2 * math.pi * 500 * t)
+    err = 0.01 * torch.sin(2 * math.pi * 1000 * t)
+    assert float(si_snr(peak * (ref + err), peak * ref)) == pytest.approx(40.0, abs=1e-3)
+    assert float(si_snr(ref + err, peak * ref)) == pytest.approx(40.0, abs=1e-3)
+    assert float(si_snr(peak * ref, peak * ref)) == pytest.approx(80.0, abs=0.01)  # the cap, as the floor: ±80 dB
+    assert float(si_snr(torch.zeros(16000), peak * ref)) == pytest.approx(-80.0, abs=1e-6)
+
+
+def test_pesq_is_not_asked_to_score_past_its_utterance_limit(monkeypatch):
+    """pesq writes past its 50-utterance array on long references (a segmentation fault ends the eval run): over
+    PESQ_MAX_SECONDS it is never called and the file has no PESQ score."""
+    pesq_module = pytest.importorskip("pesq")
+    from rtpulse.metrics import PESQ_MAX_SECONDS
+
+    calls = []
+    monkeypatch.setattr(pesq_module, "pesq", lambda *a, **k: calls.append(a[1].size) or 3.0)
+    rng = np.random.default_rng(0)
+    n = PESQ_MAX_SECONDS * 16000
+    ref = 0.1 * rng.standard_normal(n + 1)
+    assert perceptual_scores(ref, ref)["pesq_wb"] is None and calls == []
+    assert perceptual_scores(ref[:n], ref[:n])["pesq_wb"] == 3.0 and calls == [n]

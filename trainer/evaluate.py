@@ -13,7 +13,7 @@ import torch
 from rtpulse.audio import find_audio_files, load_mono
 from rtpulse.errors import RtpulseError
 from rtpulse.files import write_text_atomic
-from rtpulse.metrics import perceptual_scores, si_snr_np, si_snri
+from rtpulse.metrics import PESQ_MAX_SECONDS, perceptual_scores, si_snr_np, si_snri
 from rtpulse.model import PulseCNN
 from rtpulse.stft import HOP, N_FFT, SAMPLE_RATE
 from rtpulse.stream import check_floor_db, enhance, stream_offline_equivalent
@@ -54,7 +54,7 @@ def pair_files(noisy_root: Path, clean_root: Path) -> tuple[list[tuple[str, Path
     Returns (pairs as (name, noisy, clean), noisy files without a clean partner, clean files no pair uses).
     """
     if noisy_root.is_file() and clean_root.is_file():
-        if os.path.samefile(noisy_root, clean_root):  # a file scored against itself: SI-SNR ~ 110 dB, no meaning
+        if os.path.samefile(noisy_root, clean_root):  # a file scored against itself: SI-SNR 80 dB (the cap), no meaning
             raise RtpulseError(f"--noisy {noisy_root} and --clean {clean_root} are the same file")
         return [(noisy_root.stem, noisy_root, clean_root)], [], []
     for inner, outer in ((clean_root, noisy_root), (noisy_root, clean_root)):
@@ -155,9 +155,11 @@ def _result(model: PulseCNN, rows: list[dict], opts: EvalOptions, source: dict, 
             mean[k], mean_files[k] = float(np.mean(vals)), len(vals)
             if len(vals) < len(rows):
                 gaps = [r["name"] for r in rows if r.get(k) is None]
-                warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)})")
+                why = f": pesq takes ¼…{PESQ_MAX_SECONDS} s with speech in it" if k == "pesq_wb" else ""
+                warnings.append(f"{k} mean over {len(vals)} of {len(rows)} files (no score for {name_list(gaps)}{why})")
         elif any(k in r for r in rows):  # its library is installed, yet refused every file (e.g. all too short)
-            warnings.append(f"{k}: no file could be scored (too short for it, or silent outputs?), so it has no mean")
+            why = f"under ¼ s or over {PESQ_MAX_SECONDS} s" if k == "pesq_wb" else "too short for it"
+            warnings.append(f"{k}: no file could be scored ({why}, or silent outputs?), so it has no mean")
     missing = [k for k in ("pesq_wb", "stoi") if rows and not any(k in r for r in rows)]
     if missing:  # the [eval] extra is not installed: say why the columns are absent
         warnings.append(f"{' and '.join(missing)} not scored: pip install 'rtpulse[eval]' for them")
