@@ -419,6 +419,7 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
         raise RtpulseError("--real is scored with DNSMOS only: drop --no-dnsmos, or drop --real")
     if not -80 <= opts.level_dbfs <= 0:  # every set is brought to it, not only a generated one (NaN fails this too)
         raise RtpulseError(f"--level-dbfs must be −80…0 dB, got {opts.level_dbfs}")
+    systems, skipped, notes = all_systems(opts)  # before the sets: a bad --model is said before minutes of decoding
     warnings: list[str] = []
     real_items = None
     if opts.real is not None:  # read before minutes of scoring, so a bad folder fails first
@@ -448,7 +449,6 @@ def _run_quality(opts: QualityOptions, progress=None) -> tuple[dict, dict]:
         }
     # the level the systems heard: the int16 peers clip or lose their input's low bits at other levels
     source["level_dbfs"] = opts.level_dbfs
-    systems, skipped, notes = all_systems(opts)
     dnsmos, dnsmos_note = None, None
     if opts.dnsmos:
         try:

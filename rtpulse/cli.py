@@ -87,9 +87,12 @@ def _denoise_all(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtpulse.denoise import DenoiseOptions, denoise_file, plan_outputs
+    from rtpulse.files import check_output_file
 
     try:
         pairs = plan_outputs(inputs, output, force)  # first: a mistyped path fails before the model loads
+        for _, dst in pairs:  # the model is an input too: "-o m.wav -m m.wav --force" would replace it
+            check_output_file(dst, (model,))
         net = load_model_or_default(model)
         opts = DenoiseOptions(mask=mask_for(mask, net), floor_db=floor_db, engine=engine.value)
     except USER_ERRORS as e:

@@ -149,9 +149,9 @@ def live(
             check_json_output(stats_json, "--stats-json")
             probe_writable_dir(stats_json.parent)  # a read-only or unmakeable folder too
         if record_in is not None:
-            check_output_file(record_in)
+            check_output_file(record_in, (model,))  # never over the model file
         if record_out is not None:
-            check_output_file(record_out, (record_in,))
+            check_output_file(record_out, (record_in, model))
         for path in (record_in, record_out, stats_json):  # as denoise does: an old recording is never lost
             if path is not None and path.exists() and not force:
                 raise RtpulseError(f"{path} exists; pass --force to replace it")

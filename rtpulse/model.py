@@ -97,6 +97,20 @@ BAND_SCALE = 3.0
 
 # config.mask_sharpness bounds: below 0.1 every soft gain sits near 0.5; above 100 it is the binary mask.
 MIN_SHARPNESS, MAX_SHARPNESS = 0.1, 100.0
+# config.extra's deepest nesting: a trainer's notes are 3 levels deep; json reads ~1000, but writing one back
+# (dataclasses.asdict recurses twice per level) fails past ~450
+MAX_EXTRA_DEPTH = 32
+
+
+def _depth(x: object) -> int:
+    """How deeply JSON lists and objects nest in ``x`` (0 for a scalar); iterative, so any depth can be measured."""
+    deepest, todo = 0, [(x, 0)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _is_int(x: object) -> bool:
@@ -167,6 +181,8 @@ class ModelConfig:
             raise RtpulseError(f"band_input must be true or false, got {self.band_input!r}")
         if not isinstance(self.extra, dict):  # tools read it as a dict (mask_sharpness, checkpoints)
             raise RtpulseError(f"extra must be a JSON object, got {type(self.extra).__name__}")
+        if _depth(self.extra) > MAX_EXTRA_DEPTH:  # it would load, then fail to be written back (a traceback)
+            raise RtpulseError(f"extra nests deeper than {MAX_EXTRA_DEPTH} levels")
         scale = self.freq_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not MIN_FREQ_SCALE <= scale <= MAX_FREQ_SCALE:
             raise RtpulseError(f"freq_scale must be a number {MIN_FREQ_SCALE:g}…{MAX_FREQ_SCALE:g}, got {scale!r}")
@@ -223,6 +239,8 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         data = json.loads(text)
+        if not isinstance(data, dict):  # a string's letters would be read as its keys
+            raise RtpulseError(f"the config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -489,6 +507,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
         if path.is_dir():
             raise RtpulseError(f"model {path} is a folder; give a model file (.safetensors)")
         if not path.is_file():
+            if path.exists():  # a FIFO would block the read; /dev/stdin or a device cannot be mapped
+                raise RtpulseError(f"model {path} is not a regular file (a pipe or a device); give a model file")
+            if path.is_symlink():  # a loop, or a link to nothing
+                raise RtpulseError(f"model {path} is a link that leads to no file")
             raise RtpulseError(f"model file not found: {path}")
         with path.open("rb") as raw:  # safetensors: an 8-byte little-endian header length, the JSON header, the data
             header_bytes = int.from_bytes(raw.read(8), "little")

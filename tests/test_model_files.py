@@ -349,3 +349,98 @@ def test_a_file_system_without_fsync_still_saves(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", unsupported)
     save_model(PulseCNN(ModelConfig()), tmp_path / "m.safetensors")
     assert load_model(tmp_path / "m.safetensors").config == ModelConfig()
+
+
+# --- what a later review found -----------------------------------------------------------------------
+
+
+def test_a_deeply_nested_extra_is_a_broken_config_not_a_model_that_cannot_be_saved(tmp_path):
+    """json reads ~1000 levels, but writing the config back (dataclasses.asdict) failed past ~450 with a
+    RecursionError traceback: benchmarks.mask_sharpness --write after minutes of scoring, the training table."""
+    path = _saved(tmp_path)
+    _rewrite_config(path, lambda c: json.dumps({**c, "extra": "X"}).replace('"X"', '{"a": ' * 500 + "1" + "}" * 500))
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert "has a broken config: extra nests deeper than 32 levels" in _one_line(info.value)
+    # a trainer's notes (three levels) and anything up to the bound load and are written back
+    _rewrite_config(path, lambda c: {**c, "extra": json.loads('{"a": ' * 32 + "1" + "}" * 32)})
+    model = load_model(path)
+    save_model(model, tmp_path / "again.safetensors")
+    assert load_model(tmp_path / "again.safetensors").config == model.config
+
+
+def test_a_config_that_is_not_a_json_object_says_so(tmp_path):
+    path = _saved(tmp_path)
+    _rewrite_config(path, lambda c: '"preset"')  # was: "unknown keys: e, p, r, s, t" (the string's letters)
+    with pytest.raises(RtpulseError) as info:
+        load_model(path)
+    assert "has a broken config: the config must be a JSON object, got str" in _one_line(info.value)
+
+
+def test_a_pipe_a_device_or_a_link_loop_as_model_is_named_for_what_it_is(tmp_path):
+    """They exist (or are links): "model file not found" sent the user looking for a missing file."""
+    fifo, loop, dangling = tmp_path / "fifo", tmp_path / "loop", tmp_path / "dangling"
+    os.mkfifo(fifo)
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "absent.safetensors")
+    for path, words in ((fifo, "is not a regular file"), (pathlib.Path("/dev/null"), "is not a regular file"),
+                        (loop, "is a link that leads to no file"), (dangling, "is a link that leads to no file")):
+        with pytest.raises(RtpulseError) as info:
+            load_model(path)
+        assert words in _one_line(info.value) and str(path) in str(info.value)
+
+
+def test_denoise_and_live_never_write_over_the_model_file(tmp_path):
+    """A model is an input too: one named like audio, given as the output with --force, was replaced by audio."""
+    import numpy as np
+    import soundfile as sf
+
+    src = tmp_path / "in.wav"
+    sf.write(src, np.zeros(16000, np.float32), 16000)
+    model = tmp_path / "m.wav"  # load_model does not ask for a .safetensors name
+    save_model(PulseCNN(ModelConfig()), model)
+    before = model.read_bytes()
+    for args in (["denoise", str(src), "-o", str(model), "-m", str(model), "--force"],
+                 ["denoise", str(src), "-o", f"{tmp_path}/../{tmp_path.name}/m.wav", "-m", str(model), "--force"],
+                 ["live", "-m", str(model), "--record-in", str(model), "--force"],
+                 ["live", "-m", str(model), "--record-out", str(model), "--force"]):
+        r = runner.invoke(app, args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and "is the same file as" in lines[0], (args, r.output)
+        assert model.read_bytes() == before
+
+
+def test_init_from_a_model_whose_finite_weights_overflow_is_refused_before_training(tmp_path):
+    """Weights of 1e30 pass the file's NaN check; training from them ran a whole epoch of NaN losses, then blamed
+    the learning rate ("training diverged: … lower --lr")."""
+    from trainer.config import TrainConfig
+    from trainer.train import build_model
+
+    model = PulseCNN(ModelConfig())
+    with torch.no_grad():
+        for conv in model.convs:
+            conv.weight.copy_(1e30 * torch.randn_like(conv.weight).sign())
+    save_model(model, tmp_path / "huge.safetensors")
+    cfg = {"out": str(tmp_path / "run"), "clean": "c", "noise": "n", "device": "cpu"}
+    with pytest.raises(RtpulseError) as info:
+        build_model(TrainConfig(**cfg, init_from=str(tmp_path / "huge.safetensors")))
+    assert "huge.safetensors: the model's output is not finite: its weights overflow float32" in _one_line(info.value)
+    save_model(PulseCNN(ModelConfig()), tmp_path / "fine.safetensors")  # an ordinary model still starts a run
+    build_model(TrainConfig(**cfg, init_from=str(tmp_path / "fine.safetensors")))
+
+
+def test_bench_quality_reads_its_models_before_the_test_set(tmp_path, monkeypatch):
+    """A broken --model was said only after the test set was generated or decoded (minutes)."""
+    from benchmarks import quality
+
+    def decoded(*a, **k):
+        raise AssertionError("the test set was read before the models")
+
+    monkeypatch.setattr(quality, "generated_set", decoded)
+    monkeypatch.setattr(quality, "paired_set", decoded)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\0" * 4096)
+    opts = quality.QualityOptions(data=tmp_path, models=[bad], peers=False, dnsmos=False)
+    with pytest.raises(RtpulseError) as info:
+        quality.run_quality(opts)
+    assert "bad.safetensors is not an rtpulse model file" in _one_line(info.value)

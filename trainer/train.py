@@ -23,7 +23,7 @@ from rich.text import Text
 
 from rtpulse.errors import RtpulseError
 from rtpulse.files import probe_writable_dir, write_text_atomic
-from rtpulse.model import PulseCNN, save_model
+from rtpulse.model import N_BINS, PulseCNN, save_model
 from rtpulse.stft import HOP, SAMPLE_RATE, stft
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig, effective_precision
@@ -162,6 +162,11 @@ def build_model(cfg: TrainConfig, resume: bool = False) -> PulseCNN:
         from rtpulse.model import load_model
 
         start = load_model(cfg.init_from)
+        with torch.no_grad():  # finite weights can still overflow float32: an epoch of NaN, then "lower --lr"
+            probe = start(torch.ones(1, N_BINS, 16 + start.receptive_field[1]))
+        if not torch.isfinite(probe).all():
+            raise RtpulseError(f"--init-from {cfg.init_from}: the model's output is not finite: its weights "
+                               "overflow float32 (a damaged model file?)")
         # lookahead only moves padding (same weight shapes), so an L = 0 model can start an L = 2 run
         if (start.config.compress, start.config.out_channels) != (mc.compress, mc.out_channels):
             raise RtpulseError(
