@@ -256,7 +256,10 @@ def _read_blocks(f: sf.SoundFile, src: Path, blocksize: int) -> Iterator[np.ndar
         # read() until it returns nothing, not SoundFile.blocks(): that one trusts the header's length and, on a cut
         # MP3, went on yielding its reused buffer (the last block again) up to the length the header promised
         # in pieces of at most READ_FRAMES: a cut FLAC fails on the read that reaches its cut, losing that read
-        while (block := f.read(min(blocksize, READ_FRAMES), dtype="float32", always_2d=True)).size:
+        # a DOUBLE file read as float64: libsndfile's float32 would turn a 1e39 into inf, which sanitize silences,
+        # where denoise_array clips it to full level (the two must give the same samples)
+        wide = "float64" if f.subtype == "DOUBLE" else "float32"
+        while (block := f.read(min(blocksize, READ_FRAMES), dtype=wide, always_2d=True)).size:
             read_any = True
             # sanitise before resampling (its filter would smear NaN around) and before the downmix: a NaN in one
             # channel would make the mean NaN, and so 0, silencing the other channels' samples with it

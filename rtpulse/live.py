@@ -155,8 +155,10 @@ class LivePipeline:
         max_block = max(self.blocksize, 1) * 8
         self._mono = np.zeros(max_block, np.float32)  # callback scratch, preallocated
         self._out = np.zeros(max_block, np.float32)
-        self._chans = np.zeros((max_block, in_channels), np.float32)  # the input, sanitised channel by channel
-        self._bad = np.zeros((max_block, in_channels), bool)  # non-finite input samples, found in place
+        # the input, sanitised channel by channel, and its non-finite samples: flat, so that [frames, channels] is a
+        # contiguous view for any channel count (numpy 2.4's isfinite writes wrong values into a strided bool out)
+        self._chans = np.zeros(max_block * in_channels, np.float32)
+        self._bad = np.zeros(max_block * in_channels, bool)
         self._chunk = np.zeros(self.hop_device, np.float32)  # worker scratch
         self._dry = np.zeros(4 * self.hop_device, np.float32)
         self._wet = np.zeros(4 * self.hop_device, np.float32)
@@ -192,14 +194,15 @@ class LivePipeline:
                 c.output_underflows += 1
                 c.underflows_after_startup += after_startup
         channels = indata.shape[1]
-        if frames > self._mono.size or channels > self._chans.shape[1]:  # a host that ignores the settings: grow once
+        if frames > self._mono.size or frames * channels > self._chans.size:  # a host that ignores the settings
             size = max(frames, self._mono.size)
             self._mono = np.zeros(size, np.float32)
             self._out = np.zeros(size, np.float32)
-            self._chans = np.zeros((size, max(channels, self._chans.shape[1])), np.float32)
-            self._bad = np.zeros(self._chans.shape, bool)
+            self._chans = np.zeros(max(frames * channels, self._chans.size), np.float32)
+            self._bad = np.zeros(self._chans.size, bool)
         mono, y = self._mono[:frames], self._out[:frames]
-        chans, bad = self._chans[:frames, :channels], self._bad[:frames, :channels]
+        chans = self._chans[: frames * channels].reshape(frames, channels)
+        bad = self._bad[: frames * channels].reshape(frames, channels)
         # as the engine's sanitize (NaN/±Inf → 0, clipped), with no allocation: the dry path reads this ring too, so
         # a NaN, Inf or 1e30 from a driver would otherwise reach the speaker. Each channel before the downmix (as
         # denoise does): a NaN from one microphone must not zero that sample of the others

@@ -927,3 +927,27 @@ def test_recordings_are_rf64_while_they_grow_and_an_ordinary_wav_when_short(tmp_
     info = sf.info(tmp_path / "r.wav")
     assert info.format in ("WAV", "WAVEX") and info.frames == 480  # under 4 GiB: what every player reads
     np.testing.assert_array_equal(sf.read(tmp_path / "r.wav", dtype="float32")[0], np.full(480, 0.25, np.float32))
+
+
+@pytest.mark.parametrize(("opened", "given"), [(2, 1), (3, 2)])
+def test_a_host_giving_fewer_channels_than_opened_is_neither_muted_nor_allocating(model, opened, given):
+    """A strided [frames, :channels] slice of wider scratch: numpy's isfinite marked finite samples bad (zeroed, the
+    input level halved) and the downmix of a strided view allocated a block-sized buffer."""
+    import tracemalloc
+
+    n = 16384
+    block = np.resize(noisy_input(0.1), n).astype(np.float32)
+    block[: n // 2] = np.nan
+    ref = LivePipeline(FaultyEngine(model), RATE, n, in_channels=given, dry=0.3)
+    pipe = LivePipeline(FaultyEngine(model), RATE, n, in_channels=opened, dry=0.3)
+    indata, outdata = np.repeat(block[:, None], given, axis=1), np.zeros((n, 2), np.float32)
+    ref.callback(indata, outdata, n, None, None)
+    for _ in range(3):
+        pipe.callback(indata, outdata, n, None, None)
+    tracemalloc.start()
+    try:
+        pipe.callback(indata, outdata, n, None, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert pipe.in_level == pytest.approx(ref.in_level) and peak < n

@@ -251,6 +251,17 @@ def test_a_nan_in_one_channel_does_not_silence_the_other_channels(tmp_path, mode
     np.testing.assert_allclose(sf.read(tmp_path / "o.wav", dtype="float32")[0], expected, atol=1e-6)
 
 
+def test_a_double_file_beyond_float32s_range_is_clipped_like_the_array_not_silenced(tmp_path, model):
+    data = _signal(8000, 1).astype(np.float64)
+    data[4000:4010, 0] = 1e39  # finite in float64, inf in float32
+    expected = denoise_array(model, data, 16000, DenoiseOptions())
+    assert np.abs(expected).max() > 1e6  # clipped to the engine's full level, not zeroed
+    src = tmp_path / "wide.wav"
+    sf.write(src, data, 16000, subtype="DOUBLE")
+    denoise_file(model, src, tmp_path / "o.wav", DenoiseOptions(), chunk_frames=3)
+    np.testing.assert_allclose(sf.read(tmp_path / "o.wav", dtype="float32")[0], expected, rtol=1e-5, atol=1e-3)
+
+
 def test_a_loud_mp3_is_clipped_and_said_not_an_aborted_process(tmp_path):
     """LAME asserts (SIGABRT: no error, the temp file left behind) on a float file at 32-bit integer scale; the writer
     clips to MP3_MAX_LEVEL and counts it. In a child process: the abort would take pytest with it."""
