@@ -164,3 +164,85 @@ def test_two_rank_training_run_writes_once_and_only_rank_0_reports(tmp_path):
     assert "trained" not in out1 and "best epoch" not in out1  # rank 1 never validated: it has no best to report
     assert sorted(p.name for p in (run / "ckpt").iterdir() if not p.name.startswith(".")) == [
         "epoch-0001.safetensors", "epoch-0001.state.pt", "epoch-0002.safetensors", "epoch-0002.state.pt"]
+
+
+def _tiny_run_args(tmp_path, run, steps: int) -> list[str]:
+    from conftest import write_tiny_corpus
+
+    write_tiny_corpus(tmp_path)
+    return ["--out", str(run), "--clean", str(tmp_path / "clean"), "--noise", str(tmp_path / "noise"),
+            "--cache", str(tmp_path / "cache"), "--epochs", "2", "--steps-per-epoch", str(steps), "--batch-size", "2",
+            "--crop-seconds", "0.1", "--dev-count", "2", "--dev-seconds", "0.25", "--dev-fraction", "0.34",
+            "--device", "cpu", "--method", "pu", "--risk", "pvu"]
+
+
+def _join_or_kill(ctx, seconds: float) -> list[bool]:
+    """Which of the spawned ranks were still running ``seconds`` from now (those are killed)."""
+    import time
+
+    end = time.monotonic() + seconds
+    for p in ctx.processes:
+        p.join(max(0.0, end - time.monotonic()))
+    alive = [p.is_alive() for p in ctx.processes]
+    for p in ctx.processes:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return alive
+
+
+def test_sigterm_to_one_rank_stops_it_at_once_and_the_others_with_it(tmp_path):
+    """A stop signal reaching one rank first (torchrun's shutdown, a scheduler stopping one node) is raised where
+    it lands; the others are in DDP's all-reduce. Its barrier on the way out (Dist.close) waited for them, and they
+    for it: every rank hung (gloo's 30 minutes). Without the barrier it exits 143 and the others see it gone."""
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    ctx = mp.spawn(_train_worker, args=(_free_port(), _tiny_run_args(tmp_path, run, 2000), str(tmp_path)), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 120
+    while not (run / "config.json").exists() and time.monotonic() < deadline:  # written just before the first step
+        time.sleep(0.1)
+    time.sleep(2.0)
+    os.kill(ctx.processes[1].pid, signal.SIGTERM)
+    assert _join_or_kill(ctx, 30) == [False, False]
+    code1, out1 = (tmp_path / "rank1.txt").read_text().split("\n", 1)
+    assert code1 == "143" and out1.strip() == ""  # rank 1 says nothing: rank 0 reports for the run
+    assert (tmp_path / "rank0.txt").read_text().split("\n", 1)[0] != "0"  # its peer is gone: a failed run
+
+
+def _slow_rank_1_worker(rank: int, port: int, args: list[str], out_dir: str) -> None:
+    """Rank 1 decodes for a minute (a large corpus); rank 0 notes when it is done."""
+    import time
+
+    if rank == 1:
+        import trainer.train
+
+        build_data = trainer.train.build_data
+        trainer.train.build_data = lambda *a, **k: time.sleep(60) or build_data(*a, **k)
+    _train_worker(rank, port, args, out_dir)
+
+
+def test_a_refusal_on_rank_0_alone_ends_it_at_once_not_after_the_other_ranks_decode(tmp_path):
+    """Only rank 0 takes the run folder's lock (and probes it): its refusal must reach torchrun when it is made. A
+    barrier on its way out waited for the other ranks' setup (minutes of decoding), then let them train alone."""
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    args = _tiny_run_args(tmp_path, run, 2)
+    run.mkdir()
+    fd = os.open(run, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another trainer in this folder
+    try:
+        ctx = mp.spawn(_slow_rank_1_worker, args=(_free_port(), args, str(tmp_path)), nprocs=2, join=False)
+        ctx.processes[0].join(40)
+        rank0_done = not ctx.processes[0].is_alive()
+        _join_or_kill(ctx, 0)
+    finally:
+        os.close(fd)
+    assert rank0_done
+    code0, out0 = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert code0 == "1" and "is in use by another rtpulse train" in out0

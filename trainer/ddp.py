@@ -43,11 +43,15 @@ class Dist:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """``finished``: this rank's work ended normally, so every rank comes here. After an error or a stop signal
+        the others may be anywhere (in a collective, decoding data): a barrier would pair with theirs or wait for
+        them (torchrun learns of the failure only when this rank exits), so the group is torn down at once."""
         if self.world > 1 and dist.is_initialized():
-            # every rank reaches here before any tears down: a gloo group destroyed while a peer still
-            # works aborts that peer ("terminate called without an active exception", SIGABRT)
-            dist.barrier()
+            if finished:
+                # every rank reaches here before any tears down: a gloo group destroyed while a peer still
+                # works aborts that peer ("terminate called without an active exception", SIGABRT)
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -437,11 +437,14 @@ def run_training(cfg: TrainConfig, resume: bool = False, console: Console | None
     keep_freed_memory()  # about 2× the steps/s on CPU (trainer.memory)
     d = init_distributed(cfg.device)
     lock = RunLock()
+    finished = False
     try:
-        return _run(cfg, d, resume, console if d.main else None, progress and d.main, lock)
+        summary = _run(cfg, d, resume, console if d.main else None, progress and d.main, lock)
+        finished = True
+        return summary
     finally:
         lock.release()
-        d.close()
+        d.close(finished)
 
 
 def _fresh_run_restarts(run_dir: Path) -> bool:
