@@ -66,17 +66,16 @@ def denoise(
 
     Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129) stops cleanly: finished files are kept, no partial file is left.
     """
-    from rtpulse.signals import Terminated, sigterm_interrupts
+    from rtpulse.signals import sigterm_interrupts, stop_words
 
     # SIGTERM (kill, a service stop) cleans up like Ctrl-C does: the unfinished output's temp file is removed.
     # Exit status 143 = 128 + 15, what a shell reports for a process ended by SIGTERM (Ctrl-C gives 130).
     try:
         with sigterm_interrupts():
             _denoise_all(inputs, output, model, mask, floor_db, engine, force)
-    except KeyboardInterrupt as e:  # Ctrl-C said as SIGTERM is, and 130 whichever typer runs (older ones: 1)
-        name, code = (e.signal_name, e.exit_code) if isinstance(e, Terminated) else ("Ctrl-C", 130)
-        verb = "interrupted" if code == 130 else "terminated"
-        console.print(f"{verb} ({name}): the unfinished output was removed", highlight=False, soft_wrap=True)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+        said, code = stop_words(e)
+        console.print(f"{said}: the unfinished output was removed", highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
 
 

@@ -212,7 +212,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory where it stopped.")] = None,
 ) -> None:
     """Train a PULSE (PU), PN or MixIT model. Under torchrun each process trains on its own clips."""
-    from rtpulse.signals import Terminated, sigterm_interrupts
+    from rtpulse.signals import sigterm_interrupts, stop_words
     from trainer.config import TrainConfig
     from trainer.train import resume_config, run_training
 
@@ -289,15 +289,14 @@ def train(
     except USER_ERRORS as e:
         fail(e)
     except KeyboardInterrupt as e:  # one line that says what is kept, not typer's silent 130 (or "Aborted!", 1)
-        name, code = (e.signal_name, e.exit_code) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+        said, code = stop_words(e)
         run_dir = Path(resume or out) if (resume or out) is not None else None
         if os.environ.get("RANK", "0") == "0" and run_dir is not None:
             if any((run_dir / "ckpt").glob("epoch-*.state.pt")):
                 kept = f"its finished epochs are kept: rtpulse train --resume {run_dir} goes on"
             else:
                 kept = "no epoch was finished: the same command starts it again"
-            verb = "interrupted" if code == 130 else "terminated"
-            console.print(f"{verb} ({name}): {kept}", highlight=False, soft_wrap=True)
+            console.print(f"{said}: {kept}", highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
     if os.environ.get("RANK", "0") != "0":  # only rank 0 validates, so only it knows the best epoch
         return

@@ -20,6 +20,14 @@ from scipy.signal import firwin
 from rtpulse.errors import RtpulseError
 
 
+def mono_samples(x: np.ndarray, who: str) -> np.ndarray:
+    """``x`` as ``[n]`` (``[n, 1]`` and ``[1, n]`` too); a one-line error for ``[n, C]``: flattened, its channels
+    would interleave sample by sample."""
+    if sum(n > 1 for n in x.shape) > 1:
+        raise RtpulseError(f"{who} takes mono samples [n], got shape {x.shape}: downmix the channels first (x.mean(1))")
+    return x.reshape(-1)
+
+
 class StreamResampler:
     """``rate_in`` → ``rate_out`` in blocks. ``process(x [n]) -> y [≈ n·rate_out/rate_in]`` float32 (mono only).
 
@@ -58,11 +66,7 @@ class StreamResampler:
         self._next = 0  # index of the next output sample
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if sum(n > 1 for n in x.shape) > 1:  # [n, C]: flattened, its channels would interleave sample by sample
-            raise RtpulseError(f"StreamResampler.process takes mono samples [n], got shape {x.shape}: downmix the "
-                               "channels first (x.mean(1))")
-        x = x.reshape(-1)
+        x = mono_samples(np.asarray(x, dtype=np.float32), "StreamResampler.process")
         if self.identity:
             return x.copy()
         if x.size == 0:

@@ -26,6 +26,14 @@ class HungUp(Terminated):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def stop_words(e: KeyboardInterrupt) -> tuple[str, int]:
+    """How the CLI says what stopped it ("interrupted (Ctrl-C)", "terminated (SIGTERM)") and its exit code: 130 for
+    Ctrl-C whichever typer runs (older ones exit 1 with "Aborted!")."""
+    if isinstance(e, Terminated):
+        return f"terminated ({e.signal_name})", e.exit_code
+    return "interrupted (Ctrl-C)", 130
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated` (default: die at once, leaving temp files behind).

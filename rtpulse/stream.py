@@ -15,6 +15,7 @@ import torch
 
 from rtpulse.errors import RtpulseError
 from rtpulse.model import MASKS, PulseCNN
+from rtpulse.resampler import mono_samples
 from rtpulse.stft import HOP, LEAD, N_FFT, StreamingSTFT, istft, stft
 
 FLOOR_DB_MIN = -200.0  # lowest --floor-db: 1e-10 in amplitude, far below any float32 signal's noise
@@ -162,11 +163,8 @@ class StreamingDenoiser:
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Mono float samples in (``[n]``; ``[n, 1]`` too), the same number of enhanced samples out (float32)."""
-        chunk = np.asarray(chunk)
-        if sum(n > 1 for n in chunk.shape) > 1:  # [n, C]: flattened, its channels would interleave sample by sample
-            raise RtpulseError(f"StreamingDenoiser.process takes mono samples [n], got shape {chunk.shape}: downmix "
-                               "the channels first (x.mean(1))")
-        chunk = sanitize(chunk.reshape(-1))  # see sanitize(): NaN/Inf/1e30 must not enter the state
+        # see sanitize(): NaN/Inf/1e30 must not enter the state
+        chunk = sanitize(mono_samples(np.asarray(chunk), "StreamingDenoiser.process"))
         self._consumed += chunk.size
         self._pending = np.concatenate((self._pending, chunk))
         self._run_hops()

@@ -86,7 +86,7 @@ def run_epochs(cfg, d, model, optimizer, scheduler, recipe, dev, state, console,
                 # epochs inside a P-vs-U warm start (--pvu-steps before nnPU/uPU) do not compete for best: a
                 # table row would otherwise score the warm start instead of its method. The first epoch is still
                 # kept as a placeholder (so best.safetensors always exists) until a post-warm-up epoch replaces it.
-                warm = cfg.method == "pu" and cfg.risk != "pvu" and state["step"] <= cfg.pvu_steps
+                warm = warm_start and state["step"] <= cfg.pvu_steps
                 if warm:
                     best = state["best_epoch"] == 0
                 else:
